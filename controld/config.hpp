@@ -1,0 +1,106 @@
+#pragma once
+// controld's configuration: the native controld.yaml and Hestia's
+// hestia_config.yml, both loaded into the same structures. Every problem is
+// reported with file, line, key and what was expected; nothing falls back to a
+// silent default. docs/CONFIG.md is the reference for users.
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shared/duration.hpp"
+
+namespace ondemand::controld {
+
+using namespace std::chrono_literals;
+
+struct SourceLocation {
+  std::string file;
+  int line = 0;  // 1-based, 0 when unknown
+};
+
+struct SemaphoreSettings {
+  std::string baseUrl;  // "http://semaphore.internal:3000", no trailing slash
+  std::int64_t projectId = 1;
+  std::string apiToken;  // from api_token, api_token_file or SEMAPHORE_API_TOKEN
+  std::string username;  // session login when no token is given
+  std::string password;
+  Millis httpTimeout = 30s;
+};
+
+struct SemaphoreServiceSettings {
+  std::int64_t startTemplateId = 0;
+  std::int64_t stopTemplateId = 0;  // 0 = no stop template: the service is never stopped by controld
+  Millis taskTimeout = 10min;
+  Millis pollInterval = 2s;
+  std::string machineId;      // sent as machine_id and limit; defaults to the service's `machine`
+  std::string extraVarsJson;  // a JSON object ("{}" when none), merged into the task's environment
+};
+
+struct ServiceConfig {
+  std::string name;
+  SourceLocation where;  // where the service is defined, for messages at run time
+
+  std::string baseUrl;    // informational (status pages)
+  std::string healthUrl;  // empty: readiness is warmup only
+  Millis warmup = 0ms;    // wait after the start driver before declaring warm (no health_url), or extra delay
+  Millis startTimeout = 10min;
+  Millis idleTimeout = 15min;  // 0 = never stop
+  Millis failureBackoff = 30s;
+  Millis healthInterval = 250ms;  // steady health polling interval (fast polls come first)
+  Millis healthTimeout = 2s;      // one health probe
+  Millis stopTimeout = 5min;      // a stop command or stop task may take this long
+  Millis waitHint = 0ms;          // Hestia's request_timeout_seconds; nginx's ondemand_wait does the job
+  std::string machine;            // operations of services on one machine run one at a time
+
+  std::vector<std::string> startCommand;  // argv, empty = none
+  std::vector<std::string> stopCommand;
+  std::optional<SemaphoreServiceSettings> semaphore;
+
+  enum class DriverKind { None, Command, Semaphore };
+  DriverKind driverKind() const {
+    if (semaphore) return DriverKind::Semaphore;
+    if (!startCommand.empty() || !stopCommand.empty()) return DriverKind::Command;
+    return DriverKind::None;
+  }
+};
+
+struct Config {
+  std::string sourceFile;
+  std::string socketPath = "/run/controld/controld.sock";
+  std::optional<mode_t> socketMode;  // e.g. 0660; unset = leave the umask's choice
+  std::string socketGroup;           // empty = leave the group
+  std::string stateDir = "/var/lib/controld";
+  std::size_t historySize = 20;  // transitions kept per service for `controld status`
+  std::optional<SemaphoreSettings> semaphore;
+  std::map<std::string, ServiceConfig> services;  // by name
+};
+
+struct ConfigProblem {
+  SourceLocation where;
+  std::string key;  // dotted path: "services.comfyui.idle_timeout"
+  std::string message;
+};
+
+// "controld.yaml:12: services.comfyui.idle_timeout: expected a duration like 30s, 5m, 250ms; got \"5 minutes\""
+std::string formatProblem(const ConfigProblem& problem);
+
+// Lookup of environment variables, injectable for tests.
+using Environment = std::map<std::string, std::string>;
+Environment processEnvironment();
+
+struct ConfigLoadResult {
+  std::optional<Config> config;  // set only when there are no errors
+  std::vector<ConfigProblem> errors;
+  std::vector<ConfigProblem> warnings;
+};
+
+// Loads a controld.yaml or a hestia_config.yml (recognised by its keys).
+// Never throws.
+ConfigLoadResult loadConfig(const std::string& path, const Environment& env);
+
+}  // namespace ondemand::controld

@@ -1,0 +1,58 @@
+#pragma once
+// Non-blocking HTTP for controld: libcurl's multi interface driven by the libuv
+// loop (socket and timer callbacks, no polling). Used by the health checker
+// and the Semaphore driver. One slow or dead server never delays another
+// transfer.
+
+#include <uv.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ondemand::controld {
+
+struct HttpRequest {
+  std::string method = "GET";
+  std::string url;
+  std::vector<std::string> headers;  // "Name: value"
+  std::string body;                  // sent when non-empty, or when method is POST/PUT
+  std::chrono::milliseconds timeout{30000};
+};
+
+struct HttpResponse {
+  long status = 0;    // 0 when no HTTP answer arrived
+  std::string error;  // curl's error text when status == 0 ("Connection refused", "Timeout was reached")
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;  // names lower-cased
+
+  bool ok() const { return status >= 200 && status < 300; }
+  // The first header with this (lower-case) name, or empty.
+  std::string header(const std::string& lowerName) const;
+};
+
+class HttpClient {
+ public:
+  using Callback = std::function<void(HttpResponse)>;
+  using RequestId = std::uint64_t;
+
+  explicit HttpClient(uv_loop_t* loop);
+  ~HttpClient();  // aborts every transfer; no callback runs afterwards
+  HttpClient(const HttpClient&) = delete;
+  HttpClient& operator=(const HttpClient&) = delete;
+
+  // The callback runs on the loop, never from inside send().
+  RequestId send(HttpRequest request, Callback callback);
+  void cancel(RequestId id);  // no callback for it afterwards
+  std::size_t inFlight() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ondemand::controld

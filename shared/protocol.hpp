@@ -1,0 +1,153 @@
+#pragma once
+// The control protocol between controld and its clients (nginx workers and the
+// CLI): newline-delimited JSON objects, each with a "type". docs/PROTOCOL.md is
+// the reference; this header is its single implementation, compiled into both
+// controld and the nginx module.
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "shared/service_state.hpp"
+
+namespace ondemand::protocol {
+
+inline constexpr int kVersion = 1;
+// A line longer than this is a protocol error: the connection is closed.
+inline constexpr std::size_t kMaxMessageBytes = 64 * 1024;
+// Failure reasons are cut to this size before they travel.
+inline constexpr std::size_t kMaxReasonBytes = 4096;
+
+// Splits a byte stream into lines without copying more than once.
+class LineFramer {
+ public:
+  explicit LineFramer(std::size_t maxLineBytes = kMaxMessageBytes) : maxLineBytes_(maxLineBytes) {}
+
+  // Appends received bytes. Returns false when a line (complete or not)
+  // exceeds the limit; the caller must then drop the connection.
+  [[nodiscard]] bool append(std::string_view bytes);
+
+  // The next complete line without its '\n', or nullopt. The view stays valid
+  // until the next call to append() or next().
+  std::optional<std::string_view> next();
+
+  std::size_t buffered() const { return buffer_.size() - consumed_; }
+
+ private:
+  std::string buffer_;
+  std::size_t consumed_ = 0;
+  std::size_t maxLineBytes_;
+};
+
+// --- messages ---------------------------------------------------------------
+
+// client -> controld, first message on every connection.
+struct Hello {
+  int version = kVersion;
+  std::string role;  // "worker" (nginx) or "cli"
+  std::int64_t pid = 0;
+};
+
+// controld -> client, answer to hello.
+struct Welcome {
+  int version = kVersion;
+  std::string daemon;  // "controld 0.1.0"
+};
+
+// worker/cli -> controld: push me every service's state now and on change.
+struct Subscribe {};
+
+// controld -> subscriber: sent once after the initial burst of states, so a
+// worker knows its table is complete (a name missing now is unknown).
+struct Synced {};
+
+// controld -> subscriber: one service's current state.
+struct StatePush {
+  std::string service;
+  ServiceState state = ServiceState::Cold;
+  std::uint64_t epoch = 0;           // increases with every transition of this service
+  std::int64_t sinceMs = 0;          // unix ms of the last transition
+  std::int64_t startingSinceMs = 0;  // unix ms the current start began, 0 when not starting
+  std::string cause;                 // request | idle | cli | recovery | driver | health | timeout | config
+  std::string reason;                // why it failed (failed) or other detail
+  std::int64_t taskId = 0;           // Semaphore task of the current/last operation, 0 if none
+};
+
+// controld -> subscriber: the service no longer exists (config reload).
+struct Removed {
+  std::string service;
+};
+
+// worker/cli -> controld: a request wants this service; start it if needed.
+// Duplicates are harmless.
+struct Wake {
+  std::string service;
+  std::string reason;  // "GET /api/generate" — shown in logs and Semaphore's task message
+};
+
+// worker -> controld, coalesced: requests started since the last report and
+// requests in flight now, per service.
+struct Activity {
+  struct Entry {
+    std::string service;
+    std::uint64_t started = 0;
+    std::uint64_t inFlight = 0;
+  };
+  std::vector<Entry> entries;
+};
+
+// worker -> controld: answer to a pushed `stopping` state of the given epoch.
+struct StoppingAck {
+  std::string service;
+  std::uint64_t epoch = 0;
+  std::uint64_t inFlight = 0;
+};
+
+// cli -> controld: a request that gets one reply with the same id.
+struct Command {
+  std::int64_t id = 0;
+  std::string verb;     // status | start | stop | stats
+  std::string service;  // empty = all (status only)
+};
+
+// controld -> client: the other side did something wrong; the connection is
+// closed after this.
+struct Error {
+  std::string message;
+};
+
+using Message = std::variant<Hello, Welcome, Subscribe, Synced, StatePush, Removed, Wake, Activity, StoppingAck,
+                             Command, Error>;
+
+struct Decoded {
+  std::optional<Message> message;  // set on success
+  std::string error;               // set on failure: what was wrong, for the log
+};
+
+// Parses one line. Never throws.
+Decoded decode(std::string_view line);
+
+// Each returns one complete line including the trailing '\n'.
+std::string encode(const Hello&);
+std::string encode(const Welcome&);
+std::string encode(const Subscribe&);
+std::string encode(const Synced&);
+std::string encode(const StatePush&);
+std::string encode(const Removed&);
+std::string encode(const Wake&);
+std::string encode(const Activity&);
+std::string encode(const StoppingAck&);
+std::string encode(const Command&);
+std::string encode(const Error&);
+
+// The type name a message carries on the wire ("state", "wake", ...).
+std::string_view typeName(const Message&);
+
+// Cuts UTF-8 text to at most maxBytes without splitting a character.
+std::string truncateUtf8(std::string_view text, std::size_t maxBytes);
+
+}  // namespace ondemand::protocol

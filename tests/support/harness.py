@@ -1,0 +1,277 @@
+"""Shared pieces of the end-to-end tests: a private directory per test, the
+real controld binary, the real nginx with the built module, sample services
+and free loopback ports. Every process started here is stopped in tearDown,
+and every test fails when a log shows an alert, an emergency or a sanitizer
+report."""
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import unittest
+
+SOURCE_DIR = os.environ.get("ONDEMAND_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+CONTROLD = os.environ.get("CONTROLD_BIN", "")
+MODULE = os.environ.get("ONDEMAND_MODULE", "")
+NGINX = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
+SAMPLE_SERVICE = os.path.join(SOURCE_DIR, "demo", "sample_service.py")
+PYTHON = sys.executable
+
+BAD_LOG_PATTERNS = re.compile(r"\[alert\]|\[emerg\]|AddressSanitizer|LeakSanitizer|runtime error:")
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, message))
+
+
+def http_request(port, path="/", method="GET", headers=None, body=None, timeout=30.0, host="127.0.0.1"):
+    """One request on a fresh connection; returns (status, headers dict lower-cased, body str)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read().decode("utf-8", "replace")
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
+class Process:
+    """A child process whose output goes to a file in the test directory."""
+
+    def __init__(self, argv, log_path, env=None, cwd=None):
+        self.argv = argv
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                     start_new_session=True)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        if self.alive():
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def kill9(self):
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+    def output(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+
+class OndemandTestCase(unittest.TestCase):
+    """Base class: self.dir is a fresh directory; helpers start real processes."""
+
+    keep_dirs = os.environ.get("ONDEMAND_KEEP_TEST_DIRS") == "1"
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="ondemand-%s-" % self._testMethodName)
+        self._processes = []
+        self._checked_logs = []
+        self._cleanups_run = False
+
+    def tearDown(self):
+        for proc in reversed(self._processes):
+            proc.stop()
+        problems = []
+        for path in self._checked_logs:
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    for line in f.read().decode("utf-8", "replace").splitlines():
+                        if BAD_LOG_PATTERNS.search(line):
+                            problems.append("%s: %s" % (os.path.basename(path), line))
+        if not self.keep_dirs and not problems and self._outcome_ok():
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            sys.stderr.write("\ntest files kept in %s\n" % self.dir)
+        if problems:
+            self.fail("bad lines in logs:\n" + "\n".join(problems[:20]))
+
+    def _outcome_ok(self):
+        outcome = getattr(self, "_outcome", None)
+        result = getattr(outcome, "result", None)
+        if result is None:
+            return True
+        return not (result.errors or result.failures)
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def write(self, name, text):
+        p = self.path(name)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "w") as f:
+            f.write(textwrap.dedent(text))
+        return p
+
+    def spawn(self, argv, log_name, env=None, check_log=True, cwd=None):
+        proc = Process(argv, self.path(log_name), env=env, cwd=cwd)
+        self._processes.append(proc)
+        if check_log:
+            self._checked_logs.append(proc.log_path)
+        return proc
+
+    # --- controld ---------------------------------------------------------
+
+    def controld_env(self, extra=None):
+        env = dict(os.environ)
+        env.update(extra or {})
+        return env
+
+    def start_controld(self, config_text, name="controld.yaml", env=None, wait=True):
+        """Writes the config (socket and state_dir default into self.dir) and runs `controld serve`."""
+        self.controld_config = self.write(name, config_text)
+        self.controld_socket = self.path("controld.sock")
+        proc = self.spawn([CONTROLD, "serve", "--config", self.controld_config], "controld.log",
+                          env=self.controld_env(env))
+        self.controld = proc
+        if wait:
+            wait_until(lambda: os.path.exists(self.controld_socket) or not proc.alive(), 10,
+                       message="controld socket")
+            if not proc.alive():
+                self.fail("controld exited at start:\n" + proc.output())
+        return proc
+
+    def restart_controld(self, env=None):
+        proc = self.spawn([CONTROLD, "serve", "--config", self.controld_config], "controld.log",
+                          env=self.controld_env(env))
+        self.controld = proc
+        wait_until(lambda: self.cli_ok("status") or not proc.alive(), 10, message="controld answering")
+        return proc
+
+    def cli(self, *args, timeout=60, socket_path=None):
+        """Runs the controld CLI; returns CompletedProcess with text output."""
+        argv = [CONTROLD] + list(args)
+        if args and args[0] not in ("check-config", "version", "serve"):
+            argv += ["--socket", socket_path or self.controld_socket]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+    def cli_ok(self, *args):
+        try:
+            return self.cli(*args, timeout=5).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def status(self, service=None):
+        args = ["status", "--json"] + ([service] if service else [])
+        out = self.cli(*args)
+        if out.returncode != 0:
+            raise AssertionError("controld status failed (%d): %s%s" % (out.returncode, out.stdout, out.stderr))
+        return json.loads(out.stdout)
+
+    def service_state(self, service):
+        return self.status(service)["services"][0]["state"]
+
+    def wait_state(self, service, state, timeout=15.0):
+        return wait_until(lambda: self.service_state(service) == state, timeout,
+                          message="%s to be %s" % (service, state))
+
+    # --- sample services --------------------------------------------------
+
+    def sample_commands(self, name, port, ready_after=0.0, extra=()):
+        """start_command/stop_command argv lists that daemonize the sample service."""
+        pidfile = self.path("%s.pid" % name)
+        log = self.path("%s.requests" % name)
+        common = ["--pidfile", pidfile]
+        start = [PYTHON, SAMPLE_SERVICE, "start", "--port", str(port), "--name", name,
+                 "--ready-after", str(ready_after), "--request-log", log] + common + list(extra)
+        stop = [PYTHON, SAMPLE_SERVICE, "stop"] + common
+        return start, stop
+
+    def sample_running(self, name):
+        pidfile = self.path("%s.pid" % name)
+        try:
+            with open(pidfile) as f:
+                os.kill(int(f.read().strip()), 0)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def stop_sample(self, name):
+        subprocess.run([PYTHON, SAMPLE_SERVICE, "stop", "--pidfile", self.path("%s.pid" % name)])
+
+    # --- nginx ------------------------------------------------------------
+
+    def start_nginx(self, http_body, name="nginx", workers=1, main_extra=""):
+        """Runs the real nginx with the built module in its own prefix."""
+        if not MODULE:
+            self.skipTest("nginx module not built")
+        prefix = self.path(name)
+        for sub in ("logs", "tmp"):
+            os.makedirs(os.path.join(prefix, sub), exist_ok=True)
+        conf = textwrap.dedent("""\
+            load_module {module};
+            worker_processes {workers};
+            daemon off;
+            master_process on;
+            pid {prefix}/logs/nginx.pid;
+            error_log {prefix}/logs/error.log info;
+            {main_extra}
+            events {{ worker_connections 4096; }}
+            http {{
+                access_log {prefix}/logs/access.log;
+                client_body_temp_path {prefix}/tmp/body;
+                proxy_temp_path {prefix}/tmp/proxy;
+                fastcgi_temp_path {prefix}/tmp/fastcgi;
+                uwsgi_temp_path {prefix}/tmp/uwsgi;
+                scgi_temp_path {prefix}/tmp/scgi;
+            {body}
+            }}
+            """).format(module=MODULE, workers=workers, prefix=prefix, main_extra=main_extra,
+                        body=textwrap.indent(textwrap.dedent(http_body), "    "))
+        conf_path = os.path.join(prefix, "nginx.conf")
+        with open(conf_path, "w") as f:
+            f.write(conf)
+        test = subprocess.run([NGINX, "-t", "-p", prefix, "-c", conf_path], capture_output=True, text=True)
+        if test.returncode != 0:
+            self.fail("nginx -t failed:\n" + test.stderr)
+        self._checked_logs.append(os.path.join(prefix, "logs", "error.log"))
+        proc = self.spawn([NGINX, "-p", prefix, "-c", conf_path], name + ".out")
+        self.nginx_prefix = prefix
+        self.nginx_conf = conf_path
+        return proc
+
+    def nginx_error_log(self, name="nginx"):
+        path = self.path(name, "logs", "error.log")
+        if not os.path.exists(path):
+            return ""
+        with open(path) as f:
+            return f.read()

@@ -1,0 +1,103 @@
+#include <catch2/catch.hpp>
+
+#include "shared/duration.hpp"
+#include "shared/protocol.hpp"
+#include "shared/service_name.hpp"
+
+using namespace ondemand;
+using namespace ondemand::protocol;
+
+TEST_CASE("a state push survives encode and decode unchanged") {
+  StatePush s;
+  s.service = "comfyui";
+  s.state = ServiceState::Failed;
+  s.epoch = 7;
+  s.sinceMs = 1700000000123;
+  s.cause = "driver";
+  s.reason = "Semaphore task 42 ended with status error: \"quoted\"\nline2";
+  s.taskId = 42;
+  const std::string line = encode(s);
+  REQUIRE(line.back() == '\n');
+  const auto decoded = decode(std::string_view(line).substr(0, line.size() - 1));
+  REQUIRE(decoded.message);
+  const auto& back = std::get<StatePush>(*decoded.message);
+  CHECK(back.service == "comfyui");
+  CHECK(back.state == ServiceState::Failed);
+  CHECK(back.epoch == 7);
+  CHECK(back.sinceMs == 1700000000123);
+  CHECK(back.reason == s.reason);
+  CHECK(back.taskId == 42);
+}
+
+TEST_CASE("activity reports carry every service's counters") {
+  Activity a;
+  a.entries.push_back({"a", 3, 1});
+  a.entries.push_back({"b", 0, 0});
+  const std::string line = encode(a);
+  const auto decoded = decode(std::string_view(line).substr(0, line.size() - 1));
+  REQUIRE(decoded.message);
+  const auto& back = std::get<Activity>(*decoded.message);
+  REQUIRE(back.entries.size() == 2);
+  CHECK(back.entries[0].service == "a");
+  CHECK(back.entries[0].started == 3);
+  CHECK(back.entries[0].inFlight == 1);
+}
+
+TEST_CASE("malformed messages are rejected with a reason, never thrown") {
+  CHECK(decode("not json").error.find("not JSON") != std::string::npos);
+  CHECK(decode("[1,2]").error == "message is not a JSON object");
+  CHECK(decode(R"({"type":"wake"})").error == "missing field \"service\"");
+  CHECK(decode(R"({"type":"wake","service":5})").error == "field \"service\" must be a string");
+  CHECK(decode(R"({"type":"teleport"})").error == "unknown message type \"teleport\"");
+  CHECK(decode(R"({"type":"stopping_ack","service":"a","epoch":-1,"in_flight":0})").error ==
+        "field \"epoch\" must be a non-negative integer");
+  CHECK(decode(R"({"type":"state","service":"a","state":"melting","epoch":1,"since":0})").error ==
+        "unknown state \"melting\"");
+}
+
+TEST_CASE("the line framer splits a stream into messages and refuses oversized lines") {
+  LineFramer framer(16);
+  REQUIRE(framer.append("abc\nde"));
+  CHECK(framer.next() == std::optional<std::string_view>("abc"));
+  CHECK_FALSE(framer.next());
+  REQUIRE(framer.append("f\r\n"));
+  CHECK(framer.next() == std::optional<std::string_view>("def"));
+  CHECK_FALSE(framer.append(std::string(17, 'x')));
+
+  LineFramer exact(4);
+  CHECK(exact.append("abcd"));
+  CHECK(exact.append("\n"));
+  CHECK(exact.next() == std::optional<std::string_view>("abcd"));
+}
+
+TEST_CASE("UTF-8 truncation never splits a character") {
+  const std::string text = "ab\xC3\xA9";  // "abé"
+  CHECK(truncateUtf8(text, 3) == "ab");
+  CHECK(truncateUtf8(text, 4) == text);
+}
+
+TEST_CASE("durations read the way people write them") {
+  CHECK(parseDuration("250ms", DefaultUnit::Seconds) == Millis(250));
+  CHECK(parseDuration("30s", DefaultUnit::Seconds) == Millis(30000));
+  CHECK(parseDuration("5m", DefaultUnit::Seconds) == Millis(300000));
+  CHECK(parseDuration("1h", DefaultUnit::Seconds) == Millis(3600000));
+  CHECK(parseDuration("1.5s", DefaultUnit::Seconds) == Millis(1500));
+  CHECK(parseDuration("500", DefaultUnit::Milliseconds) == Millis(500));
+  CHECK(parseDuration("2.0", DefaultUnit::Seconds) == Millis(2000));
+  CHECK_FALSE(parseDuration("5 minutes", DefaultUnit::Seconds));
+  CHECK_FALSE(parseDuration("-1s", DefaultUnit::Seconds));
+  CHECK_FALSE(parseDuration("", DefaultUnit::Seconds));
+  CHECK_FALSE(parseDuration("s", DefaultUnit::Seconds));
+  CHECK(formatDuration(Millis(1500)) == "1.5s");
+  CHECK(formatDuration(Millis(90000)) == "1m30s");
+  CHECK(formatDuration(Millis(0)) == "0ms");
+}
+
+TEST_CASE("service names are kept to a safe alphabet") {
+  CHECK(isValidServiceName("comfy-ui_2.v1"));
+  CHECK_FALSE(isValidServiceName(""));
+  CHECK_FALSE(isValidServiceName(".hidden"));
+  CHECK_FALSE(isValidServiceName("a/b"));
+  CHECK_FALSE(isValidServiceName(std::string(65, 'a')));
+  CHECK(environmentPrefix("comfy-ui") == "COMFY_UI");
+}
