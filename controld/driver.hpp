@@ -16,7 +16,9 @@ namespace ondemand::controld {
 
 enum class OperationKind { Start, Stop };
 
-inline const char* toString(OperationKind k) { return k == OperationKind::Start ? "start" : "stop"; }
+inline const char* toString(OperationKind k) {
+  return k == OperationKind::Start ? "start" : "stop";
+}
 
 // What a driver needs persisted so a restarted controld can follow the same
 // operation instead of starting a second one. Written to state_dir before the
@@ -24,17 +26,17 @@ inline const char* toString(OperationKind k) { return k == OperationKind::Start 
 // (e.g. the Semaphore task id).
 struct OperationRecord {
   OperationKind kind = OperationKind::Start;
-  std::string driver;           // "command" | "semaphore"
-  std::int64_t taskId = 0;      // Semaphore task id, 0 until the task exists
-  std::int64_t pid = 0;         // command driver: the child's pid
-  std::int64_t startedAtMs = 0; // unix ms
+  std::string driver;            // "command" | "semaphore"
+  std::int64_t taskId = 0;       // Semaphore task id, 0 until the task exists
+  std::int64_t pid = 0;          // command driver: the child's pid
+  std::int64_t startedAtMs = 0;  // unix ms
 };
 
 struct OperationOutcome {
   bool ok = false;
-  std::string reason;      // on failure: what a user reads ("start command exited with status 1: <stderr tail>")
-  std::int64_t taskId = 0; // Semaphore: the task that ran
-  std::string taskStatus;  // Semaphore: its final status ("success", "error", "stopped")
+  std::string reason;       // on failure: what a user reads ("start command exited with status 1: <stderr tail>")
+  std::int64_t taskId = 0;  // Semaphore: the task that ran
+  std::string taskStatus;   // Semaphore: its final status ("success", "error", "stopped")
 };
 
 struct OperationRequest {

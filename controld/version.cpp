@@ -2,6 +2,8 @@
 
 namespace ondemand::controld {
 
-const char* versionString() { return "controld " ONDEMAND_VERSION; }
+const char* versionString() {
+  return "controld " ONDEMAND_VERSION;
+}
 
 }  // namespace ondemand::controld

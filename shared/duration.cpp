@@ -6,8 +6,10 @@
 namespace ondemand {
 
 std::optional<Millis> parseDuration(std::string_view text, DefaultUnit plainUnit) {
-  while (!text.empty() && text.front() == ' ') text.remove_prefix(1);
-  while (!text.empty() && text.back() == ' ') text.remove_suffix(1);
+  while (!text.empty() && text.front() == ' ')
+    text.remove_prefix(1);
+  while (!text.empty() && text.back() == ' ')
+    text.remove_suffix(1);
   if (text.empty()) return std::nullopt;
 
   std::size_t numberEnd = 0;

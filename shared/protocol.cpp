@@ -88,7 +88,9 @@ class Fields {
   std::string error_;
 };
 
-Decoded fail(std::string error) { return Decoded{std::nullopt, std::move(error)}; }
+Decoded fail(std::string error) {
+  return Decoded{std::nullopt, std::move(error)};
+}
 
 Decoded decodeActivity(const Value& doc) {
   const auto it = doc.FindMember("services");
@@ -244,8 +246,12 @@ std::string encode(const Welcome& m) {
   return w.finish();
 }
 
-std::string encode(const Subscribe&) { return LineWriter("subscribe").finish(); }
-std::string encode(const Synced&) { return LineWriter("synced").finish(); }
+std::string encode(const Subscribe&) {
+  return LineWriter("subscribe").finish();
+}
+std::string encode(const Synced&) {
+  return LineWriter("synced").finish();
+}
 
 std::string encode(const StatePush& m) {
   LineWriter w("state");
@@ -301,7 +307,7 @@ std::string encode(const Error& m) {
 }
 
 std::string_view typeName(const Message& m) {
-  static constexpr std::string_view names[] = {"hello", "welcome", "subscribe", "synced",  "state", "removed",
+  static constexpr std::string_view names[] = {"hello", "welcome",  "subscribe",    "synced",  "state", "removed",
                                                "wake",  "activity", "stopping_ack", "command", "error"};
   return names[m.index()];
 }
@@ -310,7 +316,8 @@ std::string truncateUtf8(std::string_view text, std::size_t maxBytes) {
   if (text.size() <= maxBytes) return std::string(text);
   std::size_t cut = maxBytes;
   // Step back over continuation bytes (10xxxxxx) so no character is split.
-  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80)
+    --cut;
   return std::string(text.substr(0, cut));
 }
 

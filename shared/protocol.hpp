@@ -120,8 +120,8 @@ struct Error {
   std::string message;
 };
 
-using Message = std::variant<Hello, Welcome, Subscribe, Synced, StatePush, Removed, Wake, Activity, StoppingAck,
-                             Command, Error>;
+using Message =
+    std::variant<Hello, Welcome, Subscribe, Synced, StatePush, Removed, Wake, Activity, StoppingAck, Command, Error>;
 
 struct Decoded {
   std::optional<Message> message;  // set on success

@@ -11,11 +11,16 @@ enum class ServiceState { Cold, Starting, Warm, Stopping, Failed };
 
 constexpr std::string_view toString(ServiceState s) {
   switch (s) {
-    case ServiceState::Cold: return "cold";
-    case ServiceState::Starting: return "starting";
-    case ServiceState::Warm: return "warm";
-    case ServiceState::Stopping: return "stopping";
-    case ServiceState::Failed: return "failed";
+    case ServiceState::Cold:
+      return "cold";
+    case ServiceState::Starting:
+      return "starting";
+    case ServiceState::Warm:
+      return "warm";
+    case ServiceState::Stopping:
+      return "stopping";
+    case ServiceState::Failed:
+      return "failed";
   }
   return "unknown";
 }
