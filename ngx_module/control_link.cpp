@@ -87,6 +87,13 @@ void ControlLink::connect() {
     return;
   }
   conn_ = peer_.connection;
+  // Connect failures were the quiet log's business; from now on the
+  // connection logs to the worker's error log (a reset peer is reported by
+  // disconnect(), once).
+  conn_->log = log_;
+  conn_->read->log = log_;
+  conn_->write->log = log_;
+  conn_->log_error = NGX_ERROR_IGNORE_ECONNRESET;
   conn_->data = this;
   conn_->read->handler = onRead;
   conn_->write->handler = onWrite;
@@ -102,7 +109,7 @@ void ControlLink::onConnected() {
   connecting_ = false;
   synced_ = false;
   overflow_ = false;
-  if (conn_->write->timer_set) ngx_del_timer(conn_->write);
+  stopTimer(conn_->write);
   framer_ = protocol::LineFramer();
   out_.clear();
   outSent_ = 0;
@@ -143,7 +150,7 @@ void ControlLink::disconnect(const std::string& why, ngx_err_t err) {
   out_.clear();
   outSent_ = 0;
   framer_ = protocol::LineFramer();
-  if (activityTimer_.timer_set) ngx_del_timer(&activityTimer_);
+  stopTimer(&activityTimer_);
 
   if (!outageLogged_) {
     ngx_log_error(NGX_LOG_ERR, log_, err,
@@ -168,10 +175,10 @@ void ControlLink::scheduleReconnect() {
 void ControlLink::close() {
   if (closed_) return;
   closed_ = true;
-  if (reconnectTimer_.timer_set) ngx_del_timer(&reconnectTimer_);
-  if (activityTimer_.timer_set) ngx_del_timer(&activityTimer_);
-  if (reconnectTimer_.posted) ngx_delete_posted_event(&reconnectTimer_);
-  if (activityTimer_.posted) ngx_delete_posted_event(&activityTimer_);
+  stopTimer(&reconnectTimer_);
+  stopTimer(&activityTimer_);
+  unpostEvent(&reconnectTimer_);
+  unpostEvent(&activityTimer_);
   if (conn_ == nullptr) return;
   if (!connecting_) {
     // Best effort, one non-blocking write: controld forgets this worker's
@@ -193,9 +200,7 @@ void ControlLink::send(const std::string& line) {
   if (conn_ == nullptr || connecting_) return;  // re-established from the table on reconnect
   out_ += line;
   if (out_.size() - outSent_ > kMaxQueuedBytes) overflow_ = true;
-  if (!conn_->write->posted) {
-    ngx_post_event(conn_->write, &ngx_posted_events);  // a macro: keep the braces
-  }
+  postEvent(conn_->write);
 }
 
 void ControlLink::flush() {

@@ -9,3 +9,27 @@ extern "C" {
 #include <ngx_event_connect.h>
 #include <ngx_http.h>
 }
+
+namespace ondemand::module {
+
+// nginx's event macros expand to several statements; these keep them from
+// meeting an unbraced `if`.
+inline void postEvent(ngx_event_t* ev) {
+  if (!ev->posted) {
+    ngx_post_event(ev, &ngx_posted_events);
+  }
+}
+
+inline void unpostEvent(ngx_event_t* ev) {
+  if (ev->posted) {
+    ngx_delete_posted_event(ev);
+  }
+}
+
+inline void stopTimer(ngx_event_t* ev) {
+  if (ev->timer_set) {
+    ngx_del_timer(ev);
+  }
+}
+
+}  // namespace ondemand::module

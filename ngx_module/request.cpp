@@ -198,8 +198,8 @@ ngx_int_t park(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
 // Leaves the parked list and the wait for good (passing or answered).
 void stopWaiting(RequestCtx* ctx, bool touchRequest) {
   ParkedList::remove(&ctx->node);
-  if (ctx->waitTimer.timer_set) ngx_del_timer(&ctx->waitTimer);
-  if (ctx->waitTimer.posted) ngx_delete_posted_event(&ctx->waitTimer);
+  stopTimer(&ctx->waitTimer);
+  unpostEvent(&ctx->waitTimer);
   if (ctx->waitStarted) {
     ctx->waitedMs += ngx_current_msec - ctx->parkedAt;
     ctx->waitStarted = false;

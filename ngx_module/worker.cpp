@@ -56,8 +56,6 @@ void Worker::releaseAll(ControlLink& link) {
 
 void Worker::wakeForParked(ControlLink& link, ServiceEntry& entry) {
   if (entry.parked.empty() || !entry.known) return;
-  const ServiceState state = entry.state.state;
-  if (state == ServiceState::Warm || state == ServiceState::Failed) return;
   const auto* ctx = static_cast<const RequestCtx*>(entry.parked.front()->owner);
   link.wake(entry, wakeReason(ctx->request));
 }
@@ -86,11 +84,12 @@ void Worker::onStateChanged(ControlLink& link, ServiceEntry& entry) {
       releaseParked(entry);
       break;
     case ServiceState::Cold:
+      // Cold with requests still waiting (a stop finished, a start was
+      // called off): ask again.
+      wakeForParked(link, entry);
+      break;
     case ServiceState::Starting:
     case ServiceState::Stopping:
-      // Requests still wait: make sure controld knows (a new epoch, a
-      // reconnect, a stop that must be followed by a start).
-      wakeForParked(link, entry);
       break;
   }
 }
