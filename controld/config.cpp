@@ -537,6 +537,23 @@ std::string otherFormatNote(const FormatGuess& guess, std::string_view key, bool
          ": use one format per file";
 }
 
+// The per-service keys Hestia reads from <SERVICE_ID>_<FIELD> variables.
+constexpr std::string_view kHestiaEnvFields[] = {"BASE_URL",
+                                                 "HEALTH_URL",
+                                                 "WARMUP_MS",
+                                                 "IDLE_TIMEOUT_MS",
+                                                 "REQUEST_TIMEOUT_SECONDS",
+                                                 "QUEUE_SIZE",
+                                                 "RETRY_COUNT",
+                                                 "RETRY_DELAY_MS",
+                                                 "FALLBACK_URL",
+                                                 "SEMAPHORE_ENABLED",
+                                                 "SEMAPHORE_MACHINE_ID",
+                                                 "SEMAPHORE_START_TEMPLATE_ID",
+                                                 "SEMAPHORE_STOP_TEMPLATE_ID",
+                                                 "SEMAPHORE_TASK_TIMEOUT",
+                                                 "SEMAPHORE_POLL_INTERVAL"};
+
 // Hestia's per-service Semaphore settings, with Hestia's defaults, until it is
 // known whether semaphore_enabled is on.
 struct HestiaSemaphore {
@@ -886,8 +903,9 @@ void Loader::readHestiaService(const std::string& name, const Setting& s, const 
   const std::string prefix = environmentPrefix(name);
   if (!hestiaPrefixesUsed_.insert(prefix).second) {
     // Only a problem once a variable is actually set for that prefix.
-    for (const auto& [var, value] : env_) {
-      if (var.rfind(prefix + "_", 0) == 0) {
+    for (std::string_view field : kHestiaEnvFields) {
+      const std::string var = prefix + "_" + std::string(field);
+      if (envValue(var)) {
         problems_.error(s.line, s.key,
                         "another service has the same environment prefix " + prefix + "_, so environment variable " +
                             var + " could belong to either; rename one of them");
@@ -1032,24 +1050,9 @@ void Loader::readHestiaService(const std::string& name, const Setting& s, const 
 // Hestia created services from the environment alone; controld takes them
 // only from the file, so a variable for a service the file lacks is reported.
 void Loader::warnAboutUnusedOverrides() {
-  static constexpr std::string_view kFields[] = {"BASE_URL",
-                                                 "HEALTH_URL",
-                                                 "WARMUP_MS",
-                                                 "IDLE_TIMEOUT_MS",
-                                                 "REQUEST_TIMEOUT_SECONDS",
-                                                 "QUEUE_SIZE",
-                                                 "RETRY_COUNT",
-                                                 "RETRY_DELAY_MS",
-                                                 "FALLBACK_URL",
-                                                 "SEMAPHORE_ENABLED",
-                                                 "SEMAPHORE_MACHINE_ID",
-                                                 "SEMAPHORE_START_TEMPLATE_ID",
-                                                 "SEMAPHORE_STOP_TEMPLATE_ID",
-                                                 "SEMAPHORE_TASK_TIMEOUT",
-                                                 "SEMAPHORE_POLL_INTERVAL"};
   for (const auto& [var, value] : env_) {
     if (contains(kHestiaTopKeys, toLower(var))) continue;  // SEMAPHORE_BASE_URL and friends
-    for (std::string_view field : kFields) {
+    for (std::string_view field : kHestiaEnvFields) {
       if (var.size() <= field.size() + 1 || !endsWith(var, "_" + std::string(field))) continue;
       const std::string prefix = var.substr(0, var.size() - field.size() - 1);
       if (hestiaPrefixesUsed_.count(prefix)) break;

@@ -659,3 +659,18 @@ TEST_CASE("processEnvironment sees the real environment") {
   CHECK(env.at("CONTROLD_CONFIG_TEST_VAR") == "a=b");
   unsetenv("CONTROLD_CONFIG_TEST_VAR");
 }
+
+TEST_CASE("Hestia: two services with one environment prefix are an error only when a variable is set") {
+  const std::string config = R"(services:
+  my-svc:
+    health_url: http://a/
+    idle_timeout_ms: 0
+  my_svc:
+    health_url: http://b/
+)";
+  CHECK(load(config, {{"MY_SVC_UNRELATED", "x"}}, "hestia_config.yml")->result.errors.empty());
+  const auto l = load(config, {{"MY_SVC_HEALTH_URL", "http://c/"}}, "hestia_config.yml");
+  REQUIRE(l->result.errors.size() == 1);
+  CHECK(l->result.errors[0].where.line == 5);
+  CHECK(contains(l->result.errors[0].message, "MY_SVC_HEALTH_URL could belong to either"));
+}
