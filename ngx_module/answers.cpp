@@ -115,6 +115,10 @@ std::string jsonBody(const AnswerFacts& f, int status, const std::string& messag
     w.Key("starting_for_ms");
     w.Int64(f.startingForMs);
   }
+  if (f.retryInMs > 0) {
+    w.Key("retry_in_ms");
+    w.Int64(f.retryInMs);
+  }
   if (f.taskId > 0) {
     w.Key("task_id");
     w.Int64(f.taskId);
@@ -172,7 +176,8 @@ std::string describe(const AnswerFacts& f) {
       return "Service " + name + " did not become ready within " + seconds(f.waitLimitMs) + ": " + whereItIs(f) +
              ". Its start carries on; try again shortly.";
     case AnswerKind::StartFailed:
-      return "Service " + name + " failed to start" + (f.reason.empty() ? "." : ": " + std::string(f.reason));
+      return "Service " + name + " failed to start" + (f.reason.empty() ? "." : ": " + std::string(f.reason)) +
+             (f.retryInMs > 0 ? " A request after " + seconds(f.retryInMs) + " will try again." : "");
     case AnswerKind::UnknownService:
       return "controld has no service named " + name + "; check ondemand_service and controld's configuration.";
     case AnswerKind::TooManyWaiting:

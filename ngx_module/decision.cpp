@@ -81,10 +81,11 @@ Decision decide(const Situation& s) {
     case ServiceState::Warm:
       return pass();
     case ServiceState::Failed:
-      // Answered at once with the reason. A new request's wake lets
-      // controld try again once its failure back-off has passed; requests
-      // that waited through the failed start do not ask for another one.
-      return answer(AnswerKind::StartFailed, !s.alreadyWaiting);
+      // Within the failure back-off: the failure, at once. After it, a new
+      // request tries again (and waits like any other); requests that
+      // waited through the failed start get the failure.
+      if (s.retryAllowed && !s.alreadyWaiting) return notWarm(s, true);
+      return answer(AnswerKind::StartFailed);
     case ServiceState::Cold:
     case ServiceState::Starting:
     case ServiceState::Stopping:

@@ -39,6 +39,7 @@ struct Situation {
   bool everSynced = false;  // the table was complete at least once
   bool known = false;       // the service was in controld's table (last seen)
   ServiceState state = ServiceState::Cold;
+  bool retryAllowed = false;  // failed, and its failure back-off (retry_at) has passed
   Mode mode = Mode::Auto;
   bool browserNavigation = false;
   bool alreadyWaiting = false;  // the request was parked before (a re-check)

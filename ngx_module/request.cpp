@@ -253,7 +253,10 @@ ngx_int_t sendAnswer(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
     if (st.sinceMs > 0) facts.inStateMs = now - st.sinceMs;
     if (st.state == ServiceState::Starting && st.startingSinceMs > 0) facts.startingForMs = now - st.startingSinceMs;
     facts.taskId = st.taskId;
-    if (st.state == ServiceState::Failed) facts.reason = st.reason;
+    if (st.state == ServiceState::Failed) {
+      facts.reason = st.reason;
+      if (st.retryAtMs > now) facts.retryInMs = st.retryAtMs - now;
+    }
   }
   facts.waitedMs = static_cast<std::int64_t>(ctx->waitedMs);
   facts.waitLimitMs = static_cast<std::int64_t>(lcf->wait);
@@ -296,6 +299,7 @@ Situation situationOf(ngx_http_request_t* r, const RequestCtx* ctx, const LocCon
   s.everSynced = link.everSynced();
   s.known = entry.known;
   s.state = entry.state.state;
+  s.retryAllowed = s.state == ServiceState::Failed && unixMillis() >= entry.state.retryAtMs;
   s.mode = static_cast<Mode>(lcf->mode);
   s.alreadyWaiting = ctx->waitStarted;
   s.waiting = entry.parked.size();

@@ -61,11 +61,15 @@ TEST_CASE("ondemand_max_waiting refuses new requests, not the ones already waiti
   CHECK(decide(s).action == Action::Park);
 }
 
-TEST_CASE("a failed service answers 502; only new requests ask for a retry") {
+TEST_CASE("a failed service answers 502 until its back-off has passed, then a new request tries again") {
   Situation s = upWith(ServiceState::Failed);
   CHECK(decide(s).answer == AnswerKind::StartFailed);
+  CHECK_FALSE(decide(s).wake);
+  s.retryAllowed = true;
+  CHECK(decide(s).action == Action::Park);
   CHECK(decide(s).wake);
-  s.alreadyWaiting = true;
+  s.alreadyWaiting = true;  // waited through the failed start
+  CHECK(decide(s).answer == AnswerKind::StartFailed);
   CHECK_FALSE(decide(s).wake);
 }
 
