@@ -273,9 +273,12 @@ ngx_int_t sendAnswer(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
   return sendBody(r, static_cast<ngx_uint_t>(answer.status), answer.contentType, answer.body);
 }
 
+// Finalizing may free the request and its pool, ctx included: nothing may
+// touch ctx after this returns (the caller returns NGX_DONE at once).
 ngx_int_t answerAndFinalize(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
   stopWaiting(ctx, true);
   ctx->phase = Phase::Answered;
+  ctx->inHandler = false;
   ngx_http_finalize_request(r, sendAnswer(r, ctx, lcf));
   return NGX_DONE;
 }
@@ -372,7 +375,7 @@ ngx_int_t handle(ngx_http_request_t* r, LocConf* lcf) {
 
   ctx->inHandler = true;
   const ngx_int_t rc = decideAndAct(r, ctx, lcf);
-  ctx->inHandler = false;
+  if (rc != NGX_DONE) ctx->inHandler = false;  // NGX_DONE: answered, the request may be gone
   return rc;
 }
 
