@@ -68,6 +68,12 @@ class Driver {
   // stops what it can (kills the command, stops the Semaphore task) and calls
   // no callback afterwards.
   virtual void cancel() = 0;
+
+  // controld is shutting down cleanly: leave the operation running (the next
+  // controld process resumes it from its OperationRecord) and call no
+  // callback afterwards. Drivers with nothing of their own to leave running
+  // may treat it as cancel().
+  virtual void detach() { cancel(); }
 };
 
 }  // namespace ondemand::controld

@@ -75,6 +75,7 @@ struct StatePush {
   std::string cause;                 // request | idle | cli | recovery | driver | health | timeout | config
   std::string reason;                // why it failed (failed) or other detail
   std::int64_t taskId = 0;           // Semaphore task of the current/last operation, 0 if none
+  std::int64_t retryAtMs = 0;        // failed: unix ms from which a request may wake it again (failure_backoff)
 };
 
 // controld -> subscriber: the service no longer exists (config reload).

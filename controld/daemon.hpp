@@ -1,0 +1,95 @@
+#pragma once
+// controld's daemon: one libuv loop that owns every service's state machine,
+// its driver and health checker, the control socket, and the state store. It
+// is the glue between them: inputs (messages, driver callbacks, health
+// answers, timers, signals) go to a ServiceMachine; the Effects that come back
+// are carried out here, in one place (apply()).
+
+#include <uv.h>
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "controld/config.hpp"
+#include "controld/control_server.hpp"
+#include "controld/driver.hpp"
+#include "controld/health_checker.hpp"
+#include "controld/http_client.hpp"
+#include "controld/machine_queue.hpp"
+#include "controld/service_machine.hpp"
+#include "controld/state_store.hpp"
+#include "controld/uv.hpp"
+
+namespace ondemand::controld {
+
+class SemaphoreClient;
+
+class Daemon : public ControlServer::Handler {
+ public:
+  Daemon(Config config, Environment environment);
+  ~Daemon() override;
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  // Runs until SIGTERM/SIGINT. Returns the process exit code.
+  int run();
+
+  // ControlServer::Handler
+  void onHello(ControlConnection& connection) override;
+  void onMessage(ControlConnection& connection, protocol::Message&& message) override;
+  void onClosed(ControlConnection& connection) override;
+
+ private:
+  struct Service;
+
+  void addService(const ServiceConfig& config);
+  std::unique_ptr<Driver> makeDriver(const ServiceConfig& config);
+  std::unique_ptr<Driver> makeSemaphoreDriver(const ServiceConfig& config);
+  MachineSettings machineSettings(const ServiceConfig& config, const Driver* driver) const;
+  void restoreFromDisk();
+
+  void apply(Service& service, Effects effects, const std::string& why = {});
+  void runOperation(Service& service, OperationKind kind, const std::string& why);
+  void resumeOperation(Service& service);
+  void operationFinished(Service& service, OperationOutcome outcome);
+  void beginDrain(Service& service);
+  void maybeFinishDrain(Service& service);
+  void reschedule(Service& service);
+  void publish(Service& service);
+
+  void handleWake(ControlConnection& connection, const protocol::Wake& wake);
+  void handleActivity(ControlConnection& connection, const protocol::Activity& activity);
+  void handleStoppingAck(ControlConnection& connection, const protocol::StoppingAck& ack);
+  void handleCommand(ControlConnection& connection, const protocol::Command& command);
+  std::uint64_t totalInFlight(const std::string& service);
+
+  protocol::StatePush statePush(const Service& service) const;
+  std::string statusReply(std::int64_t id, const std::string& only, std::string& error) const;
+
+  void reload();
+  void shutdown();
+
+  uv_loop_t* loop_;
+  uv_loop_t loopStorage_;
+  Config config_;
+  Environment environment_;
+  StateStore store_;
+  std::unique_ptr<HttpClient> http_;
+  std::shared_ptr<SemaphoreClient> semaphore_;
+  std::unique_ptr<ControlServer> server_;
+  MachineQueue machineQueue_;
+  std::map<std::string, std::unique_ptr<Service>> services_;
+  std::map<std::string, std::uint64_t> unknownWakes_;  // unknown service name -> count (logged once)
+  UvHandle<uv_signal_t> sigterm_, sigint_, sighup_;
+  std::int64_t startedAtMs_ = 0;
+  int exitCode_ = 0;
+};
+
+// The client commands (`controld status`, `start`, ...), each returning the
+// process exit code: 0 ok, 1 the operation failed, 2 usage or config error,
+// 3 daemon not reachable.
+int cliMain(int argc, char** argv);
+
+}  // namespace ondemand::controld

@@ -1,0 +1,395 @@
+#include "controld/service_machine.hpp"
+
+#include <algorithm>
+#include <utility>
+
+namespace ondemand::controld {
+
+namespace {
+constexpr const char* kCauseNames[] = {"request", "idle", "cli", "recovery", "driver", "health", "timeout", "config"};
+constexpr const char* kPhaseNames[] = {"none", "driver", "readiness", "draining"};
+}  // namespace
+
+const char* toString(Cause cause) {
+  return kCauseNames[static_cast<int>(cause)];
+}
+
+std::optional<Cause> parseCause(std::string_view text) {
+  for (int i = 0; i < 8; ++i) {
+    if (text == kCauseNames[i]) return static_cast<Cause>(i);
+  }
+  return std::nullopt;
+}
+
+const char* toString(Phase phase) {
+  return kPhaseNames[static_cast<int>(phase)];
+}
+
+std::optional<Phase> parsePhase(std::string_view text) {
+  for (int i = 0; i < 4; ++i) {
+    if (text == kPhaseNames[i]) return static_cast<Phase>(i);
+  }
+  return std::nullopt;
+}
+
+Effects& Effects::operator|=(const Effects& o) {
+  cancelDriver |= o.cancelDriver;
+  stopReadiness |= o.stopReadiness;
+  runStartDriver |= o.runStartDriver;
+  runStopDriver |= o.runStopDriver;
+  resumeDriver |= o.resumeDriver;
+  beginReadiness |= o.beginReadiness;
+  confirmHealth |= o.confirmHealth;
+  announceStopping |= o.announceStopping;
+  stateChanged |= o.stateChanged;
+  persist |= o.persist;
+  return *this;
+}
+
+ServiceMachine::ServiceMachine(std::string name, MachineSettings settings, std::size_t historySize)
+    : name_(std::move(name)), settings_(settings), historySize_(std::max<std::size_t>(historySize, 1)) {}
+
+Effects ServiceMachine::transition(std::int64_t nowMs, ServiceState to, Phase phase, Cause cause, std::string detail) {
+  Transition t;
+  t.atMs = nowMs;
+  t.from = s_.state;
+  t.to = to;
+  t.cause = cause;
+  t.detail = detail;
+  if (s_.lastOperation) {
+    t.taskId = s_.lastOperation->taskId;
+    t.taskStatus = s_.lastOperation->taskStatus;
+  }
+  if (s_.operation && s_.operation->taskId) t.taskId = s_.operation->taskId;
+  s_.history.push_back(std::move(t));
+  while (s_.history.size() > historySize_)
+    s_.history.pop_front();
+
+  if (to != ServiceState::Starting) s_.startingSinceMs = 0;
+  s_.state = to;
+  s_.phase = phase;
+  s_.cause = cause;
+  s_.sinceMs = nowMs;
+  s_.reason = to == ServiceState::Failed ? std::move(detail) : std::string();
+  ++s_.epoch;
+
+  Effects e;
+  e.stateChanged = true;
+  e.persist = true;
+  return e;
+}
+
+Effects ServiceMachine::beginStart(std::int64_t nowMs, Cause cause, const std::string& why) {
+  const std::int64_t startingSince = s_.startingSinceMs ? s_.startingSinceMs : nowMs;
+  s_.lastActivityMs = nowMs;
+  if (settings_.hasStartDriver) {
+    Effects e = transition(nowMs, ServiceState::Starting, Phase::Driver, cause, why);
+    s_.startingSinceMs = startingSince;
+    OperationRecord record;
+    record.kind = OperationKind::Start;
+    record.startedAtMs = nowMs;
+    s_.operation = record;
+    e.runStartDriver = true;
+    return e;
+  }
+  Effects e = transition(nowMs, ServiceState::Starting, Phase::Readiness, cause, why);
+  s_.startingSinceMs = startingSince;
+  e |= enterReadiness(nowMs);
+  return e;
+}
+
+Effects ServiceMachine::enterReadiness(std::int64_t nowMs) {
+  s_.phase = Phase::Readiness;
+  Effects e;
+  e.persist = true;
+  if (settings_.hasHealthCheck) {
+    e.beginReadiness = true;
+    return e;
+  }
+  readyAtMs_ = nowMs + settings_.warmup.count();
+  if (settings_.warmup.count() == 0) e |= transition(nowMs, ServiceState::Warm, Phase::None, Cause::Health, "ready");
+  return e;
+}
+
+Effects ServiceMachine::fail(std::int64_t nowMs, Cause cause, std::string reason) {
+  s_.failedAtMs = nowMs;
+  s_.operation.reset();
+  return transition(nowMs, ServiceState::Failed, Phase::None, cause, std::move(reason));
+}
+
+void ServiceMachine::finishOperation(std::int64_t nowMs, const OperationOutcome& outcome) {
+  OperationSummary summary;
+  if (s_.operation) {
+    summary.kind = s_.operation->kind;
+    summary.startedAtMs = s_.operation->startedAtMs;
+    summary.taskId = s_.operation->taskId;
+  }
+  summary.endedAtMs = nowMs;
+  summary.ok = outcome.ok;
+  summary.reason = outcome.reason;
+  if (outcome.taskId) summary.taskId = outcome.taskId;
+  summary.taskStatus = outcome.taskStatus;
+  s_.lastOperation = summary;
+  s_.operation.reset();
+}
+
+Effects ServiceMachine::wake(std::int64_t nowMs, Cause cause, const std::string& why) {
+  switch (s_.state) {
+    case ServiceState::Cold:
+      return beginStart(nowMs, cause, why);
+    case ServiceState::Failed:
+      // Within the backoff a request gets the last failure at once; only a
+      // person (the CLI) may try again sooner. Nothing retries on its own.
+      if (cause != Cause::Cli && inFailureBackoff(nowMs)) return {};
+      return beginStart(nowMs, cause, why);
+    case ServiceState::Starting:
+    case ServiceState::Warm:
+      return {};
+    case ServiceState::Stopping:
+      if (s_.phase == Phase::Draining) {
+        // A request slipped in while the workers were being asked: the
+        // service is still running, so the stop is simply called off.
+        s_.lastActivityMs = nowMs;
+        return transition(nowMs, ServiceState::Warm, Phase::None, cause, "stop called off: " + why);
+      }
+      if (!s_.restartAfterStop) {
+        s_.restartAfterStop = true;
+        s_.startingSinceMs = nowMs;
+        Effects e;
+        e.persist = true;
+        return e;
+      }
+      return {};
+  }
+  return {};
+}
+
+Effects ServiceMachine::stopRequested(std::int64_t nowMs) {
+  if (!settings_.hasStopDriver) return {};
+  Effects e;
+  switch (s_.state) {
+    case ServiceState::Cold:
+      return {};
+    case ServiceState::Failed:
+      s_.operation.reset();
+      return transition(nowMs, ServiceState::Cold, Phase::None, Cause::Cli, "failure cleared by controld stop");
+    case ServiceState::Stopping:
+      if (s_.phase == Phase::Driver) {
+        s_.restartAfterStop = false;
+        e.persist = true;
+        return e;
+      }
+      break;
+    case ServiceState::Starting:
+      if (s_.phase == Phase::Driver) e.cancelDriver = true;
+      if (s_.phase == Phase::Readiness) e.stopReadiness = true;
+      s_.operation.reset();
+      break;
+    case ServiceState::Warm:
+      break;
+  }
+  s_.restartAfterStop = false;
+  e |= transition(nowMs, ServiceState::Stopping, Phase::Driver, Cause::Cli, "controld stop");
+  OperationRecord record;
+  record.kind = OperationKind::Stop;
+  record.startedAtMs = nowMs;
+  s_.operation = record;
+  e.runStopDriver = true;
+  return e;
+}
+
+Effects ServiceMachine::operationProgress(const OperationRecord& record) {
+  if (s_.phase != Phase::Driver || !s_.operation || s_.operation->kind != record.kind) return {};
+  const bool newTask = record.taskId != s_.operation->taskId;
+  s_.operation = record;
+  Effects e;
+  e.persist = true;
+  e.stateChanged = newTask;  // waiting users see the task id
+  return e;
+}
+
+Effects ServiceMachine::operationDone(std::int64_t nowMs, const OperationOutcome& outcome) {
+  if (s_.phase != Phase::Driver || !s_.operation) return {};
+  const OperationKind kind = s_.operation->kind;
+  if (kind == OperationKind::Start && s_.state == ServiceState::Starting) {
+    finishOperation(nowMs, outcome);
+    if (!outcome.ok) return fail(nowMs, Cause::Driver, outcome.reason);
+    return enterReadiness(nowMs);
+  }
+  if (kind == OperationKind::Stop && s_.state == ServiceState::Stopping) {
+    finishOperation(nowMs, outcome);
+    if (!outcome.ok) {
+      // The service is treated as still running; the idle stop is tried
+      // again after another idle_timeout.
+      s_.lastActivityMs = nowMs;
+      s_.restartAfterStop = false;
+      return transition(nowMs, ServiceState::Warm, Phase::None, Cause::Driver, "stop failed: " + outcome.reason);
+    }
+    const bool restart = s_.restartAfterStop;
+    const std::int64_t wokenAt = s_.startingSinceMs;  // when the request that wants it arrived
+    s_.restartAfterStop = false;
+    Effects e = transition(nowMs, ServiceState::Cold, Phase::None, s_.cause, "stopped");
+    if (restart) {
+      s_.startingSinceMs = wokenAt;
+      e |= beginStart(nowMs, Cause::Request, "woken while stopping");
+    }
+    return e;
+  }
+  return {};
+}
+
+Effects ServiceMachine::healthy(std::int64_t nowMs) {
+  if (s_.state == ServiceState::Starting && s_.phase == Phase::Readiness) {
+    return transition(nowMs, ServiceState::Warm, Phase::None, Cause::Health, "health check answered");
+  }
+  return {};
+}
+
+Effects ServiceMachine::unhealthy(std::int64_t nowMs, const std::string& detail) {
+  if (s_.state != ServiceState::Warm) return {};
+  return transition(nowMs, ServiceState::Cold, Phase::None, Cause::Recovery,
+                    "not answering its health check after a restart of controld: " + detail);
+}
+
+Effects ServiceMachine::activity(std::int64_t nowMs, std::uint64_t inFlight, bool requestsStarted) {
+  if (requestsStarted || inFlight > 0 || inFlight_ > 0) s_.lastActivityMs = nowMs;
+  inFlight_ = inFlight;
+  if (s_.state == ServiceState::Stopping && s_.phase == Phase::Draining && inFlight > 0) {
+    return transition(nowMs, ServiceState::Warm, Phase::None, Cause::Request, "stop called off: requests in flight");
+  }
+  return {};
+}
+
+Effects ServiceMachine::drainFinished(std::int64_t nowMs, std::uint64_t inFlight) {
+  if (s_.state != ServiceState::Stopping || s_.phase != Phase::Draining) return {};
+  if (inFlight > 0) {
+    inFlight_ = inFlight;
+    s_.lastActivityMs = nowMs;
+    return transition(nowMs, ServiceState::Warm, Phase::None, Cause::Request,
+                      "stop called off: " + std::to_string(inFlight) + " requests in flight");
+  }
+  s_.phase = Phase::Driver;
+  OperationRecord record;
+  record.kind = OperationKind::Stop;
+  record.startedAtMs = nowMs;
+  s_.operation = record;
+  Effects e;
+  e.persist = true;
+  e.runStopDriver = true;
+  return e;
+}
+
+std::optional<std::int64_t> ServiceMachine::idleStopAtMs() const {
+  if (s_.state != ServiceState::Warm || settings_.idleTimeout.count() == 0 || !settings_.hasStopDriver ||
+      inFlight_ > 0) {
+    return std::nullopt;
+  }
+  return std::max(s_.lastActivityMs, s_.sinceMs) + settings_.idleTimeout.count();
+}
+
+bool ServiceMachine::inFailureBackoff(std::int64_t nowMs) const {
+  return s_.state == ServiceState::Failed && nowMs < s_.failedAtMs + settings_.failureBackoff.count();
+}
+
+std::optional<std::int64_t> ServiceMachine::nextDeadlineMs() const {
+  switch (s_.state) {
+    case ServiceState::Starting: {
+      std::int64_t deadline = s_.startingSinceMs + settings_.startTimeout.count();
+      if (s_.phase == Phase::Readiness && !settings_.hasHealthCheck) deadline = std::min(deadline, readyAtMs_);
+      return deadline;
+    }
+    case ServiceState::Warm:
+      return idleStopAtMs();
+    case ServiceState::Stopping:
+      if (s_.phase == Phase::Draining) return drainDeadlineMs_;
+      return std::nullopt;
+    default:
+      return std::nullopt;
+  }
+}
+
+Effects ServiceMachine::tick(std::int64_t nowMs) {
+  switch (s_.state) {
+    case ServiceState::Starting: {
+      if (nowMs >= s_.startingSinceMs + settings_.startTimeout.count()) {
+        Effects e;
+        e.cancelDriver = s_.phase == Phase::Driver;
+        e.stopReadiness = s_.phase == Phase::Readiness;
+        const bool waitingForHealth = s_.phase == Phase::Readiness && settings_.hasHealthCheck;
+        e |= fail(nowMs, Cause::Timeout,
+                  std::string(waitingForHealth ? "did not answer its health check" : "did not finish starting") +
+                      " within start_timeout " + formatDuration(settings_.startTimeout));
+        return e;
+      }
+      if (s_.phase == Phase::Readiness && !settings_.hasHealthCheck && nowMs >= readyAtMs_) {
+        return transition(nowMs, ServiceState::Warm, Phase::None, Cause::Health,
+                          "warmup " + formatDuration(settings_.warmup) + " elapsed");
+      }
+      return {};
+    }
+    case ServiceState::Warm: {
+      const auto stopAt = idleStopAtMs();
+      if (!stopAt || nowMs < *stopAt) return {};
+      Effects e = transition(nowMs, ServiceState::Stopping, Phase::Draining, Cause::Idle,
+                             "idle for " + formatDuration(settings_.idleTimeout));
+      drainDeadlineMs_ = nowMs + settings_.drainTimeout.count();
+      e.announceStopping = true;
+      return e;
+    }
+    case ServiceState::Stopping:
+      // Workers that never acknowledged count with what they last reported.
+      if (s_.phase == Phase::Draining && nowMs >= drainDeadlineMs_) return drainFinished(nowMs, inFlight_);
+      return {};
+    default:
+      return {};
+  }
+}
+
+Effects ServiceMachine::restore(std::int64_t nowMs, MachineSnapshot snapshot) {
+  s_ = std::move(snapshot);
+  inFlight_ = 0;
+  // The idle clock restarts: a restart must never cause an early stop.
+  s_.lastActivityMs = nowMs;
+  Effects e;
+  e.persist = true;
+  switch (s_.state) {
+    case ServiceState::Warm:
+      e.confirmHealth = settings_.hasHealthCheck;
+      break;
+    case ServiceState::Starting:
+      if (s_.phase == Phase::Driver) {
+        if (!settings_.hasStartDriver) {
+          e |= enterReadiness(nowMs);
+        } else if (!s_.operation || (s_.operation->pid == 0 && s_.operation->taskId == 0)) {
+          // Nothing had been launched yet: launching now is not a repeat.
+          OperationRecord record;
+          record.kind = OperationKind::Start;
+          record.startedAtMs = nowMs;
+          s_.operation = record;
+          e.runStartDriver = true;
+        } else {
+          e.resumeDriver = true;
+        }
+      } else {
+        e |= enterReadiness(nowMs);
+      }
+      break;
+    case ServiceState::Stopping:
+      if (s_.phase == Phase::Driver && s_.operation && settings_.hasStopDriver) {
+        e.resumeDriver = true;
+      } else {
+        s_.operation.reset();
+        e |= transition(nowMs, ServiceState::Warm, Phase::None, Cause::Recovery,
+                        "stop interrupted by a restart of controld");
+      }
+      break;
+    case ServiceState::Cold:
+    case ServiceState::Failed:
+      s_.phase = Phase::None;
+      s_.operation.reset();
+      break;
+  }
+  return e;
+}
+
+}  // namespace ondemand::controld

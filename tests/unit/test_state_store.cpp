@@ -1,0 +1,82 @@
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "controld/state_store.hpp"
+
+using namespace ondemand;
+using namespace ondemand::controld;
+
+namespace {
+
+struct TempDir {
+  TempDir() {
+    char tmpl[] = "/tmp/ondemand-store-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string path;
+};
+
+}  // namespace
+
+TEST_CASE("a snapshot written to state_dir reads back the same, operation and history included") {
+  TempDir dir;
+  StateStore store(dir.path + "/state");
+  REQUIRE_FALSE(store.prepare());
+
+  MachineSnapshot s;
+  s.state = ServiceState::Starting;
+  s.phase = Phase::Driver;
+  s.epoch = 12;
+  s.sinceMs = 1000;
+  s.startingSinceMs = 900;
+  s.cause = Cause::Request;
+  s.operation = OperationRecord{OperationKind::Start, "semaphore", 42, 0, 950};
+  s.lastOperation = OperationSummary{OperationKind::Stop, 10, 20, false, "stop failed: \"x\"", 41, "error"};
+  s.history.push_back(Transition{900, ServiceState::Cold, ServiceState::Starting, Cause::Request, "GET /", 0, ""});
+  REQUIRE_FALSE(store.save("comfyui", s));
+
+  const auto loaded = store.loadAll();
+  REQUIRE(loaded.errors.empty());
+  REQUIRE(loaded.services.count("comfyui") == 1);
+  const auto& back = loaded.services.at("comfyui");
+  CHECK(back.state == ServiceState::Starting);
+  CHECK(back.phase == Phase::Driver);
+  CHECK(back.epoch == 12);
+  CHECK(back.startingSinceMs == 900);
+  REQUIRE(back.operation);
+  CHECK(back.operation->driver == "semaphore");
+  CHECK(back.operation->taskId == 42);
+  REQUIRE(back.lastOperation);
+  CHECK(back.lastOperation->reason == "stop failed: \"x\"");
+  CHECK(back.lastOperation->taskStatus == "error");
+  REQUIRE(back.history.size() == 1);
+  CHECK(back.history[0].detail == "GET /");
+
+  // No temp file is left behind.
+  CHECK_FALSE(std::filesystem::exists(dir.path + "/state/services/comfyui.json.tmp"));
+}
+
+TEST_CASE("a damaged state file is reported and skipped, not fatal") {
+  TempDir dir;
+  StateStore store(dir.path);
+  REQUIRE_FALSE(store.prepare());
+  std::ofstream(dir.path + "/services/broken.json") << "{not json";
+  REQUIRE_FALSE(store.save("fine", MachineSnapshot{}));
+  const auto loaded = store.loadAll();
+  CHECK(loaded.services.count("fine") == 1);
+  CHECK(loaded.services.count("broken") == 0);
+  CHECK(loaded.errors.size() == 1);
+}
+
+TEST_CASE("an unwritable state_dir gives an error naming it") {
+  StateStore store("/proc/ondemand-cannot-exist");
+  const auto error = store.prepare();
+  REQUIRE(error);
+  CHECK(error->find("/proc/ondemand-cannot-exist") != std::string::npos);
+}
