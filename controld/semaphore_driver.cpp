@@ -679,4 +679,10 @@ void SemaphoreDriver::cancel() {
   op->abandon(true);
 }
 
+void SemaphoreDriver::detach() {
+  if (!op_) return;
+  auto op = std::move(op_);
+  op->abandon(false);
+}
+
 }  // namespace ondemand::controld

@@ -108,6 +108,8 @@ class SemaphoreDriver : public Driver {
   // Stops the task with {"force": false} unless it already finished (or, if
   // Semaphore has not answered the creation yet, as soon as it does).
   void cancel() override;
+  // Leaves the task running for the next controld to resume.
+  void detach() override;
 
   // The environment string sent with a task: a JSON object text.
   std::string taskEnvironment(OperationKind kind) const;

@@ -21,10 +21,12 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "controld/semaphore_check.hpp"
 #include "controld/semaphore_driver.hpp"
 
 extern char** environ;
@@ -693,4 +695,73 @@ TEST_CASE("task output answers are read defensively") {
   CHECK_FALSE(lastOutputLines("not json", 10));
   CHECK(lastOutputLines(R"([{"output": 5}, 7, {"output": "a\nb  "}, {"output": " "}, {"output": "c"}])", 2) ==
         std::vector<std::string>{"b", "c"});
+}
+
+TEST_CASE("detach leaves the task running for the next controld and calls nothing back") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "run": "hang"})"});
+  Daemon daemon(tokenSettings(semaphore));
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.progress.size() == 2; }));
+  driver.detach();
+  daemon.runFor(500ms);
+  CHECK_FALSE(seen.outcome);
+  CHECK(semaphore.taskStatus(seen.progress[1].taskId) == "running");
+  for (const auto& r : semaphore.requests())
+    CHECK(r.path.find("/stop") == std::string::npos);
+}
+
+namespace {
+
+Config onlineConfig(const std::string& baseUrl, std::int64_t secondStart) {
+  Config config;
+  SemaphoreSettings semaphore;
+  semaphore.baseUrl = baseUrl;
+  semaphore.apiToken = kToken;
+  semaphore.httpTimeout = 2s;
+  config.semaphore = semaphore;
+  ServiceConfig a;
+  a.name = "comfyui";
+  a.where = {"controld.yaml", 12};
+  a.semaphore = serviceSettings(22, 23);
+  ServiceConfig b;
+  b.name = "ollama";
+  b.where = {"controld.yaml", 20};
+  b.semaphore = serviceSettings(secondStart, 0);
+  ServiceConfig c;
+  c.name = "notes";
+  c.startCommand = {"true"};
+  config.services = {{a.name, a}, {b.name, b}, {c.name, c}};
+  return config;
+}
+
+}  // namespace
+
+TEST_CASE("check-config --online asks Semaphore for the credentials and every template") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22})", "--template", R"({"id": 23})",
+                             "--template", R"({"id": 31, "project_id": 2})"});
+  std::ostringstream out, err;
+  CHECK(checkSemaphoreOnline(onlineConfig(semaphore.url(), 22), out, err) == 0);
+  INFO(err.str());
+  CHECK(out.str().find("Semaphore at " + semaphore.url() + " (v2.10.22-double): reachable, credentials accepted") !=
+        std::string::npos);
+  CHECK(out.str().find("Semaphore templates: 2 found in project 1") != std::string::npos);
+
+  std::ostringstream out2, err2;
+  CHECK(checkSemaphoreOnline(onlineConfig(semaphore.url(), 31), out2, err2) == 1);
+  CHECK(err2.str() ==
+        "controld.yaml:20: services.ollama.semaphore.start_template_id: template 31 does not exist in Semaphore "
+        "project 1\n");
+
+  auto wrongToken = onlineConfig(semaphore.url(), 22);
+  wrongToken.semaphore->apiToken = "nope";
+  std::ostringstream out3, err3;
+  CHECK(checkSemaphoreOnline(wrongToken, out3, err3) == 1);
+  CHECK(err3.str() ==
+        "Semaphore at " + semaphore.url() + " refused the API token (HTTP 401): check semaphore api_token\n");
+
+  std::ostringstream out4, err4;
+  CHECK(checkSemaphoreOnline(onlineConfig("http://127.0.0.1:" + std::to_string(closedPort()), 22), out4, err4) == 3);
+  CHECK(err4.str().rfind("cannot reach Semaphore at http://127.0.0.1:", 0) == 0);
 }
