@@ -475,8 +475,8 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
     while (first > 0 && bytes + (*lines)[first - 1].size() + 1 <= kMaxOutputBytes)
       bytes += (*lines)[--first].size() + 1;
     if (first == lines->size()) return fail(reason + " (no output)");
-    reason += ":";
-    for (std::size_t i = first; i < lines->size(); ++i)
+    reason += ": " + (*lines)[first];  // then the other lines, one per line of the reason
+    for (std::size_t i = first + 1; i < lines->size(); ++i)
       reason += "\n" + (*lines)[i];
     fail(reason);
   }

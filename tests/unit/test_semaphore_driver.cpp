@@ -381,7 +381,7 @@ TEST_CASE("a failed task's reason carries the last lines of its output, colours 
   CHECK(outcome.taskStatus == "error");
   const std::string id = std::to_string(outcome.taskId);
   CHECK(outcome.reason == "Semaphore task " + id +
-                              " ended with status error:\nstep 4\nstep 5\nstep 6\nstep 7\nstep 8\nstep 9\nstep 10\n"
+                              " ended with status error: step 4\nstep 5\nstep 6\nstep 7\nstep 8\nstep 9\nstep 10\n"
                               "step 11\nstep 12\nRunning app failed: exit status 2");
   CHECK(semaphore.requests("GET", "/api/project/1/tasks/" + id + "/output").size() == 1);
 }
