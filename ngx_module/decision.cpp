@@ -86,9 +86,10 @@ Decision decide(const Situation& s) {
       // waited through the failed start get the failure.
       if (s.retryAllowed && !s.alreadyWaiting) return notWarm(s, true);
       return answer(AnswerKind::StartFailed);
-    case ServiceState::Cold:
     case ServiceState::Starting:
-    case ServiceState::Stopping:
+      return notWarm(s, false);  // controld is on it already
+    case ServiceState::Cold:
+    case ServiceState::Stopping:  // controld starts it again once stopped
       break;
   }
   return notWarm(s, true);

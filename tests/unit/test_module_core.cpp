@@ -31,19 +31,24 @@ TEST_CASE("a warm service passes without a wake") {
   CHECK_FALSE(d.wake);
 }
 
-TEST_CASE("a cold, starting or stopping service holds the request and wakes it") {
-  for (ServiceState state : {ServiceState::Cold, ServiceState::Starting, ServiceState::Stopping}) {
+TEST_CASE("a cold or stopping service holds the request and wakes it; a starting one just holds it") {
+  for (ServiceState state : {ServiceState::Cold, ServiceState::Stopping}) {
     const Decision d = decide(upWith(state));
     CHECK(d.action == Action::Park);
     CHECK(d.wake);
   }
+  const Decision starting = decide(upWith(ServiceState::Starting));
+  CHECK(starting.action == Action::Park);
+  CHECK_FALSE(starting.wake);
 }
 
 TEST_CASE("modes: reject and page answer at once, auto pages browsers and holds the rest") {
   Situation s = upWith(ServiceState::Starting);
   s.mode = Mode::Reject;
   CHECK(decide(s).answer == AnswerKind::NotReady);
+  s.state = ServiceState::Cold;
   CHECK(decide(s).wake);
+  s.state = ServiceState::Starting;
   s.mode = Mode::Page;
   CHECK(decide(s).answer == AnswerKind::WaitingPage);
   s.mode = Mode::Auto;
