@@ -4,6 +4,7 @@ controld nothing; failures, timeouts and limits get clear answers."""
 import json
 import re
 import socket
+import sys
 import time
 import unittest
 
@@ -22,7 +23,7 @@ class HeldRequestsTest(ModuleTestCase):
     def test_hundred_requests_to_a_cold_service_start_it_once_and_all_get_its_answer(self):
         port = free_port()
         self.start_controld_with([self.sample_yaml("notes", port, ready_after=2.0)])
-        self.start_front(location("/", "notes", port))
+        self.start_front(location("/", "notes", port), workers=2)
 
         sent = time.time()
         threads, results = self.concurrent(100, "/hello")
@@ -36,7 +37,7 @@ class HeldRequestsTest(ModuleTestCase):
         self.assertGreaterEqual(min(r.ended for r in results) - sent, 1.9)
         starts = [h for h in self.history("notes") if h["to"] == "starting"]
         self.assertEqual(len(starts), 1, starts)
-        self.assertEqual(self.messages_received().get("wake", 0), 1)
+        self.assertLessEqual(self.messages_received().get("wake", 0), 2, "a wake per worker, not per request")
         # Everything held has been let go and has finished.
         self.assertEqual(self.front_service("notes")["waiting"], 0)
         wait_until(lambda: self.front_service("notes")["in_flight"] == 0, 5, message="in flight back to 0")
@@ -70,6 +71,8 @@ class HeldRequestsTest(ModuleTestCase):
         self.assertEqual(count, 1000)
         self.assertEqual(after.get("wake", 0), before.get("wake", 0), "no wake for a warm service")
         activity = after.get("activity", 0) - before.get("activity", 0)
+        sys.stderr.write("\n1000 warm requests: %d activity messages, %d wakes\n"
+                         % (activity, after.get("wake", 0) - before.get("wake", 0)))
         self.assertLess(activity, 60, "activity is coalesced, not per request (%d messages)" % activity)
         service = self.status("static")["services"][0]
         self.assertGreaterEqual(service["started_total"], 1001)
@@ -155,6 +158,40 @@ class HeldRequestsTest(ModuleTestCase):
         api = self.get("/", headers={"Accept": "*/*"})
         self.assertEqual(api.status, 200)
         self.assertIn("hello from ui", api.body)
+
+    def test_a_custom_waiting_page_and_reject_mode(self):
+        port = free_port()
+        page = self.write("wait.html", "<html><head><meta http-equiv=\"refresh\" content=\"{{ refresh }}\"></head>"
+                                       "<body>{{service}} is {{state}} since {{elapsed_seconds}}s: {{message}}</body></html>")
+        self.start_controld_with([self.sample_yaml("gpu", port, ready_after=1.0)])
+        self.start_front(location("/page", "gpu", port, "ondemand_mode page; ondemand_page %s;" % page) +
+                         location("/reject", "gpu", port, "ondemand_mode reject;"))
+        result = self.get("/page", headers={"Accept": "*/*"})
+        self.assertEqual(result.status, 503)
+        self.assertEqual(result.headers.get("retry-after"), "3")
+        self.assertRegex(result.body, r"<body>gpu is (cold|starting) since \d+s: Service &quot;gpu&quot; is not ready")
+        self.assertIn('content="3"', result.body)
+        rejected = self.get("/reject")
+        self.assertEqual(rejected.status, 503)
+        self.assertEqual(rejected.headers.get("retry-after"), "5")
+        self.assertEqual(json.loads(rejected.body)["error"], "not_ready")
+        self.wait_state("gpu", "warm")
+        self.assertEqual(self.get("/page").status, 200)
+
+    def test_variables_tell_the_access_log_what_happened(self):
+        port = free_port()
+        self.start_controld_with([self.sample_yaml("logged", port, ready_after=1.0)])
+        self.start_front(location("/", "logged", port, "access_log %s/ondemand.log ondemand;" % self.dir),
+                         http_extra="log_format ondemand '$uri $status $ondemand_service $ondemand_state "
+                                    "$ondemand_wait_ms';")
+        self.assertEqual(self.get("/first").status, 200)
+        self.assertEqual(self.get("/second").status, 200)
+        with open(self.path("ondemand.log")) as f:
+            lines = [line.split() for line in f.read().splitlines()]
+        self.assertEqual([l[:4] for l in lines], [["/first", "200", "logged", "cold"],
+                                                  ["/second", "200", "logged", "warm"]])
+        self.assertGreaterEqual(int(lines[0][4]), 900)
+        self.assertEqual(lines[1][4], "0")
 
     def test_an_unknown_service_answers_502_naming_it_and_logs_once(self):
         port = free_port()
