@@ -481,7 +481,8 @@ ngx_int_t handleStatus(ngx_http_request_t* r) {
 
 ngx_int_t precontentHandler(ngx_http_request_t* r) {
   LocConf* lcf = locConf(r);
-  if (lcf->service.len == 0) return NGX_DECLINED;
+  // The status page never waits for a service it may inherit.
+  if (lcf->service.len == 0 || lcf->status) return NGX_DECLINED;
   try {
     return handle(r, lcf);
   } catch (const std::exception& e) {
