@@ -196,7 +196,9 @@ class HeldRequestsTest(ModuleTestCase):
     def test_an_unknown_service_answers_502_naming_it_and_logs_once(self):
         port = free_port()
         self.start_controld_with([self.sample_yaml("known", port)])
-        self.start_front(location("/", "nosuch", port))
+        # Set for the whole server: the status page (which inherits it) still answers.
+        self.start_front("location / { proxy_pass http://127.0.0.1:%d; }" % port,
+                         server_extra="ondemand_service nosuch;")
         for _ in range(3):
             result = self.get("/")
             self.assertEqual(result.status, 502)
