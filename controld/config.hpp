@@ -2,11 +2,12 @@
 // controld's configuration: the native controld.yaml and Hestia's
 // hestia_config.yml, both loaded into the same structures. Every problem is
 // reported with file, line, key and what was expected; nothing falls back to a
-// silent default. docs/CONFIG.md is the reference for users.
+// silent default. docs/CONFIGURATION.md is the reference for users.
 
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -37,8 +38,8 @@ struct SemaphoreServiceSettings {
   std::int64_t stopTemplateId = 0;  // 0 = no stop template: the service is never stopped by controld
   Millis taskTimeout = 10min;
   Millis pollInterval = 2s;
-  std::string machineId;      // sent as machine_id and limit; defaults to the service's `machine`
-  std::string extraVarsJson;  // a JSON object ("{}" when none), merged into the task's environment
+  std::string machineId;             // sent as machine_id and limit; defaults to the service's `machine`
+  std::string extraVarsJson = "{}";  // a JSON object, merged into the task's environment
 };
 
 struct ServiceConfig {
@@ -69,8 +70,12 @@ struct ServiceConfig {
   }
 };
 
+// Which file format a Config was read from: messages use that format's key names.
+enum class ConfigFormat { Native, Hestia };
+
 struct Config {
   std::string sourceFile;
+  ConfigFormat format = ConfigFormat::Native;
   std::string socketPath = "/run/controld/controld.sock";
   std::optional<mode_t> socketMode;  // e.g. 0660; unset = leave the umask's choice
   std::string socketGroup;           // empty = leave the group
@@ -78,6 +83,10 @@ struct Config {
   std::size_t historySize = 20;  // transitions kept per service for `controld status`
   std::optional<SemaphoreSettings> semaphore;
   std::map<std::string, ServiceConfig> services;  // by name
+
+  // Dotted key -> the line that sets it, for every key the file sets. Lets
+  // later checks point at the right line; a key missing here was defaulted.
+  std::map<std::string, int> lines;
 };
 
 struct ConfigProblem {
@@ -99,8 +108,26 @@ struct ConfigLoadResult {
   std::vector<ConfigProblem> warnings;
 };
 
+// Reads a whole file (the config itself, api_token_file); injectable for tests.
+// nullopt with `error` set to the reason ("No such file or directory") when it
+// cannot be read.
+using FileReader = std::function<std::optional<std::string>(const std::string& path, std::string& error)>;
+std::optional<std::string> readWholeFile(const std::string& path, std::string& error);
+
 // Loads a controld.yaml or a hestia_config.yml (recognised by its keys).
-// Never throws.
-ConfigLoadResult loadConfig(const std::string& path, const Environment& env);
+// Never throws. Relative paths in the file are relative to the file's directory.
+ConfigLoadResult loadConfig(const std::string& path, const Environment& env,
+                            const FileReader& readFile = readWholeFile);
+
+struct ConfigProblems {
+  std::vector<ConfigProblem> errors;
+  std::vector<ConfigProblem> warnings;
+};
+
+// Facts that hold between keys and between services, whatever the format: one
+// driver per service, a way to tell readiness, Semaphore settings present and
+// complete when a service uses Semaphore. loadConfig runs it; call it again on
+// a Config built or changed in code.
+ConfigProblems validateConfig(const Config& config);
 
 }  // namespace ondemand::controld
