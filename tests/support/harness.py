@@ -76,9 +76,10 @@ class Process:
         if self.alive():
             self.proc.send_signal(sig)
 
-    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+    def stop(self, sig=None, timeout=10.0):
+        # (`signal` in this class body is the method above, hence no default here)
         if self.alive():
-            self.proc.send_signal(sig)
+            self.proc.send_signal(signal.SIGTERM if sig is None else sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
