@@ -6,14 +6,14 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 #include <CLI/CLI.hpp>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
 #include <iostream>
-#include <rapidjson/document.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 
 #include "controld/config.hpp"
 #include "controld/daemon.hpp"
@@ -179,7 +179,8 @@ void printTable(const rapidjson::Document& reply) {
               << "\n";
     if (!str(s, "reason").empty()) reasons.push_back(str(s, "name") + ": " + str(s, "reason"));
   }
-  for (const auto& r : reasons) std::cout << "\n" << r << "\n";
+  for (const auto& r : reasons)
+    std::cout << "\n" << r << "\n";
 }
 
 void printDetail(const rapidjson::Document& reply) {
@@ -200,8 +201,8 @@ void printDetail(const rapidjson::Document& reply) {
     std::cout << "in flight:      " << num(s, "in_flight") << " (requests started: " << num(s, "started_total")
               << ")\n";
     if (s.HasMember("idle_stop_at") && s["idle_stop_at"].IsInt64()) {
-      std::cout << "idle stop in:   " << formatDuration(Millis(std::max<std::int64_t>(0, s["idle_stop_at"].GetInt64() - now)))
-                << "\n";
+      std::cout << "idle stop in:   "
+                << formatDuration(Millis(std::max<std::int64_t>(0, s["idle_stop_at"].GetInt64() - now))) << "\n";
     }
     std::cout << "operation:      " << describeOperation(s, now) << "\n";
     const auto& last = s["last_operation"];
@@ -240,14 +241,15 @@ int unreachable(const std::string& socket, const std::string& error) {
 }
 
 int printProblems(const ConfigLoadResult& result) {
-  for (const auto& e : result.errors) std::cerr << formatProblem(e) << "\n";
-  for (const auto& w : result.warnings) std::cerr << "warning: " << formatProblem(w) << "\n";
+  for (const auto& e : result.errors)
+    std::cerr << formatProblem(e) << "\n";
+  for (const auto& w : result.warnings)
+    std::cerr << "warning: " << formatProblem(w) << "\n";
   return result.errors.empty() ? kExitOk : kExitUsage;
 }
 
 // start/stop, optionally waiting for the outcome.
-int startOrStop(const std::string& socket, const std::string& verb, const std::string& service, bool wait,
-                bool json) {
+int startOrStop(const std::string& socket, const std::string& verb, const std::string& service, bool wait, bool json) {
   ControlClient client;
   if (auto error = client.connect(socket)) return unreachable(socket, *error);
   if (wait) {
@@ -272,7 +274,9 @@ int startOrStop(const std::string& socket, const std::string& verb, const std::s
       doc.Parse(line->c_str());
       if (!doc.IsObject() || str(doc, "type") != "state" || str(doc, "service") != service) continue;
       const std::string s = str(doc, "state");
-      if (s != state) std::cerr << service << ": " << s << (num(doc, "task_id") ? " (task " + std::to_string(num(doc, "task_id")) + ")" : "") << "\n";
+      if (s != state)
+        std::cerr << service << ": " << s
+                  << (num(doc, "task_id") ? " (task " + std::to_string(num(doc, "task_id")) + ")" : "") << "\n";
       state = s;
       reason = str(doc, "reason");
       if (finished(state)) break;
@@ -388,8 +392,9 @@ int cliMain(int argc, char** argv) {
   app.add_subcommand("version", "print the version");
 
   for (auto* sub : {statusCmd, startCmd, stopCmd, eventsCmd}) {
-    sub->add_option("--socket,-s", socketOption, "control socket (default: from --config, $CONTROLD_SOCKET, or " +
-                                                     std::string(kDefaultSocket) + ")");
+    sub->add_option(
+        "--socket,-s", socketOption,
+        "control socket (default: from --config, $CONTROLD_SOCKET, or " + std::string(kDefaultSocket) + ")");
     sub->add_option("--config,-c", configOption, "read the socket path from this configuration");
   }
 
@@ -422,9 +427,11 @@ int cliMain(int argc, char** argv) {
   }
   if (*serve) {
     auto result = loadConfig(configOption, processEnvironment());
-    for (const auto& w : result.warnings) LogLine(LogLevel::Warning, "config_warning").kv("problem", formatProblem(w));
+    for (const auto& w : result.warnings)
+      LogLine(LogLevel::Warning, "config_warning").kv("problem", formatProblem(w));
     if (!result.config) {
-      for (const auto& e : result.errors) std::cerr << formatProblem(e) << "\n";
+      for (const auto& e : result.errors)
+        std::cerr << formatProblem(e) << "\n";
       return kExitUsage;
     }
     if (!serveSocket.empty()) result.config->socketPath = serveSocket;

@@ -39,7 +39,7 @@ std::optional<std::string> makeParentDirectory(const std::string& path) {
   const auto slash = path.rfind('/');
   if (slash == std::string::npos || slash == 0) return std::nullopt;
   const std::string dir = path.substr(0, slash);
-  struct stat st{};
+  struct stat st {};
   if (::stat(dir.c_str(), &st) == 0) return std::nullopt;
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
     return "cannot create directory " + dir + ": " + std::strerror(errno);
@@ -60,9 +60,8 @@ void ControlConnection::send(std::string line) {
   }
   auto* w = new WriteRequest{{}, std::move(line)};
   uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
-  const int rc = uv_write(&w->req, stream, &buf, 1, [](uv_write_t* req, int) {
-    delete reinterpret_cast<WriteRequest*>(req);
-  });
+  const int rc =
+      uv_write(&w->req, stream, &buf, 1, [](uv_write_t* req, int) { delete reinterpret_cast<WriteRequest*>(req); });
   if (rc != 0) {
     delete w;
     close(std::string("write failed: ") + uv_strerror(rc));
@@ -85,8 +84,8 @@ void ControlConnection::close(const std::string& why) {
 void ControlConnection::onRead(const char* data, std::size_t size) {
   if (!framer_.append(std::string_view(data, size))) {
     // Tell the peer why before hanging up; it may log it.
-    send(protocol::encode(protocol::Error{"message larger than " + std::to_string(protocol::kMaxMessageBytes) +
-                                          " bytes"}));
+    send(protocol::encode(
+        protocol::Error{"message larger than " + std::to_string(protocol::kMaxMessageBytes) + " bytes"}));
     close("message larger than " + std::to_string(protocol::kMaxMessageBytes) + " bytes");
     return;
   }
@@ -103,13 +102,15 @@ void ControlConnection::onRead(const char* data, std::size_t size) {
 ControlServer::ControlServer(uv_loop_t* loop, Handler& handler, std::string daemonName)
     : loop_(loop), handler_(handler), daemonName_(std::move(daemonName)) {}
 
-ControlServer::~ControlServer() { closeAll(); }
+ControlServer::~ControlServer() {
+  closeAll();
+}
 
 std::optional<std::string> ControlServer::listen(const std::string& path, std::optional<mode_t> mode,
                                                  const std::string& group) {
   if (path.size() >= sizeof(sockaddr_un::sun_path)) return "socket path too long: " + path;
   if (auto error = makeParentDirectory(path)) return error;
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return path + " exists and is not a socket";
     if (someoneListens(path)) return "another controld is already listening on " + path;
@@ -152,8 +153,10 @@ void ControlServer::closeAll() {
     path_.clear();
   }
   std::vector<ControlConnection*> all;
-  for (auto& [id, c] : connections_) all.push_back(c.get());
-  for (auto* c : all) c->close("");
+  for (auto& [id, c] : connections_)
+    all.push_back(c.get());
+  for (auto* c : all)
+    c->close("");
   graveyard_.clear();
 }
 
@@ -253,7 +256,8 @@ void ControlServer::forEach(const std::function<void(ControlConnection&)>& fn) {
 
 std::size_t ControlServer::connectionCount(const std::string& role) const {
   std::size_t n = 0;
-  for (const auto& [id, c] : connections_) n += c->isOpen() && c->role_ == role;
+  for (const auto& [id, c] : connections_)
+    n += c->isOpen() && c->role_ == role;
   return n;
 }
 

@@ -26,14 +26,21 @@ void notifySystemd([[maybe_unused]] const char* state) {
 
 using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
-void key(JsonWriter& w, const char* k) { w.Key(k); }
-void str(JsonWriter& w, const std::string& v) { w.String(v.c_str(), static_cast<rapidjson::SizeType>(v.size())); }
+void key(JsonWriter& w, const char* k) {
+  w.Key(k);
+}
+void str(JsonWriter& w, const std::string& v) {
+  w.String(v.c_str(), static_cast<rapidjson::SizeType>(v.size()));
+}
 
 const char* driverName(const ServiceConfig& c) {
   switch (c.driverKind()) {
-    case ServiceConfig::DriverKind::Command: return "command";
-    case ServiceConfig::DriverKind::Semaphore: return "semaphore";
-    case ServiceConfig::DriverKind::None: return "none";
+    case ServiceConfig::DriverKind::Command:
+      return "command";
+    case ServiceConfig::DriverKind::Semaphore:
+      return "semaphore";
+    case ServiceConfig::DriverKind::None:
+      return "none";
   }
   return "none";
 }
@@ -49,9 +56,9 @@ struct Daemon::Service {
   std::unique_ptr<Driver> driver;
   std::unique_ptr<HealthChecker> health;
   Timer timer;
-  std::set<std::uint64_t> awaitingAcks;  // workers asked about `stopping` that have not answered
-  bool holdsMachine = false;             // an operation runs or waits for this service's machine
-  std::uint64_t startedTotal = 0;        // requests started, as reported by workers
+  std::set<std::uint64_t> awaitingAcks;        // workers asked about `stopping` that have not answered
+  bool holdsMachine = false;                   // an operation runs or waits for this service's machine
+  std::uint64_t startedTotal = 0;              // requests started, as reported by workers
   std::optional<ServiceConfig> pendingConfig;  // a reload that waits for the operation under way
 };
 
@@ -182,8 +189,8 @@ void Daemon::apply(Service& s, Effects e, const std::string& why) {
     s.driver = makeDriver(next);
     s.health.reset();
     if (!next.healthUrl.empty()) {
-      s.health = std::make_unique<HealthChecker>(*http_, loop_, next.healthUrl, next.healthInterval,
-                                                 next.healthTimeout);
+      s.health =
+          std::make_unique<HealthChecker>(*http_, loop_, next.healthUrl, next.healthInterval, next.healthTimeout);
     }
     s.machine.updateSettings(machineSettings(next, s.driver.get()));
   }
@@ -346,7 +353,8 @@ void Daemon::onHello(ControlConnection&) {}
 void Daemon::onMessage(ControlConnection& c, protocol::Message&& message) {
   if (std::holds_alternative<protocol::Subscribe>(message)) {
     c.subscribed = true;
-    for (auto& [name, s] : services_) c.send(protocol::encode(statePush(*s)));
+    for (auto& [name, s] : services_)
+      c.send(protocol::encode(statePush(*s)));
     c.send(protocol::encode(protocol::Synced{}));
   } else if (const auto* wake = std::get_if<protocol::Wake>(&message)) {
     handleWake(c, *wake);
@@ -472,9 +480,7 @@ void Daemon::handleCommand(ControlConnection& c, const protocol::Command& comman
   }
   if (!s.driver || !s.driver->supports(OperationKind::Stop)) {
     return reply(false,
-                 "service \"" + s.config.name +
-                     "\" has no stop_command or stop template: controld cannot stop it",
-                 &s);
+                 "service \"" + s.config.name + "\" has no stop_command or stop template: controld cannot stop it", &s);
   }
   apply(s, s.machine.stopRequested(now), "controld stop (cli)");
   return reply(true, "", &s);
@@ -601,7 +607,8 @@ int Daemon::run() {
     LogLine(LogLevel::Error, "startup_failed").kv("why", *error);
     return 1;
   }
-  for (const auto& [name, c] : config_.services) addService(c);
+  for (const auto& [name, c] : config_.services)
+    addService(c);
   if (auto error = server_->listen(config_.socketPath, config_.socketMode, config_.socketGroup)) {
     LogLine(LogLevel::Error, "startup_failed").kv("why", *error);
     return 1;
@@ -655,9 +662,11 @@ void Daemon::shutdown() {
 void Daemon::reload() {
   notifySystemd("RELOADING=1");
   auto result = loadConfig(config_.sourceFile, processEnvironment());
-  for (const auto& w : result.warnings) LogLine(LogLevel::Warning, "config_warning").kv("problem", formatProblem(w));
+  for (const auto& w : result.warnings)
+    LogLine(LogLevel::Warning, "config_warning").kv("problem", formatProblem(w));
   if (!result.config) {
-    for (const auto& e : result.errors) LogLine(LogLevel::Error, "config_error").kv("problem", formatProblem(e));
+    for (const auto& e : result.errors)
+      LogLine(LogLevel::Error, "config_error").kv("problem", formatProblem(e));
     LogLine(LogLevel::Error, "reload_rejected")
         .kv("errors", static_cast<std::uint64_t>(result.errors.size()))
         .kv("why", "keeping the running configuration");

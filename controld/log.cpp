@@ -15,10 +15,14 @@ LogLevel gLevel = LogLevel::Info;
 
 const char* levelName(LogLevel level) {
   switch (level) {
-    case LogLevel::Debug: return "debug";
-    case LogLevel::Info: return "info";
-    case LogLevel::Warning: return "warning";
-    case LogLevel::Error: return "error";
+    case LogLevel::Debug:
+      return "debug";
+    case LogLevel::Info:
+      return "info";
+    case LogLevel::Warning:
+      return "warning";
+    case LogLevel::Error:
+      return "error";
   }
   return "info";
 }
@@ -38,7 +42,9 @@ bool needsQuotes(std::string_view v) {
 
 }  // namespace
 
-void setLogLevel(LogLevel level) { gLevel = level; }
+void setLogLevel(LogLevel level) {
+  gLevel = level;
+}
 
 bool parseLogLevel(std::string_view text, LogLevel& out) {
   for (LogLevel l : {LogLevel::Debug, LogLevel::Info, LogLevel::Warning, LogLevel::Error}) {
@@ -103,7 +109,11 @@ LogLine& LogLine::kv(std::string_view key, std::string_view value) {
   return *this;
 }
 
-LogLine& LogLine::kv(std::string_view key, std::int64_t value) { return kv(key, std::to_string(value)); }
-LogLine& LogLine::kv(std::string_view key, std::uint64_t value) { return kv(key, std::to_string(value)); }
+LogLine& LogLine::kv(std::string_view key, std::int64_t value) {
+  return kv(key, std::to_string(value));
+}
+LogLine& LogLine::kv(std::string_view key, std::uint64_t value) {
+  return kv(key, std::to_string(value));
+}
 
 }  // namespace ondemand::controld

@@ -257,6 +257,7 @@ class ControldTest(OndemandTestCase):
         reply = bad.read()
         self.assertEqual(reply["type"], "error")
         self.assertIsNone(bad.read())  # closed
+        bad.close()
 
         huge = WorkerClient(self.controld_socket)
         try:
@@ -264,6 +265,7 @@ class ControldTest(OndemandTestCase):
         except (BrokenPipeError, ConnectionResetError):
             pass
         self.assertEqual(huge.read()["type"], "error")
+        huge.close()
 
         # The good client still gets pushes.
         self.assertEqual(self.cli("start", "notes").returncode, 0)
