@@ -68,10 +68,13 @@ Daemon::Daemon(Config config, Environment environment)
     : loop_(&loopStorage_), config_(std::move(config)), environment_(std::move(environment)), store_(config_.stateDir) {
   uv_loop_init(loop_);
   http_ = std::make_unique<HttpClient>(loop_);
+  writer_ = std::make_unique<StateWriter>(loop_, store_);
   server_ = std::make_unique<ControlServer>(loop_, *this, versionString());
 }
 
 Daemon::~Daemon() {
+  shuttingDown_ = true;
+  writer_.reset();  // every state write finishes before anything goes
   services_.clear();
   server_.reset();
   http_.reset();
@@ -159,15 +162,25 @@ void Daemon::apply(Service& s, Effects e, const std::string& why) {
     }
   }
   if (e.stopReadiness && s.health) s.health->stop();
-  if (e.persist) {
-    if (auto error = store_.save(name, s.machine.snapshot())) {
-      LogLine(LogLevel::Error, "state_not_saved").kv("service", name).kv("why", *error);
-    }
-  }
+  // Workers learn first (no disk on that path); the driver is launched only
+  // once the record of its operation is on disk, so a crash in between can
+  // never make a restarted controld launch it a second time.
   if (e.stateChanged) publish(s);
-  if (e.runStartDriver) runOperation(s, OperationKind::Start, why);
-  if (e.runStopDriver) runOperation(s, OperationKind::Stop, why);
-  if (e.resumeDriver) resumeOperation(s);
+  const bool launch = e.runStartDriver || e.runStopDriver || e.resumeDriver;
+  if (e.persist || launch) {
+    std::function<void()> whenDurable;
+    if (launch) {
+      whenDurable = [this, service = &s, epoch = s.machine.epoch(), e, why] {
+        auto it = services_.find(service->config.name);
+        if (shuttingDown_ || it == services_.end() || it->second.get() != service) return;
+        if (service->machine.epoch() != epoch || service->machine.phase() != Phase::Driver) return;
+        if (e.runStartDriver) runOperation(*service, OperationKind::Start, why);
+        if (e.runStopDriver) runOperation(*service, OperationKind::Stop, why);
+        if (e.resumeDriver) resumeOperation(*service);
+      };
+    }
+    writer_->save(name, s.machine.snapshot(), std::move(whenDurable));
+  }
   if (e.beginReadiness && s.health) {
     s.health->start([this, &s] { apply(s, s.machine.healthy(unixMillisNow())); });
   }
@@ -643,6 +656,7 @@ int Daemon::run() {
 }
 
 void Daemon::shutdown() {
+  shuttingDown_ = true;
   notifySystemd("STOPPING=1");
   LogLine(LogLevel::Info, "shutdown").kv("why", "signal");
   // Operations under way keep running; the next controld resumes them from

@@ -76,6 +76,8 @@ class Daemon : public ControlServer::Handler {
   Config config_;
   Environment environment_;
   StateStore store_;
+  std::unique_ptr<StateWriter> writer_;
+  bool shuttingDown_ = false;
   std::unique_ptr<HttpClient> http_;
   std::shared_ptr<SemaphoreClient> semaphore_;
   std::unique_ptr<ControlServer> server_;

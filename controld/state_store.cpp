@@ -15,6 +15,7 @@
 #include <rapidjson/writer.h>
 
 #include "controld/fd.hpp"
+#include "controld/log.hpp"
 
 namespace ondemand::controld {
 
@@ -202,9 +203,12 @@ std::optional<std::string> StateStore::prepare() {
 }
 
 std::optional<std::string> StateStore::save(const std::string& service, const MachineSnapshot& snapshot) {
+  return writeText(service, snapshotToJson(snapshot) + "\n");
+}
+
+std::optional<std::string> StateStore::writeText(const std::string& service, const std::string& text) const {
   const std::string finalPath = servicesDir() + "/" + service + ".json";
   const std::string tempPath = finalPath + ".tmp";
-  const std::string text = snapshotToJson(snapshot) + "\n";
   {
     ScopedFd fd(::open(tempPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
     if (!fd) return errnoText("cannot write", tempPath);
@@ -251,6 +255,81 @@ StateStore::Loaded StateStore::loadAll() const {
   }
   ::closedir(dir);
   return loaded;
+}
+
+}  // namespace ondemand::controld
+
+namespace ondemand::controld {
+
+// What is waiting to be written for one service, and who waits for it.
+struct StateWriter::Pending {
+  bool writing = false;
+  std::optional<std::string> text;             // the newest snapshot not yet handed to a job
+  std::vector<std::function<void()>> waiters;  // run when `text` is durable
+};
+
+struct StateWriter::Job {
+  uv_work_t work{};
+  StateWriter* writer = nullptr;
+  std::string service;
+  std::string text;
+  std::vector<std::function<void()>> waiters;
+  std::optional<std::string> error;
+};
+
+StateWriter::StateWriter(uv_loop_t* loop, const StateStore& store) : loop_(loop), store_(store) {}
+
+StateWriter::~StateWriter() {
+  // Jobs reference this writer: let them finish. Only the loop's thread pool
+  // work is left by now, so this does not run anything else.
+  while (running_ > 0)
+    uv_run(loop_, UV_RUN_ONCE);
+}
+
+bool StateWriter::idle() const {
+  return running_ == 0;
+}
+
+void StateWriter::save(const std::string& service, const MachineSnapshot& snapshot, std::function<void()> durable) {
+  auto& pending = services_[service];
+  if (!pending) pending = std::make_unique<Pending>();
+  pending->text = snapshotToJson(snapshot) + "\n";
+  if (durable) pending->waiters.push_back(std::move(durable));
+  if (!pending->writing) launch(service);
+}
+
+void StateWriter::launch(const std::string& service) {
+  auto& pending = *services_[service];
+  auto* job = new Job;
+  job->work.data = job;
+  job->writer = this;
+  job->service = service;
+  job->text = std::move(*pending.text);
+  pending.text.reset();
+  job->waiters.swap(pending.waiters);
+  pending.writing = true;
+  ++running_;
+  uv_queue_work(
+      loop_, &job->work,
+      [](uv_work_t* w) {
+        auto* j = static_cast<Job*>(w->data);
+        j->error = j->writer->store_.writeText(j->service, j->text);
+      },
+      [](uv_work_t* w, int) {
+        auto* j = static_cast<Job*>(w->data);
+        j->writer->finished(j);
+      });
+}
+
+void StateWriter::finished(Job* job) {
+  std::unique_ptr<Job> owned(job);
+  --running_;
+  if (job->error) LogLine(LogLevel::Error, "state_not_saved").kv("service", job->service).kv("why", *job->error);
+  auto& pending = *services_[job->service];
+  pending.writing = false;
+  if (pending.text) launch(job->service);
+  for (auto& waiter : job->waiters)
+    waiter();
 }
 
 }  // namespace ondemand::controld

@@ -4,11 +4,16 @@
 // fsync it, rename it over the old one, fsync the directory. A crash at any
 // point leaves either the old or the new file, never a torn one.
 //
-// Writes are synchronous on purpose: they happen only on transitions and
-// operation progress (never per request), and the order matters — the record of
-// an operation must be on disk before the driver does anything irreversible.
+// StateStore itself is synchronous; inside the daemon, StateWriter runs its
+// writes on libuv's thread pool so an fsync never stalls the event loop, and
+// tells the caller when a snapshot is durable — the record of an operation
+// must be on disk before the driver does anything irreversible.
 
+#include <uv.h>
+
+#include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -25,6 +30,8 @@ class StateStore {
 
   // Returns an error text on failure (logged by the caller; the daemon carries on).
   std::optional<std::string> save(const std::string& service, const MachineSnapshot& snapshot);
+  // The same with the JSON text already made; safe to call from another thread.
+  std::optional<std::string> writeText(const std::string& service, const std::string& text) const;
   void remove(const std::string& service);
 
   struct Loaded {
@@ -38,6 +45,31 @@ class StateStore {
  private:
   std::string servicesDir() const { return dir_ + "/services"; }
   std::string dir_;
+};
+
+// Saves snapshots off the event loop. Writes of one service are coalesced (a
+// newer snapshot replaces one still waiting) and never overlap; different
+// services write in parallel. `durable` runs on the loop once a snapshot at
+// least as new as the one given is on disk (or failed to be written: the
+// error is logged and the daemon carries on, as it cannot do better).
+class StateWriter {
+ public:
+  StateWriter(uv_loop_t* loop, const StateStore& store);
+  ~StateWriter();  // waits for writes under way
+
+  void save(const std::string& service, const MachineSnapshot& snapshot, std::function<void()> durable = {});
+  bool idle() const;
+
+ private:
+  struct Pending;
+  struct Job;
+  void launch(const std::string& service);
+  void finished(Job* job);
+
+  uv_loop_t* loop_;
+  const StateStore& store_;
+  std::map<std::string, std::unique_ptr<Pending>> services_;
+  std::size_t running_ = 0;
 };
 
 // JSON text of a snapshot and back; exposed for tests and `status --json`.

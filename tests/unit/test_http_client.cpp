@@ -233,7 +233,7 @@ TEST_CASE("destroying the client with transfers running calls nothing back and l
   CHECK(loop.close());  // every poll handle and timer was closed
 }
 
-TEST_CASE("a callback may destroy the client; the other finished requests are then dropped") {
+TEST_CASE("a callback may destroy the client, and the other finished requests are then dropped") {
   TestHttpServer server;
   server.routes().Get("/fast",
                       [](const httplib::Request&, httplib::Response& res) { res.set_content("fast", "text/plain"); });

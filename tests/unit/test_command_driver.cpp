@@ -1,0 +1,378 @@
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "controld/command_driver.hpp"
+#include "uv_test_support.hpp"
+
+using namespace ondemand::controld;
+using namespace ondemand::testing;
+
+namespace {
+
+using Argv = std::vector<std::string>;
+
+struct Observed {
+  std::vector<OperationRecord> progress;
+  std::optional<OperationOutcome> outcome;
+  std::optional<Millis> doneAt;
+  SteadyClock::time_point started = SteadyClock::now();
+
+  Driver::ProgressCallback onProgress() {
+    return [this](const OperationRecord& r) { progress.push_back(r); };
+  }
+  Driver::DoneCallback onDone() {
+    return [this](OperationOutcome o) {
+      REQUIRE_FALSE(outcome);  // exactly once
+      doneAt = millisSince(started);
+      outcome = std::move(o);
+    };
+  }
+  pid_t pid() const { return progress.empty() ? 0 : static_cast<pid_t>(progress.back().pid); }
+};
+
+std::unique_ptr<CommandDriver> startDriver(TestLoop& loop, Argv start, Millis timeout = 10000ms, Millis grace = 5000ms,
+                                           Argv stop = {}) {
+  return std::make_unique<CommandDriver>(loop.get(), std::move(start), std::move(stop), timeout, 10000ms, "notes-app",
+                                         grace);
+}
+
+OperationRequest startRequest() {
+  return {OperationKind::Start, "GET /notes"};
+}
+
+// A file for a shell command to leave a pid in.
+class TempFile {
+ public:
+  TempFile() {
+    char name[] = "/tmp/ondemand-test-XXXXXX";
+    const int fd = mkstemp(name);
+    ::close(fd);
+    path_ = name;
+  }
+  ~TempFile() { std::remove(path_.c_str()); }
+  const std::string& path() const { return path_; }
+  pid_t readPid() const {
+    std::ifstream in(path_);
+    long pid = 0;
+    in >> pid;
+    return static_cast<pid_t>(pid);
+  }
+
+ private:
+  std::string path_;
+};
+
+// Starts `sleep SECONDS` as an orphan (its parent shell exits at once), the
+// way a command looks to a controld that restarted after spawning it.
+pid_t spawnOrphanSleep(const std::string& seconds) {
+  const std::string command = "sh -c 'sleep " + seconds + " >/dev/null 2>&1 & echo $!'";
+  FILE* out = popen(command.c_str(), "r");
+  long pid = 0;
+  if (out) {
+    if (std::fscanf(out, "%ld", &pid) != 1) pid = 0;
+    pclose(out);
+  }
+  return static_cast<pid_t>(pid);
+}
+
+}  // namespace
+
+TEST_CASE("a start command that exits 0 succeeds, and its pid is reported right after the spawn") {
+  TestLoop loop;
+  auto driver = startDriver(loop, {"true"});
+  Observed seen;
+  const auto before = unixMillisNow();
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+  const auto after = unixMillisNow();
+
+  CHECK_FALSE(seen.outcome);  // never from inside run()
+  REQUIRE(seen.progress.size() == 2);
+  CHECK(seen.progress[0].pid == 0);  // persisted before anything happens
+  const OperationRecord& record = seen.progress[1];
+  CHECK(record.kind == OperationKind::Start);
+  CHECK(record.driver == "command");
+  CHECK(record.pid > 0);
+  CHECK(record.startedAtMs >= before);
+  CHECK(record.startedAtMs <= after);
+
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 5000ms));
+  CHECK(seen.outcome->ok);
+  CHECK(seen.outcome->reason.empty());
+}
+
+TEST_CASE("a failing start command reports its status and the last lines of its stderr") {
+  TestLoop loop;
+  auto driver = startDriver(loop, {"sh", "-c", "echo starting >&2; echo boom >&2; exit 3"});
+  Observed seen;
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 5000ms));
+  CHECK_FALSE(seen.outcome->ok);
+  CHECK(seen.outcome->reason == "start command exited with status 3: starting\nboom");
+}
+
+TEST_CASE("only the last 20 lines of a long stderr are kept, and a flood of output never blocks the command") {
+  TestLoop loop;
+  // 200 KB is more than a pipe holds: the command finishes only if its stderr is read while it runs.
+  auto driver = startDriver(loop, {"sh", "-c",
+                                   "head -c 200000 /dev/zero | tr '\\0' x >&2; echo >&2; i=0; "
+                                   "while [ $i -lt 100 ]; do echo line$i >&2; i=$((i+1)); done; exit 1"});
+  Observed seen;
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 5000ms));
+  const std::string& reason = seen.outcome->reason;
+  CHECK(reason.rfind("start command exited with status 1: line80\nline81\n", 0) == 0);
+  CHECK(reason.find("line79") == std::string::npos);
+  CHECK(reason.find("xxx") == std::string::npos);
+  CHECK(reason.size() < 300);
+  CHECK(reason.substr(reason.size() - 7) == "\nline99");
+}
+
+TEST_CASE("a start command killed by a signal says which signal") {
+  TestLoop loop;
+  auto driver = startDriver(loop, {"sh", "-c", "echo about to die >&2; kill -KILL $$"});
+  Observed seen;
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 5000ms));
+  CHECK_FALSE(seen.outcome->ok);
+  CHECK(seen.outcome->reason == "start command was killed by signal 9 (SIGKILL): about to die");
+}
+
+TEST_CASE("a start command that cannot be run names the program and the error") {
+  TestLoop loop;
+  auto driver = startDriver(loop, {"ondemand-no-such-program", "--flag"});
+  Observed seen;
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+  CHECK_FALSE(seen.outcome);
+
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 5000ms));
+  CHECK_FALSE(seen.outcome->ok);
+  CHECK(seen.outcome->reason ==
+        "start command \"ondemand-no-such-program\" could not be run: no such file or directory");
+}
+
+TEST_CASE("a start command past its timeout is killed with everything it started") {
+  TestLoop loop;
+  TempFile helperPid;
+  // The shell starts a helper and waits for it: both must go.
+  auto driver = startDriver(loop, {"sh", "-c", "sleep 30 & echo $! > " + helperPid.path() + "; wait"}, 300ms);
+  Observed seen;
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+  const pid_t pid = seen.pid();
+  REQUIRE(pid > 0);
+
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 3000ms));
+  CHECK(*seen.doneAt >= 300ms);
+  CHECK(*seen.doneAt < 1000ms);
+  CHECK_FALSE(seen.outcome->ok);
+  CHECK(seen.outcome->reason == "start command did not finish within 300ms");
+  CHECK_FALSE(processRunning(pid));  // reaped before the report
+  const pid_t helper = helperPid.readPid();
+  REQUIRE(helper > 0);
+  CHECK(loop.runUntil([&] { return !processRunning(helper); }, 1000ms));
+}
+
+TEST_CASE("a command that ignores SIGTERM is killed with SIGKILL after the grace") {
+  TestLoop loop;
+  auto driver = startDriver(loop, {"sh", "-c", "trap '' TERM; echo stubborn >&2; sleep 30"}, 200ms, 300ms);
+  Observed seen;
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+  const pid_t pid = seen.pid();
+
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 3000ms));
+  CHECK(*seen.doneAt >= 500ms);  // timeout + grace
+  CHECK(*seen.doneAt < 1500ms);
+  CHECK(seen.outcome->reason == "start command did not finish within 200ms: stubborn");
+  CHECK_FALSE(processRunning(pid));
+}
+
+TEST_CASE("a start command may leave a daemon behind: it is not killed and does not delay the outcome") {
+  TestLoop loop;
+  TempFile daemonPid;
+  // The daemon even keeps the command's stderr open.
+  auto driver = startDriver(loop, {"sh", "-c", "sleep 30 & echo $! > " + daemonPid.path()});
+  Observed seen;
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 5000ms));
+  CHECK(seen.outcome->ok);
+  CHECK(*seen.doneAt < 1000ms);
+  const pid_t daemon = daemonPid.readPid();
+  REQUIRE(daemon > 0);
+  loop.runFor(200ms);
+  CHECK(processRunning(daemon));
+
+  ::kill(daemon, SIGKILL);
+  REQUIRE(loop.runUntil([&] { return !processRunning(daemon); }, 2000ms));
+  driver.reset();
+}
+
+TEST_CASE("a cancelled command is killed and never calls back") {
+  TestLoop loop;
+  auto driver = startDriver(loop, {"sleep", "0.3"});
+  Observed seen;
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+  const pid_t pid = seen.pid();
+  REQUIRE(pid > 0);
+  loop.runFor(50ms);
+  REQUIRE(processRunning(pid));
+
+  driver->cancel();
+  CHECK(loop.runUntil([&] { return !processRunning(pid); }, 200ms));  // well before it would have exited
+  loop.runFor(400ms);                                                 // past the moment it would have
+  CHECK_FALSE(seen.outcome);
+
+  // The driver runs the next operation as usual.
+  driver->run(startRequest(), {}, seen.onDone());
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 5000ms));
+  CHECK(seen.outcome->ok);
+}
+
+TEST_CASE("destroying the driver kills a running command without a callback") {
+  TestLoop loop;
+  auto driver = startDriver(loop, {"sleep", "30"});
+  Observed seen;
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+  const pid_t pid = seen.pid();
+  REQUIRE(pid > 0);
+  driver.reset();
+  CHECK(loop.runUntil([&] { return !processRunning(pid); }, 2000ms));
+  CHECK_FALSE(seen.outcome);
+  CHECK(loop.close());  // the killed command was reaped and its handles closed
+}
+
+TEST_CASE("the done callback may start the next operation or destroy the driver") {
+  TestLoop loop;
+  auto driver = startDriver(loop, {"true"}, 10000ms, 5000ms, {"sh", "-c", "exit 4"});
+  std::optional<OperationOutcome> stopOutcome;
+  driver->run(startRequest(), {}, [&](OperationOutcome start) {
+    CHECK(start.ok);
+    driver->run({OperationKind::Stop, "idle for 15m"}, {}, [&](OperationOutcome stop) {
+      stopOutcome = std::move(stop);
+      driver.reset();
+    });
+  });
+  REQUIRE(loop.runUntil([&] { return stopOutcome.has_value(); }, 5000ms));
+  CHECK(stopOutcome->reason == "stop command exited with status 4");
+  CHECK_FALSE(driver);
+}
+
+TEST_CASE("stopping needs a stop command") {
+  TestLoop loop;
+  auto startOnly = startDriver(loop, {"true"});
+  CHECK(startOnly->supports(OperationKind::Start));
+  CHECK_FALSE(startOnly->supports(OperationKind::Stop));
+  auto both = startDriver(loop, {"true"}, 10000ms, 5000ms, {"true"});
+  CHECK(both->supports(OperationKind::Stop));
+
+  Observed seen;
+  startOnly->run({OperationKind::Stop, "idle"}, seen.onProgress(), seen.onDone());
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 1000ms));
+  CHECK_FALSE(seen.outcome->ok);
+  CHECK(seen.outcome->reason == "no stop command is configured for service notes-app");
+}
+
+TEST_CASE("resuming a command that still runs reports when it has exited") {
+  TestLoop loop;
+  const pid_t pid = spawnOrphanSleep("0.5");
+  REQUIRE(pid > 0);
+  REQUIRE(processRunning(pid));
+  OperationRecord record;
+  record.driver = "command";
+  record.pid = pid;
+  record.startedAtMs = unixMillisNow();
+
+  auto driver = startDriver(loop, {"true"});
+  Observed seen;
+  driver->resume(record, seen.onProgress(), seen.onDone());
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 3000ms));
+  CHECK(seen.outcome->ok);
+  CHECK(*seen.doneAt >= 300ms);
+  CHECK_FALSE(processRunning(pid));  // not before it exited
+}
+
+TEST_CASE("resuming a command that is gone reports ok at once, from the loop") {
+  TestLoop loop;
+  const pid_t pid = fork();
+  if (pid == 0) _exit(0);
+  REQUIRE(pid > 0);
+  ::waitpid(pid, nullptr, 0);
+  OperationRecord record;
+  record.driver = "command";
+  record.pid = pid;
+  record.startedAtMs = unixMillisNow();
+
+  auto driver = startDriver(loop, {"true"});
+  Observed seen;
+  driver->resume(record, seen.onProgress(), seen.onDone());
+  CHECK_FALSE(seen.outcome);
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 1000ms));
+  CHECK(seen.outcome->ok);
+  CHECK(*seen.doneAt < 100ms);
+}
+
+TEST_CASE("a recorded pid now used by a newer process is not mistaken for the command") {
+  TestLoop loop;
+  OperationRecord record;
+  record.driver = "command";
+  record.pid = getpid();  // alive, but started long after this record was written
+  record.startedAtMs = unixMillisNow() - 3'600'000;
+
+  auto driver = startDriver(loop, {"true"});
+  Observed seen;
+  driver->resume(record, seen.onProgress(), seen.onDone());
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 1000ms));
+  CHECK(seen.outcome->ok);
+  CHECK(*seen.doneAt < 100ms);
+}
+
+TEST_CASE("a resumed command is still bound by the timeout, counted from its start") {
+  TestLoop loop;
+  const pid_t pid = spawnOrphanSleep("30");
+  REQUIRE(pid > 0);
+  OperationRecord record;
+  record.driver = "command";
+  record.pid = pid;
+  record.startedAtMs = unixMillisNow() - 200;
+
+  auto driver = startDriver(loop, {"true"}, 500ms);
+  Observed seen;
+  driver->resume(record, seen.onProgress(), seen.onDone());
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 3000ms));
+  const auto sinceRecordedStart = unixMillisNow() - record.startedAtMs;
+  CHECK(sinceRecordedStart >= 500);
+  CHECK(sinceRecordedStart < 1300);
+  CHECK_FALSE(seen.outcome->ok);
+  CHECK(seen.outcome->reason == "start command did not finish within 500ms");
+  CHECK(loop.runUntil([&] { return !processRunning(pid); }, 1000ms));
+}
+
+TEST_CASE("cancelling a resumed command kills it and never calls back") {
+  TestLoop loop;
+  const pid_t pid = spawnOrphanSleep("30");
+  REQUIRE(pid > 0);
+  OperationRecord record;
+  record.driver = "command";
+  record.pid = pid;
+  record.startedAtMs = unixMillisNow();
+
+  auto driver = startDriver(loop, {"true"});
+  Observed seen;
+  driver->resume(record, seen.onProgress(), seen.onDone());
+  loop.runFor(50ms);
+  driver->cancel();
+  CHECK(loop.runUntil([&] { return !processRunning(pid); }, 2000ms));
+  loop.runFor(100ms);
+  CHECK_FALSE(seen.outcome);
+}
