@@ -1,0 +1,950 @@
+#!/usr/bin/env python3
+"""A stand-in for the Ansible Semaphore UI HTTP API, for controld's tests.
+
+No Semaphore server can run where the tests run, so this double answers the
+part of the API controld uses the way the real server (v2.10 line) does,
+including its traps: the task's `environment` must be a JSON *string* (an
+object is a 400), an unknown template is a 500 with an empty body (not a 404),
+an unknown task id is a 400, 401/403 carry no body, `stop` needs a
+`{"force": ...}` body, stopping a finished task overwrites its status with
+`stopped`, and one template never runs two tasks at once.
+
+Command line (for tests that run it as a separate process):
+
+  semaphore_double.py [--host 127.0.0.1] [--port 0] [--port-file FILE]
+                      [--token TOKEN]... [--user NAME:PASSWORD[:ROLE]]...
+                      [--project ID]... [--template JSON]...
+                      [--queue-delay-ms 200] [--response-delay-ms 0]
+
+  --port 0 picks a free port; the port is written to --port-file (atomically,
+  so a reader never sees a partial file) and the line
+  "semaphore double listening on http://HOST:PORT" goes to stdout.
+  Without --token and --user, the token DEFAULT_TOKEN below is accepted.
+  ROLE is owner (default), manager, task_runner or guest (read only).
+  Templates are JSON objects, see "Templates" below. SIGTERM/SIGINT stop it.
+
+In-process (unittest):
+
+  double = SemaphoreDouble(templates=[{"id": 22, "run": "succeed"}])
+  double.start()                 # serves on a thread; double.url, double.port
+  ...
+  double.requests()              # every /api request: method, path, headers, body
+  double.stop()
+
+Templates (JSON objects; unknown keys are rejected):
+
+  id            template id (required)
+  project_id    default 1
+  name          default "template <id>"
+  run           what a task of this template does:
+                  "succeed"  status success after `after_ms`
+                  "fail"     status error after `after_ms`; `output` lines, then
+                             "Running app failed: exit status <exit_status>"
+                  "hang"     runs until it is stopped (a stuck playbook, or a
+                             Semaphore restarted under a running task)
+                  "error500" POST .../tasks answers 500 with an empty body and
+                             creates nothing
+                  "command"  runs `argv` (a list); the task's environment is in
+                             $SEMAPHORE_TASK_ENVIRONMENT, its id in
+                             $SEMAPHORE_TASK_ID; exit status 0 = success;
+                             stdout+stderr become the output lines
+                  "playbook" runs the real ansible-playbook on `playbook` (a
+                             path, relative ones are taken from the playbooks/
+                             directory beside this file) with the task's
+                             environment as --extra-vars and its limit as
+                             --limit; the inventory holds one host (the limit,
+                             or localhost) with a local connection; colours on,
+                             as under Semaphore's pty
+  after_ms      how long "succeed"/"fail" run, default 300
+  output        output lines of "succeed"/"fail" (ANSI codes allowed; a
+                realistic Ansible log is made up when omitted)
+  exit_status   for "fail", default 2
+  statuses      statuses the task passes through after "starting", before
+                "running" (e.g. ["waiting_confirmation", "confirmed"]), each
+                for `status_ms` (default 100)
+  environment_id  the template's environment (default 1); null reproduces a
+                template without one: then a non-empty task environment is a
+                500, as in some Semaphore versions
+
+Admin endpoints (JSON; not recorded in the request log, no auth):
+
+  GET    /__double/requests          the request log (list, oldest first)
+  DELETE /__double/requests          clears it
+  GET    /__double/tasks             every task, with an extra "output" list
+  PUT    /__double/templates/ID      creates or replaces a template (body as above)
+  DELETE /__double/templates/ID      removes it
+  POST   /__double/config            {"queue_delay_ms", "response_delay_ms",
+                                      "tokens": [...], "users": {"name":
+                                      {"password", "role"}}} (any subset)
+  POST   /__double/sessions/expire   forgets every login session (the next
+                                      call with a cookie gets 401)
+
+A request log entry: {"method", "path" (with the query), "headers" (names
+lower-cased), "body" (text), "status" (what the double answered), "time"}.
+"""
+import argparse
+import datetime
+import itertools
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# 44 characters, like the tokens Semaphore hands out.
+DEFAULT_TOKEN = "kq3zk0hx0m2ccwhp4rvtsxosw8abwc5a3rwnfzc8vmgq"
+PLAYBOOK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "playbooks")
+FINISHED = ("success", "error", "stopped")
+ROLES = ("owner", "manager", "task_runner", "guest")
+TEMPLATE_KEYS = {"id", "project_id", "name", "run", "after_ms", "output", "exit_status", "statuses", "status_ms",
+                 "environment_id", "argv", "playbook", "playbook_name"}
+RUNS = ("succeed", "fail", "hang", "error500", "command", "playbook")
+
+GREEN, YELLOW, RED, RESET = "\x1b[0;32m", "\x1b[0;33m", "\x1b[0;31m", "\x1b[0m"
+
+
+def now_iso():
+    t = datetime.datetime.now(datetime.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (t.microsecond // 1000)
+
+
+class BadTemplate(ValueError):
+    pass
+
+
+class Template:
+    def __init__(self, spec):
+        if not isinstance(spec, dict):
+            raise BadTemplate("a template is a JSON object")
+        unknown = set(spec) - TEMPLATE_KEYS
+        if unknown:
+            raise BadTemplate("unknown template keys: %s" % ", ".join(sorted(unknown)))
+        if not isinstance(spec.get("id"), int) or spec["id"] <= 0:
+            raise BadTemplate("a template needs a positive integer id")
+        self.id = spec["id"]
+        self.project_id = spec.get("project_id", 1)
+        self.name = spec.get("name", "template %d" % self.id)
+        self.run = spec.get("run", "succeed")
+        if self.run not in RUNS:
+            raise BadTemplate("run must be one of %s" % ", ".join(RUNS))
+        self.after_ms = spec.get("after_ms", 300)
+        self.output = spec.get("output")
+        self.exit_status = spec.get("exit_status", 2)
+        self.statuses = list(spec.get("statuses", []))
+        self.status_ms = spec.get("status_ms", 100)
+        self.environment_id = spec.get("environment_id", 1)
+        self.argv = spec.get("argv")
+        self.playbook = spec.get("playbook")
+        if self.run == "command" and not (isinstance(self.argv, list) and self.argv):
+            raise BadTemplate("run \"command\" needs argv, a non-empty list")
+        if self.run == "playbook":
+            if not isinstance(self.playbook, str):
+                raise BadTemplate("run \"playbook\" needs playbook, a path")
+            if not os.path.isabs(self.playbook):
+                self.playbook = os.path.join(PLAYBOOK_DIR, self.playbook)
+
+    def to_api(self):
+        return {
+            "id": self.id,
+            "project_id": self.project_id,
+            "inventory_id": 1,
+            "repository_id": 1,
+            "environment_id": self.environment_id,
+            "view_id": None,
+            "name": self.name,
+            "playbook": os.path.basename(self.playbook) if self.playbook else "%s.yml" % self.run,
+            "arguments": "[]",
+            "description": "",
+            "allow_override_args_in_task": False,
+            "suppress_success_alerts": False,
+            "app": "ansible",
+            "git_branch": None,
+            "survey_vars": [],
+            "type": "",
+            "start_version": None,
+            "build_template_id": None,
+            "autorun": False,
+            "vaults": [],
+        }
+
+
+class Task:
+    """One task row. Mutated only with SemaphoreDouble._cond held."""
+
+    def __init__(self, task_id, template, fields, user_id):
+        self.id = task_id
+        self.template = template
+        self.project_id = template.project_id
+        self.status = "waiting"
+        self.fields = fields
+        self.user_id = user_id
+        self.created = now_iso()
+        self.created_mono = time.monotonic()
+        self.start = None
+        self.end = None
+        self.output = []  # [(time, line)]
+        self.stop_requested = False
+        self.force = False
+        self.process = None
+
+    def to_api(self):
+        f = self.fields
+        return {
+            "id": self.id,
+            "template_id": self.template.id,
+            "project_id": self.project_id,
+            "status": self.status,
+            "debug": f.get("debug") or False,
+            "dry_run": f.get("dry_run") or False,
+            "diff": f.get("diff") or False,
+            "playbook": f.get("playbook") or "",
+            "environment": f.get("environment") or "",
+            "secret": "",
+            "limit": f.get("limit") or "",
+            "git_branch": f.get("git_branch"),
+            "user_id": self.user_id,
+            "integration_id": None,
+            "schedule_id": None,
+            "created": self.created,
+            "start": self.start,
+            "end": self.end,
+            "message": f.get("message") or "",
+            "commit_hash": None,
+            "commit_message": "",
+            "build_task_id": None,
+            "version": None,
+            "inventory_id": f.get("inventory_id"),
+            "arguments": f.get("arguments"),
+            "params": {},
+        }
+
+    def log(self, line):
+        self.output.append((now_iso(), line))
+
+
+# Fields of POST /api/project/{pid}/tasks and their JSON types, as Go's
+# decoder checks them: a value of another type is a 400, null is allowed.
+TASK_FIELDS = {
+    "template_id": int, "environment": str, "limit": str, "message": str, "debug": bool, "dry_run": bool,
+    "diff": bool, "playbook": str, "secret": str, "git_branch": str, "arguments": str, "inventory_id": int,
+    "build_task_id": int, "version": str, "hosts_limit": str,
+}
+
+
+def reject_constant(name):
+    raise ValueError("%s is not JSON" % name)
+
+
+def go_type_ok(value, kind):
+    if value is None:
+        return True
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
+    if kind is bool:
+        return isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def decode_go_struct(body, fields):
+    """Like json.Unmarshal into a Go struct: None when Go would refuse."""
+    try:
+        data = json.loads(body, parse_constant=reject_constant)
+    except ValueError:
+        return None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        return None
+    out = {}
+    for key, value in data.items():
+        name = key.lower()  # Go matches field names case-insensitively
+        if name in fields:
+            if not go_type_ok(value, fields[name]):
+                return None
+            out[name] = value
+    return out
+
+
+class Reply:
+    def __init__(self, status, body=b"", content_type=None, headers=()):
+        self.status = status
+        if isinstance(body, str):
+            body = body.encode()
+        elif not isinstance(body, bytes):
+            body = json.dumps(body, separators=(",", ":")).encode()
+            content_type = content_type or "application/json"
+        self.body = body
+        self.content_type = content_type
+        self.headers = list(headers)
+
+
+EMPTY_400, EMPTY_401, EMPTY_403, EMPTY_404, EMPTY_500 = (Reply(s) for s in (400, 401, 403, 404, 500))
+
+
+class SemaphoreDouble:
+    def __init__(self, host="127.0.0.1", port=0, tokens=None, users=None, projects=(1,), templates=(),
+                 queue_delay_ms=200, response_delay_ms=0):
+        self.host = host
+        self._requested_port = port
+        self._cond = threading.Condition()
+        if tokens is None:
+            tokens = [] if users else [DEFAULT_TOKEN]
+        self.tokens = {t: "admin" for t in tokens}
+        self.users = {"admin": {"id": 1, "password": "admin-password", "role": "owner"}}
+        for name, info in (users or {}).items():
+            self.add_user(name, info.get("password", ""), info.get("role", "owner"))
+        self.sessions = {}  # cookie value -> user name
+        self.projects = set(projects)
+        self.templates = {}
+        for spec in templates:
+            self.add_template(spec)
+        self.tasks = {}
+        self.queue_delay = queue_delay_ms / 1000.0
+        self.response_delay = response_delay_ms / 1000.0
+        self._log = []
+        self._task_ids = itertools.count(1)
+        self._running_templates = set()
+        self._threads = []
+        self._server = None
+        self._serve_thread = None
+        self._stopping = False
+
+    # --- control from tests ----------------------------------------------
+
+    def start(self):
+        self._server = _Server((self.host, self._requested_port), _Handler)
+        self._server.double = self
+        self._serve_thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                              name="semaphore-double", daemon=True)
+        self._serve_thread.start()
+        return self
+
+    @property
+    def port(self):
+        return self._server.server_address[1]
+
+    @property
+    def url(self):
+        return "http://%s:%d" % (self.host, self.port)
+
+    def stop(self):
+        with self._cond:
+            self._stopping = True
+            for task in self.tasks.values():
+                task.stop_requested = True
+                task.force = True
+                self._signal_process(task, signal.SIGKILL)
+            self._cond.notify_all()
+        if self._server:
+            if self._serve_thread:
+                self._server.shutdown()
+            self._server.server_close()
+        for t in list(self._threads):
+            t.join(10)
+
+    def add_template(self, spec):
+        template = Template(spec)
+        with self._cond:
+            self.templates[template.id] = template
+            self.projects.add(template.project_id)
+        return template
+
+    def remove_template(self, template_id):
+        with self._cond:
+            self.templates.pop(template_id, None)
+
+    def add_user(self, name, password, role="owner"):
+        if role not in ROLES:
+            raise ValueError("role must be one of %s" % ", ".join(ROLES))
+        with self._cond:
+            self.users[name] = {"id": len(self.users) + 1, "password": password, "role": role}
+
+    def add_token(self, token, user="admin"):
+        with self._cond:
+            self.tokens[token] = user
+
+    def expire_sessions(self):
+        with self._cond:
+            self.sessions.clear()
+
+    def configure(self, queue_delay_ms=None, response_delay_ms=None, tokens=None, users=None):
+        with self._cond:
+            if queue_delay_ms is not None:
+                self.queue_delay = queue_delay_ms / 1000.0
+            if response_delay_ms is not None:
+                self.response_delay = response_delay_ms / 1000.0
+            if tokens is not None:
+                self.tokens = {t: "admin" for t in tokens}
+        for name, info in (users or {}).items():
+            self.add_user(name, info.get("password", ""), info.get("role", "owner"))
+
+    def requests(self, path_prefix=""):
+        with self._cond:
+            return [dict(r) for r in self._log if r["path"].startswith(path_prefix)]
+
+    def clear_requests(self):
+        with self._cond:
+            self._log.clear()
+
+    def task(self, task_id):
+        with self._cond:
+            t = self.tasks.get(task_id)
+            return self._task_with_output(t) if t else None
+
+    def all_tasks(self):
+        with self._cond:
+            return [self._task_with_output(t) for t in self.tasks.values()]
+
+    def wait_task(self, task_id, statuses=FINISHED, timeout=30.0):
+        """Blocks until the task has one of `statuses`; returns it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                t = self.tasks.get(task_id)
+                if t and t.status in statuses:
+                    return self._task_with_output(t)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("task %d still %s after %.1fs" % (task_id, t.status if t else "missing",
+                                                                          timeout))
+                self._cond.wait(left)
+
+    @staticmethod
+    def _task_with_output(t):
+        d = t.to_api()
+        d["output"] = [line for _, line in t.output]
+        return d
+
+    # --- HTTP -------------------------------------------------------------
+
+    def handle(self, method, path, headers, body):
+        """Answers one request; headers is a dict with lower-cased names."""
+        if path.startswith("/__double/"):
+            return self._admin(method, path, body)
+        entry = {"method": method, "path": path, "headers": headers, "body": body.decode("utf-8", "replace"),
+                 "time": time.time(), "status": None}
+        with self._cond:
+            self._log.append(entry)
+            delay = self.response_delay
+        if delay and path.startswith("/api/"):
+            time.sleep(delay)
+        try:
+            reply = self._api(method, path.split("?", 1)[0], headers, body)
+        except Exception as e:  # a bug in the double must show, not hang the client
+            sys.stderr.write("semaphore double: %s %s: %r\n" % (method, path, e))
+            reply = Reply(500, "double failure: %r" % e, "text/plain")
+        with self._cond:
+            entry["status"] = reply.status
+        return reply
+
+    ROUTES = [
+        ("GET", r"/api/ping", "_ping", False),
+        ("POST", r"/api/auth/login", "_login", False),
+        ("POST", r"/api/auth/logout", "_logout", True),
+        ("GET", r"/api/info", "_info", True),
+        ("GET", r"/api/user", "_user", True),
+        ("GET", r"/api/projects", "_projects", True),
+        ("GET", r"/api/project/([^/]+)", "_project", True),
+        ("GET", r"/api/project/([^/]+)/templates", "_templates", True),
+        ("GET", r"/api/project/([^/]+)/templates/([^/]+)", "_template", True),
+        ("GET", r"/api/project/([^/]+)/tasks", "_tasks", True),
+        ("GET", r"/api/project/([^/]+)/tasks/last", "_tasks", True),
+        ("POST", r"/api/project/([^/]+)/tasks", "_create_task", True),
+        ("GET", r"/api/project/([^/]+)/tasks/([^/]+)", "_get_task", True),
+        ("GET", r"/api/project/([^/]+)/tasks/([^/]+)/output", "_task_output", True),
+        ("POST", r"/api/project/([^/]+)/tasks/([^/]+)/stop", "_stop_task", True),
+    ]
+
+    def _api(self, method, path, headers, body):
+        path_matched = False
+        for route_method, pattern, handler, needs_auth in self.ROUTES:
+            m = re.fullmatch(pattern, path.rstrip("/") if path != "/" else path)
+            if not m:
+                continue
+            path_matched = True
+            if route_method != method:
+                continue
+            user = None
+            if needs_auth:
+                user = self._authenticate(headers)
+                if user is None:
+                    return EMPTY_401
+            args = m.groups()
+            if args:
+                try:
+                    ids = [int(a) for a in args]
+                except ValueError:
+                    return EMPTY_400
+                if ids[0] not in self.projects:
+                    return EMPTY_404
+                args = ids
+            return getattr(self, handler)(user, body, *args)
+        if path_matched:
+            return Reply(405)
+        if path.startswith("/api/") or path == "/api":
+            return Reply(404, "Not Found", "text/plain; charset=utf-8")
+        return Reply(200, "<!DOCTYPE html><html><body>Semaphore UI (double)</body></html>", "text/html")
+
+    def _authenticate(self, headers):
+        with self._cond:
+            auth = headers.get("authorization", "")
+            if auth.lower().startswith("bearer "):
+                user = self.tokens.get(auth[7:].strip())
+                return self.users.get(user) and user
+            for part in headers.get("cookie", "").split(";"):
+                name, _, value = part.strip().partition("=")
+                if name == "semaphore" and value in self.sessions:
+                    return self.sessions[value]
+        return None
+
+    def _role(self, user):
+        with self._cond:
+            return self.users[user]["role"]
+
+    def _ping(self, user, body):
+        return Reply(200, "pong", "text/plain; charset=utf-8")
+
+    def _login(self, user, body):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return EMPTY_400
+        if not isinstance(data, dict) or not isinstance(data.get("auth"), str) or \
+                not isinstance(data.get("password"), str) or not data["auth"]:
+            return EMPTY_400
+        with self._cond:
+            name = next((n for n in self.users if data["auth"] in (n, "%s@example.com" % n)), None)
+            info = self.users.get(name)
+            if not info or info["password"] != data["password"] or not data["password"]:
+                return EMPTY_401
+            cookie = secrets.token_urlsafe(32)
+            self.sessions[cookie] = name
+        return Reply(204, headers=[("Set-Cookie", "semaphore=%s; Path=/; Expires=%s; HttpOnly" % (
+            cookie, (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=7)).strftime("%a, %d %b %Y %H:%M:%S GMT")))])
+
+    def _logout(self, user, body):
+        with self._cond:
+            for k in [k for k, v in self.sessions.items() if v == user]:
+                del self.sessions[k]
+        return Reply(204)
+
+    def _info(self, user, body):
+        return Reply(200, {"version": "v2.10.22-double", "ansible": "ansible [core 2.14]", "update": None,
+                           "config_error": False})
+
+    def _user(self, user, body):
+        with self._cond:
+            info = self.users[user]
+        return Reply(200, {"id": info["id"], "username": user, "name": user, "email": "%s@example.com" % user,
+                           "admin": info["role"] == "owner", "alert": False, "external": False})
+
+    def _projects(self, user, body):
+        with self._cond:
+            return Reply(200, [{"id": p, "name": "project %d" % p, "alert": False, "max_parallel_tasks": 0}
+                               for p in sorted(self.projects)])
+
+    def _project(self, user, body, pid):
+        return Reply(200, {"id": pid, "name": "project %d" % pid, "alert": False, "max_parallel_tasks": 0})
+
+    def _templates(self, user, body, pid):
+        with self._cond:
+            return Reply(200, [t.to_api() for t in sorted(self.templates.values(), key=lambda t: t.id)
+                               if t.project_id == pid])
+
+    def _template(self, user, body, pid, tid):
+        with self._cond:
+            t = self.templates.get(tid)
+            if not t or t.project_id != pid:
+                return EMPTY_404
+            return Reply(200, t.to_api())
+
+    def _tasks(self, user, body, pid):
+        with self._cond:
+            tasks = [t.to_api() for t in self.tasks.values() if t.project_id == pid]
+        tasks.reverse()  # newest first, as Semaphore lists them
+        return Reply(200, tasks[:200])
+
+    def _create_task(self, user, body, pid):
+        if self._role(user) == "guest":
+            return EMPTY_403
+        fields = decode_go_struct(body, TASK_FIELDS)
+        if fields is None:
+            return EMPTY_400
+        with self._cond:
+            template = self.templates.get(fields.get("template_id") or 0)
+            if not template or template.project_id != pid:
+                return EMPTY_500
+            if template.run == "error500":
+                return EMPTY_500
+            environment = fields.get("environment") or ""
+            if environment and template.environment_id is None:
+                return EMPTY_500
+            task = Task(next(self._task_ids), template, fields, self.users[user]["id"])
+            self.tasks[task.id] = task
+            if environment:
+                try:
+                    json.loads(environment)
+                except ValueError:
+                    task.status = "error"
+                    task.end = now_iso()
+                    self._cond.notify_all()
+                    return EMPTY_500
+            task.log("Task %d added to queue" % task.id)
+            thread = threading.Thread(target=self._run_task, args=(task,), name="task-%d" % task.id, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+            return Reply(201, task.to_api())
+
+    def _find_task(self, pid, task_id):
+        t = self.tasks.get(task_id)
+        return t if t and t.project_id == pid else None
+
+    def _get_task(self, user, body, pid, task_id):
+        with self._cond:
+            t = self._find_task(pid, task_id)
+            return Reply(200, t.to_api()) if t else EMPTY_400
+
+    def _task_output(self, user, body, pid, task_id):
+        with self._cond:
+            t = self._find_task(pid, task_id)
+            if not t:
+                return EMPTY_400
+            if not t.output:
+                return Reply(200, b"null", "application/json")
+            return Reply(200, [{"task_id": t.id, "task": "", "time": when, "output": line} for when, line in t.output])
+
+    def _stop_task(self, user, body, pid, task_id):
+        if self._role(user) == "guest":
+            return EMPTY_403
+        data = decode_go_struct(body, {"force": bool}) if body.strip() else None
+        if data is None:
+            return EMPTY_400
+        force = bool(data.get("force"))
+        with self._cond:
+            t = self._find_task(pid, task_id)
+            if not t:
+                return EMPTY_400
+            if t.status in FINISHED or t.status == "waiting":
+                # Real Semaphore overwrites even a finished task's status.
+                t.status = "stopped"
+                t.end = t.end or now_iso()
+            elif force:
+                t.status = "stopped"
+                t.end = now_iso()
+            elif t.status != "stopped":
+                t.status = "stopping"
+            t.stop_requested = True
+            t.force = t.force or force
+            self._signal_process(t, signal.SIGKILL if force else signal.SIGTERM)
+            self._cond.notify_all()
+        return Reply(204)
+
+    # --- running tasks ----------------------------------------------------
+
+    def _run_task(self, task):
+        template = task.template
+        with self._cond:
+            # The queue: a task waits at least queue_delay, and for the previous
+            # task of its template to finish.
+            while True:
+                if task.stop_requested or self._stopping:
+                    return self._finish(task, None)
+                left = task.created_mono + self.queue_delay - time.monotonic()
+                first = min((t.id for t in self.tasks.values()
+                             if t.template.id == template.id and t.status == "waiting"), default=task.id)
+                if left <= 0 and template.id not in self._running_templates and first == task.id:
+                    break
+                self._cond.wait(max(left, 0.01) if left > 0 else 0.05)
+            self._running_templates.add(template.id)
+            task.status = "starting"
+            task.start = now_iso()
+            task.log("Started: %d" % task.id)
+            task.log("Run TaskRunner with template: %s" % template.name)
+            self._cond.notify_all()
+        try:
+            for status in template.statuses:
+                if not self._sleep(task, template.status_ms / 1000.0):
+                    return self._finish(task, None)
+                self._set_status(task, status)
+            if not self._sleep(task, 0.02):
+                return self._finish(task, None)
+            self._set_status(task, "running")
+            exit_status = self._execute(task)
+            self._finish(task, exit_status)
+        finally:
+            with self._cond:
+                self._running_templates.discard(template.id)
+                self._cond.notify_all()
+
+    def _set_status(self, task, status):
+        with self._cond:
+            if task.status not in FINISHED and task.status != "stopping":
+                task.status = status
+            self._cond.notify_all()
+
+    def _sleep(self, task, seconds):
+        """Waits (seconds None: for ever); False when the task was asked to stop meanwhile."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        with self._cond:
+            while not task.stop_requested:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return True
+                self._cond.wait(left)
+            return False
+
+    def _finish(self, task, exit_status):
+        """exit_status None: stopped before or while running."""
+        with self._cond:
+            if task.status in FINISHED:
+                pass  # a forced stop already set "stopped"
+            elif exit_status is None and not task.stop_requested:
+                task.status = "stopped"  # the double itself is shutting down
+            elif exit_status == 0 and not task.stop_requested:
+                task.status = "success"
+            elif task.stop_requested and not task.force and task.status in ("stopping", "running"):
+                task.log("Running app failed: signal: terminated")
+                task.status = "error"
+            elif task.stop_requested:
+                task.status = "stopped"
+            else:
+                task.log("Running app failed: exit status %d" % exit_status)
+                task.status = "error"
+            task.end = task.end or now_iso()
+            self._cond.notify_all()
+
+    def _execute(self, task):
+        """Runs the template's behaviour; returns its exit status (None if stopped)."""
+        t = task.template
+        host = task.fields.get("limit") or "localhost"
+        if t.run in ("succeed", "fail"):
+            failing = t.run == "fail"
+            lines = t.output if t.output is not None else ansible_log(t.name, host, failing)
+            with self._cond:
+                for line in lines:
+                    task.log(line)
+            if not self._sleep(task, t.after_ms / 1000.0):
+                return None
+            return t.exit_status if failing else 0
+        if t.run == "hang":
+            with self._cond:
+                task.log("TASK [%s] %s" % (t.name, "*" * 60))
+            self._sleep(task, None)
+            return None
+        if t.run == "command":
+            env = dict(os.environ, SEMAPHORE_TASK_ENVIRONMENT=task.fields.get("environment") or "",
+                       SEMAPHORE_TASK_ID=str(task.id))
+            return self._run_process(task, list(t.argv), env)
+        return self._run_playbook(task, host)
+
+    def _run_playbook(self, task, host):
+        with tempfile.TemporaryDirectory(prefix="semaphore-double-") as tmp:
+            inventory = os.path.join(tmp, "inventory")
+            with open(inventory, "w") as f:
+                f.write("%s ansible_connection=local ansible_python_interpreter=%s\n" % (host, sys.executable))
+            argv = ["ansible-playbook", "-i", inventory, task.template.playbook]
+            environment = task.fields.get("environment") or ""
+            if environment:
+                argv += ["--extra-vars", environment]
+            if task.fields.get("limit"):
+                argv.append("--limit=%s" % task.fields["limit"])
+            env = {k: v for k, v in os.environ.items() if k not in ("ANSIBLE_NOCOLOR", "NO_COLOR")}
+            env.update(ANSIBLE_FORCE_COLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_HOST_KEY_CHECKING="0",
+                       ANSIBLE_LOCAL_TEMP=os.path.join(tmp, "local"), PYTHONUNBUFFERED="1")
+            with self._cond:
+                task.log("Preparing: %d" % task.id)
+                task.log("%s" % " ".join(argv[:4]))
+            return self._run_process(task, argv, env)
+
+    def _run_process(self, task, argv, env):
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)
+        except OSError as e:
+            with self._cond:
+                task.log("Running app failed: %s" % e)
+            return 127
+        with self._cond:
+            task.process = proc
+            if task.stop_requested:
+                self._signal_process(task, signal.SIGKILL if task.force else signal.SIGTERM)
+        with proc.stdout:
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                with self._cond:
+                    task.log(line)
+                    self._cond.notify_all()
+        status = proc.wait()
+        with self._cond:
+            task.process = None
+        if task.stop_requested:
+            return None
+        return status if status >= 0 else 128 - status
+
+    @staticmethod
+    def _signal_process(task, sig):
+        proc = task.process
+        if proc and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    # --- admin endpoints --------------------------------------------------
+
+    def _admin(self, method, path, body):
+        try:
+            data = json.loads(body) if body.strip() else {}
+        except ValueError:
+            return Reply(400, {"error": "body is not JSON"})
+        route = path.split("?", 1)[0][len("/__double/"):].rstrip("/")
+        m = re.fullmatch(r"templates/(\d+)", route)
+        try:
+            if route == "requests" and method == "GET":
+                return Reply(200, self.requests())
+            if route == "requests" and method == "DELETE":
+                self.clear_requests()
+                return Reply(204)
+            if route == "tasks" and method == "GET":
+                return Reply(200, self.all_tasks())
+            if m and method == "PUT":
+                spec = dict(data, id=int(m.group(1)))
+                return Reply(200, self.add_template(spec).to_api())
+            if m and method == "DELETE":
+                self.remove_template(int(m.group(1)))
+                return Reply(204)
+            if route == "config" and method == "POST":
+                self.configure(**{k: data[k] for k in ("queue_delay_ms", "response_delay_ms", "tokens", "users")
+                                  if k in data})
+                return Reply(204)
+            if route == "sessions/expire" and method == "POST":
+                self.expire_sessions()
+                return Reply(204)
+        except (BadTemplate, ValueError, TypeError) as e:
+            return Reply(400, {"error": str(e)})
+        return Reply(404, {"error": "no admin endpoint %s %s" % (method, path)})
+
+
+def ansible_log(name, host, failing):
+    """A made-up but typical Ansible log, coloured as under Semaphore's pty."""
+    stars = "*" * 60
+    lines = ["PLAY [%s] %s" % (name, stars), "", "TASK [Gathering Facts] %s" % stars,
+             "%sok: [%s]%s" % (GREEN, host, RESET), "", "TASK [%s] %s" % (name, stars)]
+    if failing:
+        lines.append('%sfatal: [%s]: FAILED! => {"changed": false, "msg": "Unable to start service %s"}%s'
+                     % (RED, host, name, RESET))
+        recap = "%sok=1   %s %schanged=0   %s unreachable=0    %sfailed=1   %s" % (GREEN, RESET, YELLOW, RESET,
+                                                                               RED, RESET)
+    else:
+        lines.append("%schanged: [%s]%s" % (YELLOW, host, RESET))
+        recap = "%sok=2   %s %schanged=1   %s unreachable=0    failed=0   " % (GREEN, RESET, YELLOW, RESET)
+    lines += ["", "PLAY RECAP %s" % stars, "%s%s%s                  : %s" % (YELLOW if not failing else RED, host,
+                                                                             RESET, recap)]
+    return lines
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "semaphore-double"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def _read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _dispatch(self):
+        body = self._read_body()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        reply = self.server.double.handle(self.command, self.path, headers, body)
+        self.send_response(reply.status)
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        if reply.content_type:
+            self.send_header("Content-Type", reply.content_type)
+        if reply.status != 204:
+            self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        if reply.body and reply.status != 204:
+            self.wfile.write(reply.body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
+
+
+def parse_user(text):
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0]:
+        raise argparse.ArgumentTypeError("expected NAME:PASSWORD[:ROLE]")
+    role = parts[2] if len(parts) == 3 else "owner"
+    if role not in ROLES:
+        raise argparse.ArgumentTypeError("ROLE must be one of %s" % ", ".join(ROLES))
+    return parts[0], {"password": parts[1], "role": role}
+
+
+def parse_template(text):
+    try:
+        spec = json.loads(text)
+        Template(spec)
+    except (ValueError, BadTemplate) as e:
+        raise argparse.ArgumentTypeError(str(e))
+    return spec
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port-file")
+    parser.add_argument("--token", action="append")
+    parser.add_argument("--user", action="append", type=parse_user, default=[])
+    parser.add_argument("--project", action="append", type=int)
+    parser.add_argument("--template", action="append", type=parse_template, default=[])
+    parser.add_argument("--queue-delay-ms", type=int, default=200)
+    parser.add_argument("--response-delay-ms", type=int, default=0)
+    args = parser.parse_args()
+
+    double = SemaphoreDouble(host=args.host, port=args.port, tokens=args.token, users=dict(args.user),
+                             projects=args.project or (1,), templates=args.template,
+                             queue_delay_ms=args.queue_delay_ms, response_delay_ms=args.response_delay_ms)
+    double.start()
+
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    if args.port_file:
+        tmp = args.port_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d\n" % double.port)
+        os.rename(tmp, args.port_file)
+    print("semaphore double listening on %s" % double.url, flush=True)
+    while not done.wait(3600):
+        pass
+    double.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

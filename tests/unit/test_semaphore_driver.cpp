@@ -1,0 +1,767 @@
+// SemaphoreDriver against the Semaphore double (tests/support/semaphore_double.py)
+// running as a separate process, on a real libuv loop with the real HttpClient.
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <rapidjson/document.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "controld/semaphore_check.hpp"
+#include "controld/semaphore_driver.hpp"
+
+extern char** environ;
+
+using namespace ondemand;
+using namespace ondemand::controld;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr const char* kToken = "test-token-0123456789abcdefghijklmnopqrstuvw";
+
+// One HTTP/1.1 exchange with Connection: close, blocking: for the double's
+// admin endpoints, independent of the HttpClient under test.
+std::string adminCall(int port, const std::string& method, const std::string& path, const std::string& body = "") {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  const std::string request = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" +
+                              "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  for (std::size_t sent = 0; sent < request.size();) {
+    const ssize_t n = ::write(fd, request.data() + sent, request.size() - sent);
+    REQUIRE(n > 0);
+    sent += static_cast<std::size_t>(n);
+  }
+  std::string answer;
+  char buffer[65536];
+  for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0;)
+    answer.append(buffer, static_cast<std::size_t>(n));
+  ::close(fd);
+  const auto split = answer.find("\r\n\r\n");
+  REQUIRE(split != std::string::npos);
+  return answer.substr(split + 4);
+}
+
+// A port nothing listens on.
+int closedPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+struct LoggedRequest {
+  std::string method;
+  std::string path;
+  std::string body;
+  std::string authorization;
+  std::string cookie;
+  std::string accept;
+};
+
+// The double as a child process, one per test.
+class SemaphoreDouble {
+ public:
+  explicit SemaphoreDouble(std::vector<std::string> args) {
+    char dirTemplate[] = "/tmp/semaphore-double-XXXXXX";
+    REQUIRE(::mkdtemp(dirTemplate) != nullptr);
+    dir_ = dirTemplate;
+    const std::string portFile = dir_ + "/port";
+    std::vector<std::string> argv = {
+        "/usr/bin/python3", std::string(ONDEMAND_SOURCE_DIR) + "/tests/support/semaphore_double.py",
+        "--port",           "0",
+        "--port-file",      portFile,
+        "--queue-delay-ms", "50"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::vector<char*> cargv;
+    for (auto& a : argv)
+      cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    REQUIRE(posix_spawn(&pid_, argv[0].c_str(), &actions, nullptr, cargv.data(), environ) == 0);
+    posix_spawn_file_actions_destroy(&actions);
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (!std::filesystem::exists(portFile)) {
+      int status = 0;
+      REQUIRE(::waitpid(pid_, &status, WNOHANG) == 0);  // the double must not have exited
+      REQUIRE(std::chrono::steady_clock::now() < deadline);
+      std::this_thread::sleep_for(10ms);
+    }
+    std::ifstream(portFile) >> port_;
+  }
+  ~SemaphoreDouble() {
+    ::kill(pid_, SIGTERM);
+    int status = 0;
+    for (int i = 0; i < 500 && ::waitpid(pid_, &status, WNOHANG) == 0; ++i)
+      std::this_thread::sleep_for(10ms);
+    if (::waitpid(pid_, &status, WNOHANG) == 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &status, 0);
+    }
+    std::filesystem::remove_all(dir_);
+  }
+  SemaphoreDouble(const SemaphoreDouble&) = delete;
+  SemaphoreDouble& operator=(const SemaphoreDouble&) = delete;
+
+  int port() const { return port_; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+  std::vector<LoggedRequest> requests() const {
+    const std::string body = adminCall(port_, "GET", "/__double/requests");
+    rapidjson::Document doc;
+    doc.Parse(body.c_str());
+    REQUIRE(doc.IsArray());
+    std::vector<LoggedRequest> out;
+    for (const auto& r : doc.GetArray()) {
+      LoggedRequest entry;
+      entry.method = r["method"].GetString();
+      entry.path = r["path"].GetString();
+      entry.body = r["body"].GetString();
+      const auto& headers = r["headers"];
+      auto header = [&headers](const char* name) {
+        return headers.HasMember(name) ? std::string(headers[name].GetString()) : std::string();
+      };
+      entry.authorization = header("authorization");
+      entry.cookie = header("cookie");
+      entry.accept = header("accept");
+      out.push_back(entry);
+    }
+    return out;
+  }
+
+  std::vector<LoggedRequest> requests(const std::string& method, const std::string& path) const {
+    std::vector<LoggedRequest> out;
+    for (auto& r : requests())
+      if (r.method == method && r.path == path) out.push_back(r);
+    return out;
+  }
+
+  // The task as the double sees it now (its status, e.g. after a stop).
+  std::string taskStatus(std::int64_t id) const {
+    const std::string body = adminCall(port_, "GET", "/__double/tasks");
+    rapidjson::Document doc;
+    doc.Parse(body.c_str());
+    REQUIRE(doc.IsArray());
+    for (const auto& t : doc.GetArray())
+      if (t["id"].GetInt64() == id) return t["status"].GetString();
+    return "";
+  }
+
+  void expireSessions() const { adminCall(port_, "POST", "/__double/sessions/expire"); }
+
+ private:
+  std::string dir_;
+  pid_t pid_ = 0;
+  int port_ = 0;
+};
+
+// The loop, the HTTP client and the Semaphore client of one test.
+struct Daemon {
+  explicit Daemon(SemaphoreSettings settings) {
+    uv_loop_init(&loop);
+    http = std::make_unique<HttpClient>(&loop);
+    client = std::make_shared<SemaphoreClient>(&loop, *http, std::move(settings));
+  }
+  ~Daemon() {
+    client.reset();
+    http.reset();
+    for (int i = 0; i < 100 && uv_run(&loop, UV_RUN_NOWAIT) != 0; ++i)
+      std::this_thread::sleep_for(1ms);
+    uv_walk(
+        &loop,
+        [](uv_handle_t* h, void*) {
+          if (!uv_is_closing(h)) uv_close(h, nullptr);
+        },
+        nullptr);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+  }
+
+  // Runs the loop until `done` holds or `limit` passes; false on timeout.
+  bool runUntil(const std::function<bool()>& done, Millis limit = 10s) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!done()) {
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+      uv_run(&loop, UV_RUN_NOWAIT);
+      std::this_thread::sleep_for(2ms);
+    }
+    return true;
+  }
+  void runFor(Millis d) {
+    runUntil([] { return false; }, d);
+  }
+
+  uv_loop_t loop{};
+  std::unique_ptr<HttpClient> http;
+  std::shared_ptr<SemaphoreClient> client;
+};
+
+SemaphoreSettings tokenSettings(const SemaphoreDouble& semaphore, Millis httpTimeout = 5s) {
+  SemaphoreSettings s;
+  s.baseUrl = semaphore.url();
+  s.projectId = 1;
+  s.apiToken = kToken;
+  s.httpTimeout = httpTimeout;
+  return s;
+}
+
+SemaphoreServiceSettings serviceSettings(std::int64_t startTemplate, std::int64_t stopTemplate = 0) {
+  SemaphoreServiceSettings s;
+  s.startTemplateId = startTemplate;
+  s.stopTemplateId = stopTemplate;
+  s.taskTimeout = 10s;
+  s.pollInterval = 200ms;
+  s.machineId = "gpu-01";
+  s.extraVarsJson = "{}";
+  return s;
+}
+
+// What one operation reported.
+struct Observed {
+  std::vector<OperationRecord> progress;
+  std::optional<OperationOutcome> outcome;
+  int doneCalls = 0;
+
+  Driver::ProgressCallback onProgress() {
+    return [this](const OperationRecord& r) { progress.push_back(r); };
+  }
+  Driver::DoneCallback onDone() {
+    return [this](OperationOutcome o) {
+      ++doneCalls;
+      outcome = std::move(o);
+    };
+  }
+};
+
+OperationRequest startRequest(std::string why = "GET /api/generate") {
+  return OperationRequest{OperationKind::Start, std::move(why)};
+}
+
+rapidjson::Document parse(const std::string& text) {
+  rapidjson::Document doc;
+  doc.Parse(text.c_str());
+  REQUIRE_FALSE(doc.HasParseError());
+  return doc;
+}
+
+}  // namespace
+
+TEST_CASE("a start sends one task whose environment is a JSON string, then follows it to success") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "run": "succeed", "after_ms": 100})"});
+  Daemon daemon(tokenSettings(semaphore));
+  auto settings = serviceSettings(22, 23);
+  settings.extraVarsJson = R"({"model_name": "sdxl", "gpus": [0, 1], "service_id": "not-this"})";
+  SemaphoreDriver driver(daemon.client, "comfyui", settings);
+
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(seen.progress.size() == 1);  // persisted before anything is sent
+  CHECK(seen.progress[0].taskId == 0);
+  CHECK(seen.progress[0].driver == "semaphore");
+  CHECK(seen.progress[0].kind == OperationKind::Start);
+  CHECK(seen.progress[0].startedAtMs > 0);
+
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  CHECK(seen.outcome->ok);
+  CHECK(seen.outcome->taskStatus == "success");
+  REQUIRE(seen.progress.size() == 2);
+  CHECK(seen.progress[1].taskId == seen.outcome->taskId);
+  CHECK(seen.outcome->taskId > 0);
+
+  const auto posts = semaphore.requests("POST", "/api/project/1/tasks");
+  REQUIRE(posts.size() == 1);
+  CHECK(posts[0].authorization == std::string("Bearer ") + kToken);
+  CHECK(posts[0].accept == "application/json");
+  const auto body = parse(posts[0].body);
+  REQUIRE(body.IsObject());
+  CHECK(body["template_id"].IsInt64());
+  CHECK(body["template_id"].GetInt64() == 22);
+  CHECK(std::string(body["limit"].GetString()) == "gpu-01");
+  CHECK(std::string(body["message"].GetString()) == "ondemand: start comfyui (GET /api/generate)");
+  REQUIRE(body["environment"].IsString());  // a string holding JSON, never an object
+  const auto env = parse(body["environment"].GetString());
+  REQUIRE(env.IsObject());
+  CHECK(std::string(env["service_id"].GetString()) == "comfyui");
+  CHECK(std::string(env["machine_id"].GetString()) == "gpu-01");
+  CHECK(std::string(env["action"].GetString()) == "start");
+  CHECK(std::string(env["model_name"].GetString()) == "sdxl");
+  CHECK(env["gpus"].IsArray());
+  CHECK(env.MemberCount() == 5);
+
+  const auto polls = semaphore.requests("GET", "/api/project/1/tasks/" + std::to_string(seen.outcome->taskId));
+  CHECK(polls.size() >= 2);
+  CHECK(seen.doneCalls == 1);
+}
+
+TEST_CASE("a machine-less service sends no limit, and the stop template gets action stop") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 23, "run": "succeed", "after_ms": 0})"});
+  Daemon daemon(tokenSettings(semaphore));
+  auto settings = serviceSettings(22, 23);
+  settings.machineId.clear();
+  SemaphoreDriver driver(daemon.client, "notes", settings);
+  CHECK(driver.supports(OperationKind::Stop));
+
+  Observed seen;
+  driver.run(OperationRequest{OperationKind::Stop, "idle for 15m"}, seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  CHECK(seen.outcome->ok);
+  const auto posts = semaphore.requests("POST", "/api/project/1/tasks");
+  REQUIRE(posts.size() == 1);
+  const auto body = parse(posts[0].body);
+  CHECK(body["template_id"].GetInt64() == 23);
+  CHECK_FALSE(body.HasMember("limit"));
+  CHECK(std::string(body["message"].GetString()) == "ondemand: stop notes (idle for 15m)");
+  const auto env = parse(body["environment"].GetString());
+  CHECK(std::string(env["action"].GetString()) == "stop");
+  CHECK(std::string(env["machine_id"].GetString()).empty());
+}
+
+TEST_CASE("without a stop template the driver cannot stop, and says so when asked") {
+  SemaphoreDouble semaphore({"--token", kToken});
+  Daemon daemon(tokenSettings(semaphore));
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22, 0));
+  CHECK(driver.supports(OperationKind::Start));
+  CHECK_FALSE(driver.supports(OperationKind::Stop));
+
+  Observed seen;
+  driver.run(OperationRequest{OperationKind::Stop, "cli"}, seen.onProgress(), seen.onDone());
+  CHECK_FALSE(seen.outcome);  // never from inside run()
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  CHECK_FALSE(seen.outcome->ok);
+  CHECK(seen.outcome->reason == "service comfyui has no Semaphore stop template");
+  CHECK(semaphore.requests().empty());
+}
+
+TEST_CASE("a failed task's reason carries the last lines of its output, colours removed") {
+  std::string lines;
+  for (int i = 1; i <= 12; ++i)
+    lines += (i > 1 ? ", " : "") + std::string("\"\\u001b[0;31mstep ") + std::to_string(i) + "\\u001b[0m\"";
+  SemaphoreDouble semaphore(
+      {"--token", kToken, "--template",
+       R"({"id": 22, "run": "fail", "after_ms": 50, "exit_status": 2, "output": [)" + lines + R"(, "", "   "]})"});
+  Daemon daemon(tokenSettings(semaphore));
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  const auto& outcome = *seen.outcome;
+  CHECK_FALSE(outcome.ok);
+  CHECK(outcome.taskStatus == "error");
+  const std::string id = std::to_string(outcome.taskId);
+  CHECK(outcome.reason == "Semaphore task " + id +
+                              " ended with status error: step 4\nstep 5\nstep 6\nstep 7\nstep 8\nstep 9\nstep 10\n"
+                              "step 11\nstep 12\nRunning app failed: exit status 2");
+  CHECK(semaphore.requests("GET", "/api/project/1/tasks/" + id + "/output").size() == 1);
+}
+
+TEST_CASE("statuses controld does not know are not taken as the end of a task") {
+  SemaphoreDouble semaphore(
+      {"--token", kToken, "--template",
+       R"({"id": 22, "statuses": ["waiting_confirmation", "confirmed", "levitating"], "status_ms": 150, "after_ms": 50})"});
+  Daemon daemon(tokenSettings(semaphore));
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  CHECK(seen.outcome->ok);
+  CHECK(seen.outcome->taskStatus == "success");
+}
+
+TEST_CASE("a task that never finishes is stopped with force false when task_timeout passes") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "run": "hang"})"});
+  Daemon daemon(tokenSettings(semaphore));
+  auto settings = serviceSettings(22);
+  settings.taskTimeout = 1s;
+  SemaphoreDriver driver(daemon.client, "comfyui", settings);
+
+  Observed seen;
+  const auto began = std::chrono::steady_clock::now();
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  const auto took = std::chrono::steady_clock::now() - began;
+  CHECK(took >= 1s);
+  CHECK(took < 3s);
+  const std::string id = std::to_string(seen.outcome->taskId);
+  CHECK_FALSE(seen.outcome->ok);
+  CHECK(seen.outcome->reason ==
+        "Semaphore task " + id + " did not finish within 1s; stopped it (it was still running)");
+  const auto stops = semaphore.requests("POST", "/api/project/1/tasks/" + id + "/stop");
+  REQUIRE(stops.size() == 1);
+  CHECK(stops[0].body == R"({"force":false})");
+  daemon.runFor(300ms);
+  CHECK(semaphore.taskStatus(seen.outcome->taskId) == "error");  // a non-forced stop ends as error
+}
+
+TEST_CASE("a refused token is reported with Semaphore's address, and nothing is retried") {
+  SemaphoreDouble semaphore({"--token", "another-token", "--template", R"({"id": 22})"});
+  Daemon daemon(tokenSettings(semaphore));
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  CHECK_FALSE(seen.outcome->ok);
+  CHECK(seen.outcome->reason ==
+        "Semaphore at " + semaphore.url() + " refused the API token (HTTP 401): check semaphore api_token");
+  CHECK(seen.outcome->taskId == 0);
+  CHECK(semaphore.requests().size() == 1);
+}
+
+TEST_CASE("a user who may only read is told so") {
+  SemaphoreDouble semaphore({"--user", "gail:pw:guest", "--template", R"({"id": 22})"});
+  SemaphoreSettings settings = tokenSettings(semaphore);
+  settings.apiToken.clear();
+  settings.username = "gail";
+  settings.password = "pw";
+  Daemon daemon(settings);
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  CHECK(seen.outcome->reason == "Semaphore at " + semaphore.url() +
+                                    " refused user \"gail\" (HTTP 403): the user may not run tasks in project 1");
+}
+
+TEST_CASE("an unknown template is reported with its id and project") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22})"});
+  Daemon daemon(tokenSettings(semaphore));
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(99));
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  CHECK_FALSE(seen.outcome->ok);
+  CHECK(seen.outcome->reason == "Semaphore at " + semaphore.url() +
+                                    " could not run template 99 of project 1 (HTTP 500, no details): check that the "
+                                    "template exists in that project");
+  CHECK(seen.progress.size() == 1);  // never a task id
+}
+
+TEST_CASE("an unreachable Semaphore fails the start with curl's error") {
+  SemaphoreSettings settings;
+  settings.baseUrl = "http://127.0.0.1:" + std::to_string(closedPort());
+  settings.apiToken = kToken;
+  settings.httpTimeout = 2s;
+  Daemon daemon(settings);
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  const auto began = std::chrono::steady_clock::now();
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }, 5s));
+  CHECK(std::chrono::steady_clock::now() - began < 2s);
+  CHECK_FALSE(seen.outcome->ok);
+  const std::string prefix = "could not reach Semaphore at " + settings.baseUrl + ": ";
+  INFO(seen.outcome->reason);
+  CHECK(seen.outcome->reason.rfind(prefix, 0) == 0);
+  CHECK(seen.outcome->reason.find("Connection refused") != std::string::npos);
+  CHECK(seen.outcome->reason.size() > prefix.size());
+}
+
+TEST_CASE("a Semaphore that does not answer fails the start once http_timeout passes") {
+  SemaphoreDouble semaphore({"--token", kToken, "--response-delay-ms", "5000", "--template", R"({"id": 22})"});
+  Daemon daemon(tokenSettings(semaphore, 500ms));
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  const auto began = std::chrono::steady_clock::now();
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }, 4s));
+  const auto took = std::chrono::steady_clock::now() - began;
+  CHECK(took >= 400ms);
+  CHECK(took < 2s);
+  INFO(seen.outcome->reason);
+  CHECK(seen.outcome->reason.rfind("could not reach Semaphore at " + semaphore.url() + ": ", 0) == 0);
+  CHECK(seen.outcome->reason.find("timed out") != std::string::npos);
+}
+
+TEST_CASE("with a username and password, controld logs in once and again only after a 401") {
+  SemaphoreDouble semaphore({"--user", "alice:wonderland", "--template", R"({"id": 22, "after_ms": 100})", "--template",
+                             R"({"id": 32, "after_ms": 100})"});
+  SemaphoreSettings settings = tokenSettings(semaphore);
+  settings.apiToken.clear();
+  settings.username = "alice";
+  settings.password = "wonderland";
+  Daemon daemon(settings);
+  SemaphoreDriver comfy(daemon.client, "comfyui", serviceSettings(22));
+  SemaphoreDriver ollama(daemon.client, "ollama", serviceSettings(32));
+
+  Observed a, b;
+  comfy.run(startRequest(), a.onProgress(), a.onDone());
+  ollama.run(startRequest(), b.onProgress(), b.onDone());
+  REQUIRE(daemon.runUntil([&] { return a.outcome && b.outcome; }));
+  CHECK(a.outcome->ok);
+  CHECK(b.outcome->ok);
+  auto logins = semaphore.requests("POST", "/api/auth/login");
+  REQUIRE(logins.size() == 1);  // both drivers waited for the same login
+  const auto login = parse(logins[0].body);
+  CHECK(std::string(login["auth"].GetString()) == "alice");
+  CHECK(std::string(login["password"].GetString()) == "wonderland");
+  std::string cookie;
+  for (const auto& r : semaphore.requests()) {
+    if (r.path == "/api/auth/login") continue;
+    CHECK(r.authorization.empty());
+    CHECK(r.cookie.rfind("semaphore=", 0) == 0);
+    if (cookie.empty()) cookie = r.cookie;
+    CHECK(r.cookie == cookie);
+  }
+
+  semaphore.expireSessions();  // e.g. Semaphore restarted
+  Observed c;
+  comfy.run(startRequest(), c.onProgress(), c.onDone());
+  REQUIRE(daemon.runUntil([&] { return c.outcome.has_value(); }));
+  CHECK(c.outcome->ok);
+  logins = semaphore.requests("POST", "/api/auth/login");
+  CHECK(logins.size() == 2);
+  const auto posts = semaphore.requests("POST", "/api/project/1/tasks");
+  REQUIRE(posts.size() == 4);  // two starts, then one refused and repeated after the new login
+  CHECK(posts[2].cookie == cookie);
+  CHECK(posts[3].cookie != cookie);
+  CHECK(semaphore.taskStatus(3) == "success");
+  CHECK(semaphore.taskStatus(4) == "");  // the refused POST created nothing
+}
+
+TEST_CASE("a refused login is reported and not repeated for the same call") {
+  SemaphoreDouble semaphore({"--user", "alice:wonderland", "--template", R"({"id": 22})"});
+  SemaphoreSettings settings = tokenSettings(semaphore);
+  settings.apiToken.clear();
+  settings.username = "alice";
+  settings.password = "guess";
+  Daemon daemon(settings);
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  CHECK(seen.outcome->reason == "Semaphore at " + semaphore.url() +
+                                    " refused the login of user \"alice\" (HTTP 401): check semaphore username and "
+                                    "password");
+  CHECK(semaphore.requests().size() == 1);
+}
+
+TEST_CASE("after a restart, resume follows the recorded task instead of creating a second one") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "after_ms": 700})"});
+  Daemon daemon(tokenSettings(semaphore));
+  auto first = std::make_unique<SemaphoreDriver>(daemon.client, "comfyui", serviceSettings(22));
+
+  // The first controld goes away (here: its driver is destroyed from inside
+  // the callback) once the task id is recorded.
+  Observed before;
+  std::optional<OperationRecord> recorded;
+  first->run(
+      startRequest(),
+      [&](const OperationRecord& r) {
+        if (r.taskId) {
+          recorded = r;
+          first.reset();
+        }
+      },
+      before.onDone());
+  REQUIRE(daemon.runUntil([&] { return recorded.has_value(); }));
+  daemon.runFor(300ms);
+  CHECK_FALSE(before.outcome);
+
+  SemaphoreDriver second(daemon.client, "comfyui", serviceSettings(22));
+  Observed after;
+  second.resume(*recorded, after.onProgress(), after.onDone());
+  REQUIRE(daemon.runUntil([&] { return after.outcome.has_value(); }));
+  CHECK(after.outcome->ok);
+  CHECK(after.outcome->taskId == recorded->taskId);
+  CHECK(semaphore.requests("POST", "/api/project/1/tasks").size() == 1);
+  CHECK(semaphore.requests("POST", "/api/project/1/tasks/" + std::to_string(recorded->taskId) + "/stop").empty());
+}
+
+TEST_CASE("resume of a record without a task id refuses to run a second task") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22})"});
+  Daemon daemon(tokenSettings(semaphore));
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  OperationRecord record;
+  record.driver = "semaphore";
+  record.startedAtMs = 1;
+  Observed seen;
+  driver.resume(record, seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  CHECK_FALSE(seen.outcome->ok);
+  CHECK(seen.outcome->reason.find("not running a second one") != std::string::npos);
+  CHECK(semaphore.requests().empty());
+}
+
+TEST_CASE("resume of a task whose timeout passed while controld was down looks before stopping it") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "after_ms": 0})"});
+  Daemon daemon(tokenSettings(semaphore));
+  Observed created;
+  SemaphoreDriver starter(daemon.client, "comfyui", serviceSettings(22));
+  starter.run(startRequest(), created.onProgress(), created.onDone());
+  REQUIRE(daemon.runUntil([&] { return created.outcome.has_value(); }));
+
+  // It succeeded meanwhile: reported as such, not overwritten by a stop.
+  OperationRecord record = created.progress.back();
+  record.startedAtMs -= 60'000;
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  driver.resume(record, seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  CHECK(seen.outcome->ok);
+  CHECK(semaphore.taskStatus(record.taskId) == "success");
+}
+
+TEST_CASE("cancel stops a running task with force false and calls nothing back") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "run": "hang"})"});
+  Daemon daemon(tokenSettings(semaphore));
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.progress.size() == 2; }));
+  const auto taskId = seen.progress[1].taskId;
+  daemon.runFor(200ms);
+  driver.cancel();
+  REQUIRE(daemon.runUntil([&] { return semaphore.taskStatus(taskId) == "error"; }, 5s));
+  daemon.runFor(300ms);
+  CHECK_FALSE(seen.outcome);
+  const auto stops = semaphore.requests("POST", "/api/project/1/tasks/" + std::to_string(taskId) + "/stop");
+  REQUIRE(stops.size() == 1);
+  CHECK(stops[0].body == R"({"force":false})");
+}
+
+TEST_CASE("cancel before Semaphore answered the creation stops the task once it exists") {
+  SemaphoreDouble semaphore(
+      {"--token", kToken, "--response-delay-ms", "300", "--template", R"({"id": 22, "run": "hang"})"});
+  Daemon daemon(tokenSettings(semaphore));
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  daemon.runFor(100ms);
+  driver.cancel();
+  REQUIRE(daemon.runUntil([&] { return semaphore.requests("POST", "/api/project/1/tasks/1/stop").size() == 1; }));
+  CHECK(seen.progress.size() == 1);
+  CHECK_FALSE(seen.outcome);
+}
+
+TEST_CASE("a finished task is never stopped") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "run": "fail", "after_ms": 0})"});
+  Daemon daemon(tokenSettings(semaphore));
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  driver.cancel();  // too late: nothing to do
+  daemon.runFor(200ms);
+  CHECK(semaphore.taskStatus(seen.outcome->taskId) == "error");
+  for (const auto& r : semaphore.requests())
+    CHECK(r.path.find("/stop") == std::string::npos);
+}
+
+TEST_CASE("ANSI sequences and control characters are removed from task output") {
+  CHECK(stripAnsi("\x1b[0;31mfatal: [gpu-01]\x1b[0m") == "fatal: [gpu-01]");
+  CHECK(stripAnsi("a\x1b[1;35;40mb\x1b[Kc\r") == "abc");
+  CHECK(stripAnsi("\x1b]0;title\x07text") == "text");
+  CHECK(stripAnsi("\x1b]8;;http://x\x1b\\link") == "link");
+  CHECK(stripAnsi("tab\tkept, bell\x07 gone") == "tab\tkept, bell gone");
+  CHECK(stripAnsi("dangling \x1b") == "dangling ");
+  CHECK(stripAnsi("caf\xc3\xa9") == "caf\xc3\xa9");
+}
+
+TEST_CASE("task output answers are read defensively") {
+  CHECK(lastOutputLines("null", 10) == std::vector<std::string>{});
+  CHECK(lastOutputLines("[]", 10) == std::vector<std::string>{});
+  CHECK_FALSE(lastOutputLines("{\"output\": \"x\"}", 10));
+  CHECK_FALSE(lastOutputLines("not json", 10));
+  CHECK(lastOutputLines(R"([{"output": 5}, 7, {"output": "a\nb  "}, {"output": " "}, {"output": "c"}])", 2) ==
+        std::vector<std::string>{"b", "c"});
+}
+
+TEST_CASE("detach leaves the task running for the next controld and calls nothing back") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "run": "hang"})"});
+  Daemon daemon(tokenSettings(semaphore));
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.progress.size() == 2; }));
+  driver.detach();
+  daemon.runFor(500ms);
+  CHECK_FALSE(seen.outcome);
+  CHECK(semaphore.taskStatus(seen.progress[1].taskId) == "running");
+  for (const auto& r : semaphore.requests())
+    CHECK(r.path.find("/stop") == std::string::npos);
+}
+
+namespace {
+
+Config onlineConfig(const std::string& baseUrl, std::int64_t secondStart) {
+  Config config;
+  SemaphoreSettings semaphore;
+  semaphore.baseUrl = baseUrl;
+  semaphore.apiToken = kToken;
+  semaphore.httpTimeout = 2s;
+  config.semaphore = semaphore;
+  ServiceConfig a;
+  a.name = "comfyui";
+  a.where = {"controld.yaml", 12};
+  a.semaphore = serviceSettings(22, 23);
+  ServiceConfig b;
+  b.name = "ollama";
+  b.where = {"controld.yaml", 20};
+  b.semaphore = serviceSettings(secondStart, 0);
+  ServiceConfig c;
+  c.name = "notes";
+  c.startCommand = {"true"};
+  config.services = {{a.name, a}, {b.name, b}, {c.name, c}};
+  return config;
+}
+
+}  // namespace
+
+TEST_CASE("check-config --online asks Semaphore for the credentials and every template") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22})", "--template", R"({"id": 23})",
+                             "--template", R"({"id": 31, "project_id": 2})"});
+  std::ostringstream out, err;
+  CHECK(checkSemaphoreOnline(onlineConfig(semaphore.url(), 22), out, err) == 0);
+  INFO(err.str());
+  CHECK(out.str().find("Semaphore at " + semaphore.url() + " (v2.10.22-double): reachable, credentials accepted") !=
+        std::string::npos);
+  CHECK(out.str().find("Semaphore templates: 2 found in project 1") != std::string::npos);
+
+  std::ostringstream out2, err2;
+  CHECK(checkSemaphoreOnline(onlineConfig(semaphore.url(), 31), out2, err2) == 1);
+  CHECK(err2.str() ==
+        "controld.yaml:20: services.ollama.semaphore.start_template_id: template 31 does not exist in Semaphore "
+        "project 1\n");
+
+  auto wrongToken = onlineConfig(semaphore.url(), 22);
+  wrongToken.semaphore->apiToken = "nope";
+  std::ostringstream out3, err3;
+  CHECK(checkSemaphoreOnline(wrongToken, out3, err3) == 1);
+  CHECK(err3.str() ==
+        "Semaphore at " + semaphore.url() + " refused the API token (HTTP 401): check semaphore api_token\n");
+
+  std::ostringstream out4, err4;
+  CHECK(checkSemaphoreOnline(onlineConfig("http://127.0.0.1:" + std::to_string(closedPort()), 22), out4, err4) == 3);
+  CHECK(err4.str().rfind("cannot reach Semaphore at http://127.0.0.1:", 0) == 0);
+}
