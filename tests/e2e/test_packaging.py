@@ -5,6 +5,7 @@ sets it) they are also installed for real, exercised (nginx -t with the module
 from /etc/nginx/modules-enabled, the daemon as the controld user with its
 socket reachable by www-data) and purged again, leaving the machine as it was."""
 import grp
+import json
 import os
 import pwd
 import re
@@ -16,7 +17,8 @@ import tempfile
 import textwrap
 import unittest
 
-from harness import CONTROLD, MODULE, NGINX, SOURCE_DIR, OndemandTestCase, wait_until
+from harness import (CONTROLD, MODULE, NGINX, PYTHON, SAMPLE_SERVICE, SOURCE_DIR, OndemandTestCase, free_port,
+                     http_request, wait_until)
 
 BUILD_DIR = os.environ.get("ONDEMAND_BUILD_DIR", "")
 BUILD_DEBS = os.path.join(SOURCE_DIR, "packaging", "build-debs")
@@ -300,6 +302,31 @@ class PackagingTest(OndemandTestCase):
             verify = run(["systemd-analyze", "verify", UNIT], check=False)
             self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
 
+        # A service for nginx to wake, started by controld as user controld:
+        # the sample service, copied where that user can read it. Editing the
+        # file also makes it a modified conffile for the reinstall below.
+        sample = "/var/lib/controld/sample_service.py"
+        shutil.copy(SAMPLE_SERVICE, sample)
+        os.chown(sample, user.pw_uid, user.pw_gid)
+        sample_port = free_port()
+        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else PYTHON
+        pidfile = "/var/lib/controld/sample.pid"
+        with open("/etc/controld/controld.yaml", "a") as f:
+            f.write("  sample:\n"
+                    "    health_url: http://127.0.0.1:%d/healthz\n"
+                    "    idle_timeout: 1h\n"
+                    "    start_timeout: 30s\n"
+                    "    start_command: %s\n"
+                    "    stop_command: %s\n" % (
+                        sample_port,
+                        json.dumps([python, sample, "start", "--port", str(sample_port), "--name", "sample",
+                                    "--ready-after", "0.3", "--pidfile", pidfile]),
+                        json.dumps([python, sample, "stop", "--pidfile", pidfile])))
+        check = run(["/usr/bin/controld", "check-config", "--config", "/etc/controld/controld.yaml"], check=False)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+        self.assertIn("ok (1 services)", check.stdout)
+        self.addCleanup(run, [python, sample, "stop", "--pidfile", pidfile], check=False)
+
         self._run_daemon_as_the_unit_would(user)
 
         with self.subTest("nginx loads the module from /etc/nginx/modules-enabled"):
@@ -322,6 +349,8 @@ class PackagingTest(OndemandTestCase):
             test = run([NGINX, "-t", "-c", conf], check=False)
             self.assertEqual(test.returncode, 0, test.stderr)
 
+            self._request_through_nginx_as_www_data(sample_port)
+
             # Removed (not purged), the link is set aside; reinstalled, it is back.
             run(["dpkg", "-r", MODULE_PKG], env=env)
             self.assertFalse(os.path.lexists(MODULE_LINK))
@@ -331,12 +360,12 @@ class PackagingTest(OndemandTestCase):
             self.assertEqual(os.readlink(MODULE_LINK), MODULE_CONF)
             self.assertFalse(os.path.lexists(MODULE_LINK + ".removed"))
 
-        # Reinstalling keeps an edited configuration (a conffile).
-        with open("/etc/controld/controld.yaml", "a") as f:
-            f.write("# edited by the administrator\n")
+        self._stop_daemon()
+
+        # Reinstalling keeps the edited configuration (a conffile).
         run(["dpkg", "-i", self.debs[CONTROLD_PKG]], env=env)
         with open("/etc/controld/controld.yaml") as f:
-            self.assertIn("# edited by the administrator", f.read())
+            self.assertIn("  sample:\n", f.read())
 
         self._purge(packages, user_existed, group_existed, run_dir_existed)
         for path in ("/usr/bin/controld", "/etc/controld", "/var/lib/controld", UNIT, "/run/controld",
@@ -357,11 +386,12 @@ class PackagingTest(OndemandTestCase):
         if os.path.isdir("/run/systemd/system"):
             # systemd runs here: postinst started the unit (unless a
             # policy-rc.d forbade it: then start it now).
-            if run(["systemctl", "is-active", "controld"], check=False).stdout.strip() != "active":
-                start = run(["systemctl", "start", "controld"], check=False)
-                self.assertEqual(start.returncode, 0, start.stderr +
-                                 run(["journalctl", "-u", "controld", "-n", "30", "--no-pager"], check=False).stdout)
+            # (Restarted: the configuration changed since.)
+            start = run(["systemctl", "restart", "controld"], check=False)
+            self.assertEqual(start.returncode, 0, start.stderr +
+                             run(["journalctl", "-u", "controld", "-n", "30", "--no-pager"], check=False).stdout)
             wait_until(lambda: os.path.exists(sock), 10, message="controld socket")
+            self.daemon = None
         else:
             if not os.path.isdir("/run/controld"):
                 os.mkdir("/run/controld", 0o755)
@@ -371,6 +401,7 @@ class PackagingTest(OndemandTestCase):
                               "controld.log", env=dict(os.environ, HOME="/var/lib/controld"))
             wait_until(lambda: os.path.exists(sock) or not proc.alive(), 10, message="controld socket")
             self.assertTrue(proc.alive(), proc.output())
+            self.daemon = proc
         st = os.lstat(sock)
         self.assertTrue(stat.S_ISSOCK(st.st_mode))
         self.assertEqual(stat.S_IMODE(st.st_mode), 0o660)
@@ -384,9 +415,71 @@ class PackagingTest(OndemandTestCase):
                          "/usr/bin/controld", "status", "--socket", sock], check=False)
         self.assertEqual(as_nobody.returncode, 3, as_nobody.stdout + as_nobody.stderr)
         self.assertIn("Permission denied", as_nobody.stderr)
-        if not os.path.isdir("/run/systemd/system"):
-            self.assertEqual(proc.stop(signal.SIGTERM), 0, proc.output())
-            self.assertFalse(os.path.exists(sock), "controld left its socket behind")
+
+    def _stop_daemon(self):
+        sock = "/run/controld/controld.sock"
+        if self.daemon is None:
+            run(["systemctl", "stop", "controld"])
+        else:
+            self.assertEqual(self.daemon.stop(signal.SIGTERM), 0, self.daemon.output())
+        self.assertFalse(os.path.exists(sock), "controld left its socket behind")
+
+    def _request_through_nginx_as_www_data(self, sample_port):
+        """nginx as Debian runs it (workers as www-data, the module from
+        modules-enabled, the default control socket) wakes the cold service
+        through controld and proxies the request to it."""
+        os.chmod(self.dir, 0o755)  # nginx workers (www-data) use temp paths in it
+        port = free_port()
+        error_log = self.path("nginx-error.log")
+        conf = self.write("nginx.conf", """\
+            user www-data;
+            include /etc/nginx/modules-enabled/*.conf;
+            worker_processes 2;
+            daemon off;
+            pid {dir}/nginx-run.pid;
+            error_log {error_log} info;
+            events {{}}
+            http {{
+                access_log {dir}/access.log;
+                client_body_temp_path {dir}/body;
+                proxy_temp_path {dir}/proxy;
+                fastcgi_temp_path {dir}/fastcgi;
+                uwsgi_temp_path {dir}/uwsgi;
+                scgi_temp_path {dir}/scgi;
+                server {{
+                    listen 127.0.0.1:{port};
+                    location / {{
+                        ondemand_service sample;
+                        ondemand_wait 20s;
+                        proxy_pass http://127.0.0.1:{sample_port};
+                    }}
+                }}
+            }}
+            """.format(dir=self.dir, error_log=error_log, port=port, sample_port=sample_port))
+        self._checked_logs.append(error_log)
+        nginx = self.spawn([NGINX, "-c", conf], "nginx.out")
+        wait_until(lambda: self._listening(port) or not nginx.alive(), 10, message="nginx listening")
+        self.assertTrue(nginx.alive(), nginx.output())
+        workers = run(["ps", "-o", "user=", "--ppid", str(nginx.pid)]).stdout.split()
+        self.assertTrue(workers and set(workers) == {"www-data"}, workers)
+
+        status, headers, body = http_request(port, "/", headers={"Accept": "application/json"}, timeout=30)
+        self.assertEqual(status, 200, "%s %s\n%s" % (headers, body, self._controld_log()))
+        self.assertIn("hello from sample", body)
+        stop = run(["/usr/bin/controld", "stop", "sample", "--wait"], check=False)
+        self.assertEqual(stop.returncode, 0, stop.stdout + stop.stderr)
+        nginx.stop()
+
+    @staticmethod
+    def _listening(port):
+        import socket
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    def _controld_log(self):
+        if self.daemon is not None:
+            return self.daemon.output()
+        return run(["journalctl", "-u", "controld", "-n", "50", "--no-pager"], check=False).stdout
 
     # --- leaving the machine as it was ---------------------------------------
 
