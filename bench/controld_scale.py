@@ -100,7 +100,7 @@ def main():
 
     log = open(os.path.join(work, "controld.log"), "w")
     proc = subprocess.Popen([args.controld, "serve", "--config", config], stderr=log,
-                            env=dict(os.environ, CONTROLD_LOG_LEVEL="warning"))
+                            env=dict(os.environ, CONTROLD_LOG_LEVEL=os.environ.get("CONTROLD_LOG_LEVEL", "warning")))
     try:
         for _ in range(200):
             if os.path.exists(sock_path):
@@ -233,7 +233,10 @@ def main():
             print("controld did not exit within 60 s of SIGTERM", file=sys.stderr)
         print("shutdown took %.2f s" % (time.monotonic() - t0), file=sys.stderr)
         log.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP"):
+            print("kept " + work, file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

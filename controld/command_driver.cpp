@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <array>
 
 #include <cerrno>
 #include <cstring>
@@ -17,6 +18,13 @@
 #endif
 
 namespace ondemand::controld {
+
+namespace {
+// One buffer for every driver: reads happen on the loop's thread and are
+// consumed before the callback returns, so a buffer per service (1,000
+// services, 16 KiB each) would only cost memory.
+thread_local std::array<char, 16384> stderrReadBuffer;
+}  // namespace
 
 namespace {
 
@@ -442,9 +450,9 @@ void CommandDriver::drainStderrNow() {
   bool eof = uv_fileno(reinterpret_cast<uv_handle_t*>(op.stderrPipe.get()), &fd) != 0 ||
              !uv_is_active(reinterpret_cast<uv_handle_t*>(op.stderrPipe.get()));
   while (!eof) {
-    const ssize_t n = ::read(fd, readBuffer_.data(), readBuffer_.size());
+    const ssize_t n = ::read(fd, stderrReadBuffer.data(), stderrReadBuffer.size());
     if (n > 0) {
-      op.stderrTail.append(readBuffer_.data(), static_cast<std::size_t>(n));
+      op.stderrTail.append(stderrReadBuffer.data(), static_cast<std::size_t>(n));
     } else if (n < 0 && errno == EINTR) {
       continue;
     } else {
@@ -465,9 +473,8 @@ void CommandDriver::keepDraining(UvHandle<uv_pipe_t> pipe) {
   stream->data = this;
   uv_read_start(
       stream,
-      [](uv_handle_t* h, size_t, uv_buf_t* buf) {
-        auto* self = static_cast<CommandDriver*>(h->data);
-        *buf = uv_buf_init(self->readBuffer_.data(), static_cast<unsigned>(self->readBuffer_.size()));
+      [](uv_handle_t*, size_t, uv_buf_t* buf) {
+        *buf = uv_buf_init(stderrReadBuffer.data(), static_cast<unsigned>(stderrReadBuffer.size()));
       },
       [](uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
         auto* self = static_cast<CommandDriver*>(s->data);

@@ -89,7 +89,6 @@ class CommandDriver : public Driver {
   // stderr pipes of commands that exited while something they left behind
   // still holds the write end: read and discarded until EOF.
   std::map<uv_pipe_t*, UvHandle<uv_pipe_t>> drains_;
-  std::array<char, 16384> readBuffer_{};
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

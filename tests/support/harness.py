@@ -167,6 +167,8 @@ class OndemandTestCase(unittest.TestCase):
                        message="controld socket")
             if not proc.alive():
                 self.fail("controld exited at start:\n" + proc.output())
+            # The socket exists before recovery has run; a status answer means ready.
+            wait_until(lambda: self.cli_ok("status") or not proc.alive(), 10, message="controld answering")
         return proc
 
     def restart_controld(self, env=None):
