@@ -3,6 +3,8 @@ services, a real nginx with the built module in front of them, and ways to
 fire many requests at once and read both sides' counters."""
 import http.client
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -38,7 +40,28 @@ class ModuleTestCase(OndemandTestCase):
     def tearDown(self):
         for name in self._samples:
             self.stop_sample(name)
-        super().tearDown()
+        try:
+            super().tearDown()
+        finally:
+            self._kill_leftovers()
+
+    def _kill_leftovers(self):
+        """A sample whose start command was still running when the test
+        ended writes its pidfile too late to be stopped: anything still
+        running with this test's directory on its command line goes."""
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if any(self.dir.encode() in arg for arg in argv):
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
 
     # --- controld -----------------------------------------------------------
 
