@@ -231,6 +231,24 @@ class OndemandTestCase(unittest.TestCase):
 
     # --- nginx ------------------------------------------------------------
 
+    def nginx_env(self):
+        """nginx's environment. A sanitizer build of the module needs its
+        runtime preloaded into nginx (ONDEMAND_NGINX_PRELOAD, set by CMake)."""
+        env = dict(os.environ)
+        preload = os.environ.get("ONDEMAND_NGINX_PRELOAD")
+        if preload:
+            env["LD_PRELOAD"] = preload
+            # nginx itself does not free everything at exit; leaks inside
+            # its pools are not what this checks.
+            env.setdefault("ASAN_OPTIONS", "detect_leaks=0")
+        return env
+
+    def nginx_test_config(self, conf_path, prefix=None):
+        """`nginx -t` on a file; returns CompletedProcess."""
+        prefix = prefix or os.path.dirname(conf_path)
+        return subprocess.run([NGINX, "-t", "-p", prefix, "-c", conf_path], capture_output=True, text=True,
+                              env=self.nginx_env())
+
     def start_nginx(self, http_body, name="nginx", workers=1, main_extra=""):
         """Runs the real nginx with the built module in its own prefix."""
         if not MODULE:
@@ -238,6 +256,10 @@ class OndemandTestCase(unittest.TestCase):
         prefix = self.path(name)
         for sub in ("logs", "tmp"):
             os.makedirs(os.path.join(prefix, sub), exist_ok=True)
+        if os.geteuid() == 0 and "user " not in main_extra:
+            # Workers would drop to "nobody" and could not reach controld's
+            # socket inside the private test directory.
+            main_extra = "user root;\n" + main_extra
         conf = textwrap.dedent("""\
             load_module {module};
             worker_processes {workers};
@@ -261,14 +283,22 @@ class OndemandTestCase(unittest.TestCase):
         conf_path = os.path.join(prefix, "nginx.conf")
         with open(conf_path, "w") as f:
             f.write(conf)
-        test = subprocess.run([NGINX, "-t", "-p", prefix, "-c", conf_path], capture_output=True, text=True)
+        test = self.nginx_test_config(conf_path, prefix)
         if test.returncode != 0:
             self.fail("nginx -t failed:\n" + test.stderr)
         self._checked_logs.append(os.path.join(prefix, "logs", "error.log"))
-        proc = self.spawn([NGINX, "-p", prefix, "-c", conf_path], name + ".out")
+        proc = self.spawn([NGINX, "-p", prefix, "-c", conf_path], name + ".out", env=self.nginx_env())
         self.nginx_prefix = prefix
         self.nginx_conf = conf_path
+        self.nginx = proc
         return proc
+
+    def reload_nginx(self):
+        """`nginx -s reload`: new workers start, the old ones finish what they hold."""
+        out = subprocess.run([NGINX, "-p", self.nginx_prefix, "-c", self.nginx_conf, "-s", "reload"],
+                             capture_output=True, text=True, env=self.nginx_env())
+        if out.returncode != 0:
+            self.fail("nginx -s reload failed:\n" + out.stderr)
 
     def nginx_error_log(self, name="nginx"):
         path = self.path(name, "logs", "error.log")
