@@ -62,6 +62,9 @@ class ControldTest(OndemandTestCase):
                   start_timeout=start_timeout, extra=extra)
 
     def tearDown(self):
+        # controld first, so no start command launches a sample after its stop.
+        if getattr(self, "controld", None):
+            self.controld.stop()
         for name in ("notes", "slow", "a", "b"):
             self.stop_sample(name)
         super().tearDown()

@@ -40,28 +40,7 @@ class ModuleTestCase(OndemandTestCase):
     def tearDown(self):
         for name in self._samples:
             self.stop_sample(name)
-        try:
-            super().tearDown()
-        finally:
-            self._kill_leftovers()
-
-    def _kill_leftovers(self):
-        """A sample whose start command was still running when the test
-        ended writes its pidfile too late to be stopped: anything still
-        running with this test's directory on its command line goes."""
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                with open("/proc/%s/cmdline" % pid, "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if any(self.dir.encode() in arg for arg in argv):
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except OSError:
-                    pass
+        super().tearDown()
 
     # --- controld -----------------------------------------------------------
 
