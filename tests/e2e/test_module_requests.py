@@ -186,8 +186,14 @@ class HeldRequestsTest(ModuleTestCase):
                                     "$ondemand_wait_ms';")
         self.assertEqual(self.get("/first").status, 200)
         self.assertEqual(self.get("/second").status, 200)
-        with open(self.path("ondemand.log")) as f:
-            lines = [line.split() for line in f.read().splitlines()]
+
+        def logged():
+            with open(self.path("ondemand.log")) as f:
+                lines = [line.split() for line in f.read().splitlines()]
+            return lines if len(lines) == 2 else None
+
+        # nginx writes the line once the response has gone out.
+        lines = wait_until(logged, 5, message="two access log lines")
         self.assertEqual([l[:4] for l in lines], [["/first", "200", "logged", "cold"],
                                                   ["/second", "200", "logged", "warm"]])
         self.assertGreaterEqual(int(lines[0][4]), 900)

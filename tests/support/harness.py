@@ -113,6 +113,7 @@ class OndemandTestCase(unittest.TestCase):
     def tearDown(self):
         for proc in reversed(self._processes):
             proc.stop()
+        self._kill_leftovers()
         problems = []
         for path in self._checked_logs:
             if os.path.exists(path):
@@ -126,6 +127,24 @@ class OndemandTestCase(unittest.TestCase):
             sys.stderr.write("\ntest files kept in %s\n" % self.dir)
         if problems:
             self.fail("bad lines in logs:\n" + "\n".join(problems[:20]))
+
+    def _kill_leftovers(self):
+        """A command still running when the test ended (a start command that
+        daemonizes a sample after the test's stop ran) would outlive it:
+        anything with this test's directory on its command line goes."""
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if any(self.dir.encode() in arg for arg in argv):
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
 
     def _outcome_ok(self):
         # unittest's _Outcome.success turns False as soon as this test fails.
@@ -167,6 +186,8 @@ class OndemandTestCase(unittest.TestCase):
                        message="controld socket")
             if not proc.alive():
                 self.fail("controld exited at start:\n" + proc.output())
+            # The socket exists before recovery has run; a status answer means ready.
+            wait_until(lambda: self.cli_ok("status") or not proc.alive(), 10, message="controld answering")
         return proc
 
     def restart_controld(self, env=None):

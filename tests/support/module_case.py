@@ -3,6 +3,8 @@ services, a real nginx with the built module in front of them, and ways to
 fire many requests at once and read both sides' counters."""
 import http.client
 import json
+import os
+import signal
 import socket
 import threading
 import time
