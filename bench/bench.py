@@ -452,15 +452,24 @@ class Bench:
         """An nginx with the module: `servers` plus a status server; returns it with .status_port set."""
         upstreams = "\n".join(self.upstream_conf(k) for k in self.ports)
         status_port = free_port()
-        status = ("server {{ listen 127.0.0.1:{p}; location = /ondemand {{ ondemand_status; }} "
-                  "location = /nginx {{ stub_status; }} }}").format(p=status_port)
+        # reuseport: successive status requests reach every worker.
+        status = ("server {{ listen 127.0.0.1:{p}{rp}; location = /ondemand {{ ondemand_status; }} "
+                  "location = /nginx {{ stub_status; }} }}").format(p=status_port,
+                                                                   rp=" reuseport" if workers > 1 else "")
         body = "ondemand_control unix:%s;\n%s\n%s\n%s" % (self.ctl.socket, upstreams, servers, status)
         ports = [int(p) for p in re.findall(r"listen 127\.0\.0\.1:(\d+)", servers)] + [status_port]
         ng = Nginx(self, name, body, workers=workers, worker_connections=worker_connections, ports=ports, cpus=cpus)
         ng.status_port = status_port
-        # The worker has controld's table: a warm service passes at once.
-        wait_until(lambda: self.module_status(ng)["controld"]["status"] == "connected", 10,
-                   "nginx %s connected to controld" % name)
+        # Every worker has controld's table (a request finds its service's state).
+        synced = set()
+
+        def all_synced():
+            st = self.module_status(ng)
+            if st["controld"]["status"] == "connected":
+                synced.add(st.get("pid"))
+            return set(ng.workers()) <= synced
+
+        wait_until(all_synced, 20, "every worker of nginx %s connected to controld" % name)
         return ng
 
     def upstream_conf(self, k):
@@ -580,15 +589,17 @@ class Bench:
 
     @staticmethod
     def held_log(ng):
-        """(answered after being held, other lines) from the burst server's access log."""
-        held = other = 0
+        """(answered after being held, {"status state waited": count} of the other lines) from
+        the burst server's access log."""
+        held, other = 0, {}
         with open(os.path.join(ng.prefix, "logs", "held.log")) as f:
             for line in f:
                 status, state, waited = line.split()[:3]
                 if state in ("cold", "starting") and int(waited) > 0:
                     held += 1
                 else:
-                    other += 1
+                    key = "%s %s %s" % (status, state, waited)
+                    other[key] = other.get(key, 0) + 1
         return held, other
 
     def burst_round_held(self, n, r):
