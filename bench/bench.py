@@ -16,7 +16,6 @@ import datetime
 import json
 import os
 import platform
-import random
 import re
 import resource
 import shlex
@@ -80,12 +79,6 @@ def percentile(values, p):
     return v[k]
 
 
-def summary(values):
-    """median, min, max of per-round figures."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),
-            "rounds": values}
-
-
 def rss_kib(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -109,12 +102,6 @@ def children(pid):
                 except (OSError, IndexError, ValueError):
                     pass
         return out
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- processes -----------------------------------------------------------------
@@ -161,6 +148,9 @@ class Nginx:
 
     def __init__(self, bench, name, http_body, workers=1, module=True, worker_connections=1024, main_extra="",
                  ports=(), cpus=None):
+        self.bench = bench
+        self.name = name
+        self.checked = False
         self.prefix = os.path.join(bench.work, name)
         for sub in ("logs", "tmp"):
             os.makedirs(os.path.join(self.prefix, sub), exist_ok=True)
@@ -224,15 +214,19 @@ class Nginx:
     def worker_rss_kib(self):
         return sum(rss_kib(p) for p in self.workers())
 
-    def error_log(self):
+    def stop(self):
+        """Stops it; lines of its error log that say something went wrong go to the report."""
+        if not self.proc.alive() and self.checked:
+            return
+        self.proc.stop()
+        self.checked = True
         try:
             with open(os.path.join(self.prefix, "logs", "error.log")) as f:
-                return f.read()
+                for line in f:
+                    if re.search(r"\[(alert|crit|emerg)\]", line):
+                        self.bench.problems.append("%s: %s" % (self.name, line.strip()))
         except OSError:
-            return ""
-
-    def stop(self):
-        self.proc.stop()
+            pass
 
 
 class Controld:
@@ -281,30 +275,6 @@ class Controld:
 
 
 # --- load ------------------------------------------------------------------------
-
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
-def parse_duration_ms(text):
-    m = re.match(r"([\d.]+)(us|ms|s)$", text.strip())
-    return float(m.group(1)) * UNITS[m.group(2)]
-
-
-def wrk(url, seconds, conns, threads=1, cpu=None):
-    """Runs wrk; returns requests/s and the latency percentiles (ms) it reports."""
-    argv = (["taskset", "-c", str(cpu)] if cpu is not None else []) + ["wrk", "-t%d" % threads, "-c%d" % conns, "-d%gs" % seconds, "--latency", "--timeout", "5s", url]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
-    text = out.stdout
-    if out.returncode != 0:
-        raise RuntimeError("wrk failed: %s %s" % (text, out.stderr))
-    if "Non-2xx" in text or "Socket errors" in text:
-        raise RuntimeError("wrk saw errors:\n" + text)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    lat = {}
-    for p, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", text, re.M):
-        lat[int(p)] = parse_duration_ms(v)
-    return {"rps": rps, "latency_ms": lat, "command": " ".join(argv)}
-
 
 class HoldLoad:
     """bench/holdload.c in the background; its progress lines are read by a thread."""
@@ -396,6 +366,7 @@ class Bench:
         self.results = {}
         self.configs = {}
         self.commands = {}
+        self.problems = []
         self.abload_bin = os.path.join(self.build, "bench", "abload")
         self.ports = {k: free_port() for k in ("fast", "burst", "lag", "iso")}
         self.gates = {}
@@ -789,7 +760,7 @@ class Bench:
 
     def controld_scale(self):
         script = os.path.join(HERE, "controld_scale.py")
-        configs = [("baseline", 50, 8), ("scale", 1000, 8)] if not self.quick else [("baseline", 50, 2),
+        configs = [("baseline", 100, 8), ("scale", 1000, 8)] if not self.quick else [("baseline", 50, 2),
                                                                                    ("scale", 200, 2)]
         idle = 3 if self.quick else 60
         out = {}
@@ -834,11 +805,6 @@ def machine():
     with open("/proc/meminfo") as f:
         mem_kib = int(f.readline().split()[1])
     nginx_v = subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr.strip().replace("nginx version: ", "")
-    wrk_v = "?"
-    try:
-        wrk_v = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split(" [")[0].strip()
-    except OSError:
-        pass
     try:
         debian = open("/etc/debian_version").read().strip()
     except OSError:
@@ -846,7 +812,7 @@ def machine():
     commit = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
                             text=True).stdout.strip() or "?"
     return {"cpu": model, "cores": os.cpu_count(), "mem_gib": mem_kib / 1048576.0, "kernel": platform.release(),
-            "debian": debian, "nginx": nginx_v, "wrk": wrk_v, "commit": commit,
+            "debian": debian, "nginx": nginx_v, "commit": commit,
             "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[1]}
 
 
@@ -886,7 +852,8 @@ class Report:
         if shutil.which("gnuplot") is None:
             log("gnuplot not found: no %s" % name)
             return None
-        full = "set terminal pngcairo size 900,520 font 'sans,10'\nset output '%s'\nset grid\nset key left top\n%s\n" % (
+        full = ("set terminal pngcairo size 900,520 font 'sans,10' noenhanced\nset output '%s'\nset grid\n"
+                "set key left top\n%s\n") % (
             png, script)
         p = subprocess.run(["gnuplot"], input=full, capture_output=True, text=True)
         if p.returncode != 0:
@@ -1106,7 +1073,8 @@ plot '%s' using 1:2 with points pt 7 ps 0.4 title 'A: without ondemand_service',
                     f, "dt 2" if kind == "warm" else "", f"{int(n):,}", label))
         png = self.plot("cold-burst.png", """
 set title 'Cold burst: when each request was answered (first round of each N)'
-set xlabel 'ms after the service became healthy (held) / after the requests were sent (warm baseline)'
+set xlabel 'ms after the service became healthy (held) / after the requests were sent (warm baseline), log scale'
+set logscale x
 set ylabel 'fraction answered'
 set yrange [0:1.02]
 set key right bottom
@@ -1245,6 +1213,14 @@ plot '%s' using 1:2 with points pt 7 ps 0.5 title 'X / Y', 0.95 with lines dt 2 
         self.summary()
         for section in (self.warm, self.burst, self.lag, self.isolation, self.scale):
             section()
+        if self.b.problems:
+            self.w("## Errors logged by nginx during the run")
+            self.w()
+            self.w("```")
+            for line in self.b.problems[:50]:
+                self.w(self.show(line))
+            self.w("```")
+            self.w()
         self.w("How the suite works, and where the time and memory go: [README.md](README.md).")
         with open(path, "w") as f:
             f.write("\n".join(self.lines) + "\n")
@@ -1268,6 +1244,7 @@ def main():
                         ("isolation", b.isolation), ("scale", b.controld_scale)):
             if key in only:
                 fn()
+        b.upstream.stop()
         Report(b, time.monotonic() - t0, args.command.split()).write(
             os.path.join(b.out, "RESULTS.md"))
         log("wrote %s" % os.path.join(b.out, "RESULTS.md"))
