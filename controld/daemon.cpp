@@ -77,6 +77,7 @@ Daemon::~Daemon() {
   shuttingDown_ = true;
   writer_.reset();  // every state write finishes before anything goes
   services_.clear();
+  semaphore_.reset();  // its live-updates thread and handles go while the loop is still open
   server_.reset();
   http_.reset();
   sigterm_.reset();
