@@ -350,7 +350,7 @@ class MachineTest(SemaphoreControldTest):
     # One template per service: Semaphore never runs two tasks of one template
     # at once, so shared templates would hide what controld does.
     templates = [{"id": tid, "run": "succeed", "after_ms": ms} for tid, ms in
-                 ((22, 600), (23, 300), (32, 600), (33, 300), (42, 600), (43, 300), (52, 600), (53, 300))]
+                 ((22, 1500), (23, 300), (32, 600), (33, 300), (42, 600), (43, 300), (52, 600), (53, 300))]
 
     def test_tasks_for_one_machine_never_overlap_and_for_two_machines_they_do(self):
         self.health.up = True
@@ -359,10 +359,13 @@ class MachineTest(SemaphoreControldTest):
                     self.service("c", machine="gpu-02", start=42, stop=43) +
                     self.service("d", machine="gpu-03", start=52, stop=53))
         self.start_controld(self.config(services))
-        for name in ("a", "b", "c", "d"):
+        # a's start task takes 1.5 s: b, on the same machine, waits for it.
+        for name in ("a", "b"):
             self.assertEqual(self.cli("start", name).returncode, 0)
         queued = self.status("b")["services"][0]
         self.assertTrue(queued["queued"], queued)
+        for name in ("c", "d"):
+            self.assertEqual(self.cli("start", name).returncode, 0)
         for name in ("a", "b", "c", "d"):
             self.wait_state(name, "warm", timeout=10)
         for name in ("a", "b", "c", "d"):
