@@ -268,6 +268,16 @@ void CommandDriver::cancel() {
   if (op_) Operation::abandon(std::move(op_), killGrace_);
 }
 
+void CommandDriver::detach() {
+  if (!op_) return;
+  // The command runs in a session of its own, so it survives us; closing our
+  // handles neither signals nor waits for it. The next controld follows its
+  // pid from the persisted OperationRecord.
+  op_->driver = nullptr;
+  op_->done = nullptr;
+  op_.reset();
+}
+
 void CommandDriver::run(const OperationRequest& request, ProgressCallback progress, DoneCallback done) {
   cancel();
   const auto& argv = commandFor(request.kind);

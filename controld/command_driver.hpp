@@ -62,6 +62,10 @@ class CommandDriver : public Driver {
   void resume(const OperationRecord& record, ProgressCallback progress, DoneCallback done) override;
 
   void cancel() override;
+  // controld is shutting down: the command keeps running (no signal), and no
+  // callback comes. Its stderr is no longer read, so a command that keeps
+  // writing to it after controld has gone gets EPIPE.
+  void detach() override;
 
  private:
   struct Operation;

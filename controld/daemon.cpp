@@ -629,10 +629,7 @@ int Daemon::run() {
   }
   for (const auto& [name, c] : config_.services)
     addService(c);
-  if (auto error = server_->listen(config_.socketPath, config_.socketMode, config_.socketGroup)) {
-    LogLine(LogLevel::Error, "startup_failed").kv("why", *error);
-    return 1;
-  }
+  // Signals first: once the socket exists, clients (and systemd) may signal us.
   auto makeSignal = [this](UvHandle<uv_signal_t>& holder, int signum, uv_signal_cb cb) {
     auto* h = new uv_signal_t;
     uv_signal_init(loop_, h);
@@ -650,6 +647,10 @@ int Daemon::run() {
     if (h->data) static_cast<Daemon*>(h->data)->reload();
   });
   ::signal(SIGPIPE, SIG_IGN);
+  if (auto error = server_->listen(config_.socketPath, config_.socketMode, config_.socketGroup)) {
+    LogLine(LogLevel::Error, "startup_failed").kv("why", *error);
+    return 1;
+  }
 
   restoreFromDisk();
   LogLine(LogLevel::Info, "ready")

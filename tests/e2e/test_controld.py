@@ -62,6 +62,9 @@ class ControldTest(OndemandTestCase):
                   start_timeout=start_timeout, extra=extra)
 
     def tearDown(self):
+        # controld first, so no start command launches a sample after its stop.
+        if getattr(self, "controld", None):
+            self.controld.stop()
         for name in ("notes", "slow", "a", "b"):
             self.stop_sample(name)
         super().tearDown()
@@ -275,6 +278,40 @@ class ControldTest(OndemandTestCase):
         self.assertIn("malformed message", log)
         self.assertIn("message larger than", log)
         good.close()
+
+    def test_cli_follows_events_shows_details_and_stops_with_wait(self):
+        port = free_port()
+        self.start_controld(self.config(self.sample_service_yaml("notes", port)))
+        events = subprocess.Popen([os.environ["CONTROLD_BIN"], "events", "--json", "--socket", self.controld_socket],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.3)  # subscribed before anything happens
+            self.assertEqual(self.cli("start", "notes", "--wait").returncode, 0)
+            stop = self.cli("stop", "notes", "--wait")
+            self.assertEqual(stop.returncode, 0, stop.stdout + stop.stderr)
+            self.assertIn("notes: cold", stop.stdout)
+            self.assertFalse(self.sample_running("notes"))
+            seen = []
+            while len(seen) < 4:
+                event = json.loads(events.stdout.readline())
+                seen.append((event["service"], event["from"], event["to"], event["cause"]))
+            self.assertEqual(seen, [("notes", "cold", "starting", "cli"), ("notes", "starting", "warm", "health"),
+                                    ("notes", "warm", "stopping", "cli"), ("notes", "stopping", "cold", "cli")])
+        finally:
+            events.kill()
+            events.wait()
+            events.stdout.close()
+        detail = self.cli("status", "notes")
+        self.assertEqual(detail.returncode, 0)
+        self.assertIn("state:          cold", detail.stdout)
+        self.assertIn("stop ok", detail.stdout)
+        self.assertIn("cold -> starting", detail.stdout)
+        unknown = self.cli("start", "nope")
+        self.assertEqual(unknown.returncode, 2)
+        self.assertIn('unknown service "nope"', unknown.stderr)
+        version = self.cli("version")
+        self.assertEqual(version.returncode, 0)
+        self.assertRegex(version.stdout, r"^controld \d+\.\d+\.\d+")
 
     def test_cli_says_clearly_when_the_daemon_is_not_running(self):
         out = self.cli("status", socket_path=self.path("nobody.sock"))

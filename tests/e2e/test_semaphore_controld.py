@@ -381,7 +381,7 @@ class MachineTest(SemaphoreControldTest):
     # One template per service: Semaphore never runs two tasks of one template
     # at once, so shared templates would hide what controld does.
     templates = [{"id": tid, "run": "succeed", "after_ms": ms} for tid, ms in
-                 ((22, 800), (23, 300), (32, 800), (33, 300), (42, 800), (43, 300), (52, 800), (53, 300))]
+                 ((22, 1500), (23, 300), (32, 600), (33, 300), (42, 600), (43, 300), (52, 600), (53, 300))]
 
     def test_tasks_for_one_machine_never_overlap_and_for_two_machines_they_do(self):
         self.health.up = True
@@ -390,6 +390,7 @@ class MachineTest(SemaphoreControldTest):
                     self.service("c", machine="gpu-02", start=42, stop=43) +
                     self.service("d", machine="gpu-03", start=52, stop=53))
         self.start_controld(self.config(services))
+        # a's start task takes 1.5 s: b, on the same machine, waits for it.
         for name in ("a", "b"):
             self.assertEqual(self.cli("start", name).returncode, 0)
         queued = self.status("b")["services"][0]  # a's task runs: b waits in controld's queue

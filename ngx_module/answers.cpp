@@ -1,0 +1,229 @@
+#include "ngx_module/answers.hpp"
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <cstdio>
+
+namespace ondemand::module {
+
+namespace {
+
+const char* errorCode(AnswerKind kind) {
+  switch (kind) {
+    case AnswerKind::Timeout:
+      return "timeout";
+    case AnswerKind::StartFailed:
+      return "start_failed";
+    case AnswerKind::UnknownService:
+      return "unknown_service";
+    case AnswerKind::TooManyWaiting:
+      return "too_many_waiting";
+    case AnswerKind::DaemonDown:
+      return "controld_unreachable";
+    case AnswerKind::NotReady:
+      return "not_ready";
+    case AnswerKind::WaitingPage:
+      return "starting";
+    case AnswerKind::ShuttingDown:
+      return "shutting_down";
+    case AnswerKind::None:
+      break;
+  }
+  return "error";
+}
+
+const char* title(AnswerKind kind) {
+  switch (kind) {
+    case AnswerKind::Timeout:
+      return "Service not ready in time";
+    case AnswerKind::StartFailed:
+      return "Service failed to start";
+    case AnswerKind::UnknownService:
+      return "Unknown service";
+    case AnswerKind::TooManyWaiting:
+      return "Too many requests waiting";
+    case AnswerKind::DaemonDown:
+      return "Service control unavailable";
+    case AnswerKind::NotReady:
+    case AnswerKind::WaitingPage:
+      return "Service starting";
+    case AnswerKind::ShuttingDown:
+      return "Server shutting down";
+    case AnswerKind::None:
+      break;
+  }
+  return "Error";
+}
+
+std::string seconds(std::int64_t ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f s", static_cast<double>(ms < 0 ? 0 : ms) / 1000.0);
+  return buf;
+}
+
+// "it has been starting for 12.3 s (Semaphore task 42)", "it is stopping", ...
+std::string whereItIs(const AnswerFacts& f) {
+  std::string out;
+  if (f.state == "starting") {
+    out = "it has been starting";
+    if (f.startingForMs >= 0) out += " for " + seconds(f.startingForMs);
+  } else if (f.state == "cold") {
+    out = "it is not running; a start has been requested";
+  } else if (f.state == "stopping") {
+    out = "it is being stopped and will start again afterwards";
+  } else if (f.state == "unreachable") {
+    out = "controld cannot be reached";
+  } else {
+    out = "it is ";
+    out += f.state;
+  }
+  if (f.taskId > 0) out += " (Semaphore task " + std::to_string(f.taskId) + ")";
+  return out;
+}
+
+int retryAfterOf(AnswerKind kind) {
+  switch (kind) {
+    case AnswerKind::TooManyWaiting:
+    case AnswerKind::DaemonDown:
+    case AnswerKind::NotReady:
+    case AnswerKind::ShuttingDown:
+      return kRetryAfterSeconds;
+    case AnswerKind::WaitingPage:
+      return kPageRefreshSeconds;
+    default:
+      return 0;
+  }
+}
+
+std::string jsonBody(const AnswerFacts& f, int status, const std::string& message, int retryAfter) {
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  auto str = [&w](const char* key, std::string_view value) {
+    w.Key(key);
+    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+  };
+  w.StartObject();
+  w.Key("status");
+  w.Int(status);
+  str("error", errorCode(f.kind));
+  str("service", f.service);
+  str("state", f.state);
+  str("message", message);
+  if (!f.reason.empty()) str("reason", f.reason);
+  if (f.startingForMs >= 0) {
+    w.Key("starting_for_ms");
+    w.Int64(f.startingForMs);
+  }
+  if (f.retryInMs > 0) {
+    w.Key("retry_in_ms");
+    w.Int64(f.retryInMs);
+  }
+  if (f.taskId > 0) {
+    w.Key("task_id");
+    w.Int64(f.taskId);
+  }
+  if (f.waitedMs > 0 || f.kind == AnswerKind::Timeout) {
+    w.Key("waited_ms");
+    w.Int64(f.waitedMs);
+  }
+  if (retryAfter > 0) {
+    w.Key("retry_after");
+    w.Int(retryAfter);
+  }
+  w.EndObject();
+  std::string body(buffer.GetString(), buffer.GetSize());
+  body.push_back('\n');
+  return body;
+}
+
+std::string htmlBody(const AnswerFacts& f, int status, const std::string& message) {
+  std::string body = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>";
+  body += std::to_string(status) + " " + title(f.kind);
+  body += "</title>\n</head>\n<body>\n<h1>";
+  body += title(f.kind);
+  body += "</h1>\n<p>" + htmlEscape(message) + "</p>\n";
+  if (!f.reason.empty()) body += "<pre>" + htmlEscape(f.reason) + "</pre>\n";
+  body += "</body>\n</html>\n";
+  return body;
+}
+
+}  // namespace
+
+int statusOf(AnswerKind kind) {
+  switch (kind) {
+    case AnswerKind::Timeout:
+      return 504;
+    case AnswerKind::StartFailed:
+    case AnswerKind::UnknownService:
+      return 502;
+    case AnswerKind::TooManyWaiting:
+    case AnswerKind::DaemonDown:
+    case AnswerKind::NotReady:
+    case AnswerKind::WaitingPage:
+    case AnswerKind::ShuttingDown:
+      return 503;
+    case AnswerKind::None:
+      break;
+  }
+  return 500;
+}
+
+std::string describe(const AnswerFacts& f) {
+  const std::string name = "\"" + std::string(f.service) + "\"";
+  switch (f.kind) {
+    case AnswerKind::Timeout:
+      return "Service " + name + " did not become ready within " + seconds(f.waitLimitMs) + ": " + whereItIs(f) +
+             ". Its start carries on; try again shortly.";
+    case AnswerKind::StartFailed:
+      return "Service " + name + " failed to start" + (f.reason.empty() ? "." : ": " + std::string(f.reason)) +
+             (f.retryInMs > 0 ? " A request after " + seconds(f.retryInMs) + " will try again." : "");
+    case AnswerKind::UnknownService:
+      return "controld has no service named " + name + "; check ondemand_service and controld's configuration.";
+    case AnswerKind::TooManyWaiting:
+      return "Too many requests are already waiting for service " + name + " (ondemand_max_waiting " +
+             std::to_string(f.maxWaiting) + "); retry in " + std::to_string(kRetryAfterSeconds) + " s.";
+    case AnswerKind::DaemonDown:
+      return "The ondemand control daemon (controld) cannot be reached, so service " + name +
+             " cannot be checked or started; retry in " + std::to_string(kRetryAfterSeconds) + " s.";
+    case AnswerKind::NotReady:
+      return "Service " + name + " is not ready: " + whereItIs(f) + ". Retry in " + std::to_string(kRetryAfterSeconds) +
+             " s.";
+    case AnswerKind::WaitingPage:
+      return "Service " + name + " is not ready yet: " + whereItIs(f) + ".";
+    case AnswerKind::ShuttingDown:
+      return "nginx is shutting down while this request waited for service " + name + "; retry in " +
+             std::to_string(kRetryAfterSeconds) + " s.";
+    case AnswerKind::None:
+      break;
+  }
+  return "Service " + name + ": internal error.";
+}
+
+Answer renderAnswer(const AnswerFacts& f, bool html, const PageTemplate* page) {
+  Answer a;
+  a.status = statusOf(f.kind);
+  a.retryAfter = retryAfterOf(f.kind);
+  const std::string message = describe(f);
+  if (f.kind == AnswerKind::WaitingPage) {
+    PageTemplate::Values v;
+    v.service = f.service;
+    v.state = f.state;
+    const std::int64_t elapsedMs = f.startingForMs >= 0 ? f.startingForMs : f.inStateMs;
+    v.elapsedSeconds = elapsedMs < 0 ? 0 : elapsedMs / 1000;
+    v.refreshSeconds = kPageRefreshSeconds;
+    v.taskId = f.taskId;
+    v.message = message;
+    a.contentType = "text/html; charset=utf-8";
+    a.body = (page ? *page : PageTemplate::builtIn()).render(v);
+  } else if (html) {
+    a.contentType = "text/html; charset=utf-8";
+    a.body = htmlBody(f, a.status, message);
+  } else {
+    a.contentType = "application/json";
+    a.body = jsonBody(f, a.status, message, a.retryAfter);
+  }
+  return a;
+}
+
+}  // namespace ondemand::module

@@ -1,0 +1,46 @@
+#pragma once
+// The answers the module gives itself (a timeout, a failed start, too many
+// waiting, ...): status, headers and a short body saying what happened, JSON
+// for API clients and HTML for browsers. Never a hidden 200.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "ngx_module/decision.hpp"
+#include "ngx_module/page_template.hpp"
+
+namespace ondemand::module {
+
+inline constexpr int kRetryAfterSeconds = 5;
+inline constexpr int kPageRefreshSeconds = 3;
+
+// What the body reports. Durations are -1 when unknown.
+struct AnswerFacts {
+  AnswerKind kind = AnswerKind::None;
+  std::string_view service;
+  std::string_view state;       // cold | starting | warm | stopping | failed | unknown | unreachable
+  std::int64_t inStateMs = -1;  // since the service's last transition
+  std::int64_t startingForMs = -1;
+  std::int64_t taskId = 0;
+  std::string_view reason;      // failure reason
+  std::int64_t retryInMs = -1;  // failed: until a request may try again
+  std::int64_t waitedMs = 0;
+  std::int64_t waitLimitMs = 0;
+  std::uint64_t maxWaiting = 0;
+};
+
+struct Answer {
+  int status = 0;
+  std::string contentType;
+  std::string body;
+  int retryAfter = 0;  // seconds; 0: no Retry-After header
+};
+
+int statusOf(AnswerKind kind);
+// One sentence for people: the "message" of the body and of the page.
+std::string describe(const AnswerFacts& facts);
+// `page` is the waiting-page template (the built-in one when null).
+Answer renderAnswer(const AnswerFacts& facts, bool html, const PageTemplate* page);
+
+}  // namespace ondemand::module

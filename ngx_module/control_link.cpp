@@ -1,0 +1,423 @@
+#include "ngx_module/control_link.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <type_traits>
+#include <variant>
+
+namespace ondemand::module {
+
+namespace {
+
+template <class F>
+void guarded(ngx_log_t* log, const char* where, F&& body) noexcept {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    ngx_log_error(NGX_LOG_ERR, log, 0, "ondemand: %s: %s", where, e.what());
+  } catch (...) {
+    ngx_log_error(NGX_LOG_ERR, log, 0, "ondemand: %s: unexpected exception", where);
+  }
+}
+
+}  // namespace
+
+std::int64_t unixMillis() {
+  const ngx_time_t* tp = ngx_timeofday();
+  return static_cast<std::int64_t>(tp->sec) * 1000 + static_cast<std::int64_t>(tp->msec);
+}
+
+ControlLink::ControlLink(Listener& listener, std::string_view name, const sockaddr* address, socklen_t length,
+                         ngx_log_t* log)
+    : listener_(listener),
+      name_(name),
+      address_(reinterpret_cast<const unsigned char*>(address),
+               reinterpret_cast<const unsigned char*>(address) + length),
+      addressLength_(length),
+      log_(log) {
+  peerName_.data = reinterpret_cast<u_char*>(name_.data());
+  peerName_.len = name_.size();
+
+  quietLog_ = *log;
+  quietLog_.log_level = NGX_LOG_ALERT;
+  quietLog_.next = nullptr;
+
+  reconnectTimer_.handler = onReconnectTimer;
+  reconnectTimer_.data = this;
+  reconnectTimer_.log = log;
+  reconnectTimer_.cancelable = 1;
+
+  activityTimer_.handler = onActivityTimer;
+  activityTimer_.data = this;
+  activityTimer_.log = log;
+  activityTimer_.cancelable = 1;
+}
+
+ControlLink::~ControlLink() {
+  close();
+}
+
+void ControlLink::start() {
+  connect();
+}
+
+LinkStatus ControlLink::status() const {
+  if (conn_ == nullptr || connecting_) return LinkStatus::Down;
+  return synced_ ? LinkStatus::Up : LinkStatus::Handshake;
+}
+
+// --- connecting ---------------------------------------------------------------
+
+void ControlLink::connect() {
+  if (closed_ || conn_ != nullptr) return;
+  peer_ = ngx_peer_connection_t{};
+  peer_.sockaddr = reinterpret_cast<sockaddr*>(address_.data());
+  peer_.socklen = addressLength_;
+  peer_.name = &peerName_;
+  peer_.get = ngx_event_get_peer;
+  peer_.log = &quietLog_;
+  peer_.log_error = NGX_ERROR_ERR;
+
+  const ngx_int_t rc = ngx_event_connect_peer(&peer_);
+  if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
+    const ngx_err_t err = ngx_socket_errno;
+    peer_.connection = nullptr;
+    connectFailed("connect() failed", err);
+    return;
+  }
+  conn_ = peer_.connection;
+  // Connect failures were the quiet log's business; from now on the
+  // connection logs to the worker's error log (a reset peer is reported by
+  // disconnect(), once).
+  conn_->log = log_;
+  conn_->read->log = log_;
+  conn_->write->log = log_;
+  conn_->log_error = NGX_ERROR_IGNORE_ECONNRESET;
+  conn_->data = this;
+  conn_->read->handler = onRead;
+  conn_->write->handler = onWrite;
+  if (rc == NGX_AGAIN) {
+    connecting_ = true;
+    ngx_add_timer(conn_->write, kConnectTimeoutMs);
+    return;
+  }
+  onConnected();
+}
+
+void ControlLink::onConnected() {
+  connecting_ = false;
+  synced_ = false;
+  overflow_ = false;
+  stopTimer(conn_->write);
+  framer_ = protocol::LineFramer();
+  out_.clear();
+  outSent_ = 0;
+  table_.beginSubscription();
+
+  protocol::Hello hello;
+  hello.role = "worker";
+  hello.pid = static_cast<std::int64_t>(ngx_pid);
+  send(protocol::encode(hello));
+  send(protocol::encode(protocol::Subscribe{}));
+  // What is in flight right now, so controld's count is right from the start.
+  sendActivity(true);
+}
+
+void ControlLink::connectFailed(const char* why, ngx_err_t err) {
+  if (!outageLogged_) {
+    ngx_log_error(NGX_LOG_ERR, log_, err,
+                  "ondemand: cannot connect to controld at \"%s\" (%s); retrying, requests follow "
+                  "ondemand_daemon_down until it is back",
+                  name_.c_str(), why);
+    outageLogged_ = true;
+    outageSince_ = ngx_current_msec;
+  } else {
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log_, err, "ondemand: connect to controld failed again: %s", why);
+  }
+  scheduleReconnect();
+}
+
+void ControlLink::disconnect(const std::string& why, ngx_err_t err) {
+  const bool wasConnected = conn_ != nullptr && !connecting_;
+  const bool wasUp = synced_;
+  if (conn_ != nullptr) {
+    ngx_close_connection(conn_);
+    conn_ = nullptr;
+  }
+  connecting_ = false;
+  synced_ = false;
+  out_.clear();
+  outSent_ = 0;
+  framer_ = protocol::LineFramer();
+  stopTimer(&activityTimer_);
+
+  if (!outageLogged_) {
+    ngx_log_error(NGX_LOG_ERR, log_, err,
+                  wasUp ? "ondemand: lost the connection to controld at \"%s\" (%s); reconnecting, requests "
+                          "follow ondemand_daemon_down until it is back"
+                        : "ondemand: connection to controld at \"%s\" failed (%s); retrying, requests follow "
+                          "ondemand_daemon_down until it is back",
+                  name_.c_str(), why.c_str());
+    outageLogged_ = true;
+    outageSince_ = ngx_current_msec;
+  }
+  scheduleReconnect();
+  if (wasConnected) listener_.onDown(*this);
+}
+
+void ControlLink::scheduleReconnect() {
+  if (closed_ || reconnectTimer_.timer_set) return;
+  ngx_add_timer(&reconnectTimer_, backoff_);
+  backoff_ = std::min(backoff_ * 2, kMaxRetryMs);
+}
+
+void ControlLink::close() {
+  if (closed_) return;
+  closed_ = true;
+  stopTimer(&reconnectTimer_);
+  stopTimer(&activityTimer_);
+  unpostEvent(&reconnectTimer_);
+  unpostEvent(&activityTimer_);
+  if (conn_ == nullptr) return;
+  if (!connecting_) {
+    // Best effort, one non-blocking write: controld forgets this worker's
+    // counts when the connection closes anyway.
+    const protocol::Activity activity = table_.takeActivity(false);
+    if (!activity.entries.empty()) out_ += protocol::encode(activity);
+    if (outSent_ < out_.size())
+      (void)conn_->send(conn_, reinterpret_cast<u_char*>(out_.data() + outSent_), out_.size() - outSent_);
+  }
+  ngx_close_connection(conn_);
+  conn_ = nullptr;
+  connecting_ = false;
+  synced_ = false;
+}
+
+// --- writing ----------------------------------------------------------------
+
+void ControlLink::send(const std::string& line) {
+  if (conn_ == nullptr || connecting_) return;  // re-established from the table on reconnect
+  out_ += line;
+  if (out_.size() - outSent_ > kMaxQueuedBytes) overflow_ = true;
+  postEvent(conn_->write);
+}
+
+void ControlLink::flush() {
+  while (conn_ != nullptr && outSent_ < out_.size()) {
+    const ssize_t n = conn_->send(conn_, reinterpret_cast<u_char*>(out_.data() + outSent_), out_.size() - outSent_);
+    if (n > 0) {
+      outSent_ += static_cast<std::size_t>(n);
+      continue;
+    }
+    if (n == NGX_AGAIN) {
+      if (overflow_) {
+        disconnect("controld does not read what this worker sends");
+        return;
+      }
+      if (ngx_handle_write_event(conn_->write, 0) != NGX_OK) disconnect("cannot watch the socket for writing");
+      return;
+    }
+    disconnect("write to controld failed", ngx_socket_errno);
+    return;
+  }
+  out_.clear();
+  outSent_ = 0;
+  overflow_ = false;
+}
+
+// --- reading ----------------------------------------------------------------
+
+void ControlLink::readAvailable() {
+  u_char buffer[16384];
+  while (conn_ != nullptr) {
+    const ssize_t n = conn_->recv(conn_, buffer, sizeof buffer);
+    if (n == NGX_AGAIN) {
+      if (ngx_handle_read_event(conn_->read, 0) != NGX_OK) disconnect("cannot watch the socket for reading");
+      return;
+    }
+    if (n == 0) {
+      disconnect("controld closed the connection");
+      return;
+    }
+    if (n < 0) {
+      disconnect("read from controld failed", ngx_socket_errno);
+      return;
+    }
+    if (!framer_.append(std::string_view(reinterpret_cast<const char*>(buffer), static_cast<std::size_t>(n)))) {
+      disconnect("controld sent a message longer than the protocol allows");
+      return;
+    }
+    while (conn_ != nullptr) {
+      const auto line = framer_.next();
+      if (!line) break;
+      if (line->empty()) continue;
+      std::string error;
+      if (!handleLine(*line, error)) {
+        disconnect(error);
+        return;
+      }
+    }
+  }
+}
+
+bool ControlLink::handleLine(std::string_view line, std::string& error) {
+  protocol::Decoded decoded = protocol::decode(line);
+  if (!decoded.message) {
+    error = "bad message from controld: " + decoded.error;
+    return false;
+  }
+  return std::visit(
+      [&](auto& m) -> bool {
+        using T = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<T, protocol::Welcome>) {
+          if (m.version != protocol::kVersion) {
+            error = "controld speaks protocol version " + std::to_string(m.version) + ", this module " +
+                    std::to_string(protocol::kVersion);
+            return false;
+          }
+          daemon_ = m.daemon;
+          return true;
+        } else if constexpr (std::is_same_v<T, protocol::StatePush>) {
+          ServiceEntry& entry = table_.applyPush(m);
+          if (entry.state.state == ServiceState::Stopping) {
+            // controld waits for this before stopping: our in-flight count
+            // (after the activity it has not seen yet) decides whether the
+            // stop goes ahead.
+            sendActivity(false);
+            protocol::StoppingAck ack;
+            ack.service = entry.name;
+            ack.epoch = entry.state.epoch;
+            ack.inFlight = entry.inFlight;
+            send(protocol::encode(ack));
+          }
+          listener_.onStateChanged(*this, entry);
+          return true;
+        } else if constexpr (std::is_same_v<T, protocol::Synced>) {
+          for (ServiceEntry* vanished : table_.completeSync())
+            listener_.onRemoved(*this, *vanished);
+          synced_ = true;
+          everSynced_ = true;
+          backoff_ = kFirstRetryMs;
+          if (outageLogged_) {
+            ngx_log_error(NGX_LOG_NOTICE, log_, 0, "ondemand: connected to controld at \"%s\" again after %M ms",
+                          name_.c_str(), ngx_current_msec - outageSince_);
+            outageLogged_ = false;
+          }
+          listener_.onSynced(*this);
+          return true;
+        } else if constexpr (std::is_same_v<T, protocol::Removed>) {
+          ServiceEntry* entry = table_.find(m.service);
+          if (entry != nullptr && entry->known) {
+            entry->known = false;
+            entry->unknownLogged = false;
+            listener_.onRemoved(*this, *entry);
+          }
+          return true;
+        } else if constexpr (std::is_same_v<T, protocol::Error>) {
+          ngx_log_error(NGX_LOG_ERR, log_, 0, "ondemand: controld at \"%s\" reports: %s", name_.c_str(),
+                        m.message.c_str());
+          return true;
+        } else {
+          ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log_, 0, "ondemand: ignoring a \"%s\" message from controld",
+                         std::string(protocol::typeName(decoded.message.value())).c_str());
+          return true;
+        }
+      },
+      *decoded.message);
+}
+
+// --- what the worker tells controld --------------------------------------------
+
+void ControlLink::wake(ServiceEntry& entry, std::string_view reason) {
+  if (status() != LinkStatus::Up || !entry.known) return;
+  if (!ServiceTable::claimWake(entry, unixMillis())) return;
+  protocol::Wake wake;
+  wake.service = entry.name;
+  wake.reason = std::string(reason);
+  send(protocol::encode(wake));
+}
+
+void ControlLink::requestStarted(ServiceEntry& entry) {
+  ++entry.inFlight;
+  ++entry.startedUnreported;
+  entry.activityDirty = true;
+  scheduleActivity(entry.inFlight == 1);
+}
+
+void ControlLink::requestFinished(ServiceEntry& entry) {
+  if (entry.inFlight > 0) --entry.inFlight;
+  entry.activityDirty = true;
+  scheduleActivity(entry.inFlight == 0);
+}
+
+void ControlLink::scheduleActivity(bool urgent) {
+  if (conn_ == nullptr || connecting_ || closed_) return;  // reported after (re)subscribing
+  if (activityTimer_.timer_set) return;                    // a report is already due
+  const ngx_msec_t elapsed = ngx_current_msec - lastActivityAt_;
+  if (urgent && elapsed >= kActivityIntervalMs) {
+    sendActivity(false);
+    return;
+  }
+  ngx_add_timer(&activityTimer_, elapsed >= kActivityIntervalMs ? kActivityIntervalMs : kActivityIntervalMs - elapsed);
+}
+
+void ControlLink::sendActivity(bool everything) {
+  protocol::Activity activity = table_.takeActivity(everything);
+  if (activity.entries.empty()) return;
+  send(protocol::encode(activity));
+  lastActivityAt_ = ngx_current_msec;
+}
+
+// --- event handlers ---------------------------------------------------------------
+
+void ControlLink::onRead(ngx_event_t* ev) {
+  auto* c = static_cast<ngx_connection_t*>(ev->data);
+  auto* link = static_cast<ControlLink*>(c->data);
+  guarded(link->log_, "reading from controld", [&] {
+    if (c->close) {
+      // worker_shutdown_timeout: nginx closes every connection.
+      link->close();
+      return;
+    }
+    if (ev->timedout) {
+      ev->timedout = 0;
+      return;
+    }
+    link->readAvailable();
+  });
+}
+
+void ControlLink::onWrite(ngx_event_t* ev) {
+  auto* c = static_cast<ngx_connection_t*>(ev->data);
+  auto* link = static_cast<ControlLink*>(c->data);
+  guarded(link->log_, "writing to controld", [&] {
+    if (link->connecting_) {
+      if (ev->timedout) {
+        link->disconnect("timed out connecting", NGX_ETIMEDOUT);
+        return;
+      }
+      int err = 0;
+      socklen_t len = sizeof err;
+      if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1) err = ngx_socket_errno;
+      if (err != 0) {
+        link->disconnect("connect() failed", err);
+        return;
+      }
+      link->onConnected();
+    }
+    link->flush();
+  });
+}
+
+void ControlLink::onReconnectTimer(ngx_event_t* ev) {
+  auto* link = static_cast<ControlLink*>(ev->data);
+  guarded(link->log_, "reconnecting to controld", [&] { link->connect(); });
+}
+
+void ControlLink::onActivityTimer(ngx_event_t* ev) {
+  auto* link = static_cast<ControlLink*>(ev->data);
+  guarded(link->log_, "reporting activity", [&] { link->sendActivity(false); });
+}
+
+}  // namespace ondemand::module

@@ -1,0 +1,119 @@
+#pragma once
+// One worker's connection to one controld: a non-blocking Unix socket on
+// nginx's event loop. It says hello, subscribes, keeps the pushed state of
+// every service in a ServiceTable, sends wakes, activity and stopping acks,
+// and reconnects with a short back-off when the connection drops. Nothing
+// here blocks and nothing is written from a request handler's stack: lines
+// are queued and written from a posted write event.
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ngx_module/decision.hpp"
+#include "ngx_module/ngx.hpp"
+#include "ngx_module/service_table.hpp"
+#include "shared/protocol.hpp"
+
+namespace ondemand::module {
+
+class ControlLink {
+ public:
+  // The worker: told about everything that can release parked requests.
+  class Listener {
+   public:
+    virtual ~Listener() = default;
+    virtual void onStateChanged(ControlLink& link, ServiceEntry& entry) = 0;
+    virtual void onRemoved(ControlLink& link, ServiceEntry& entry) = 0;
+    virtual void onSynced(ControlLink& link) = 0;
+    virtual void onDown(ControlLink& link) = 0;
+  };
+
+  // Reconnect back-off: 50 ms, doubling, at most 500 ms, so a worker is back
+  // within a second of controld.
+  static constexpr ngx_msec_t kFirstRetryMs = 50;
+  static constexpr ngx_msec_t kMaxRetryMs = 500;
+  static constexpr ngx_msec_t kConnectTimeoutMs = 1000;
+  // Activity is sent at most this often (a 0<->1 change of in-flight goes
+  // out at once when nothing was sent for this long).
+  static constexpr ngx_msec_t kActivityIntervalMs = 250;
+  // controld not reading what we write: drop the connection.
+  static constexpr std::size_t kMaxQueuedBytes = 1024 * 1024;
+
+  ControlLink(Listener& listener, std::string_view name, const sockaddr* address, socklen_t length, ngx_log_t* log);
+  ~ControlLink();
+  ControlLink(const ControlLink&) = delete;
+  ControlLink& operator=(const ControlLink&) = delete;
+
+  void start();
+  // Worker exit: reports the last activity if it can, closes the connection
+  // and stops the timers, so nginx does not wait on them.
+  void close();
+
+  LinkStatus status() const;
+  bool everSynced() const { return everSynced_; }
+  const std::string& name() const { return name_; }
+  const std::string& daemon() const { return daemon_; }
+  ServiceTable& services() { return table_; }
+
+  // A request wants the service: sent once per state epoch (controld
+  // ignores duplicates anyway), only while the table is current.
+  void wake(ServiceEntry& entry, std::string_view reason);
+  // A request was forwarded to the service / its response ended.
+  void requestStarted(ServiceEntry& entry);
+  void requestFinished(ServiceEntry& entry);
+
+ private:
+  void connect();
+  void onConnected();
+  void connectFailed(const char* why, ngx_err_t err);
+  void disconnect(const std::string& why, ngx_err_t err = 0);
+  void scheduleReconnect();
+  void send(const std::string& line);
+  void flush();
+  void readAvailable();
+  // False (with `error` set) when the line breaks the protocol.
+  bool handleLine(std::string_view line, std::string& error);
+  void scheduleActivity(bool urgent);
+  void sendActivity(bool everything);
+
+  static void onRead(ngx_event_t* ev);
+  static void onWrite(ngx_event_t* ev);
+  static void onReconnectTimer(ngx_event_t* ev);
+  static void onActivityTimer(ngx_event_t* ev);
+
+  Listener& listener_;
+  std::string name_;  // "unix:/run/controld/controld.sock"
+  ngx_str_t peerName_{};
+  std::vector<unsigned char> address_;
+  socklen_t addressLength_;
+  ngx_log_t* log_;        // the worker's error log
+  ngx_log_t quietLog_{};  // for the connection itself: connect() failures are reported once by us, not per retry
+
+  ngx_peer_connection_t peer_{};
+  ngx_connection_t* conn_ = nullptr;
+  bool connecting_ = false;
+  bool synced_ = false;
+  bool everSynced_ = false;
+  bool closed_ = false;
+  bool overflow_ = false;
+
+  bool outageLogged_ = false;
+  ngx_msec_t outageSince_ = 0;
+  ngx_msec_t backoff_ = kFirstRetryMs;
+  ngx_event_t reconnectTimer_{};
+  ngx_event_t activityTimer_{};
+  ngx_msec_t lastActivityAt_ = 0;
+
+  protocol::LineFramer framer_;
+  std::string out_;
+  std::size_t outSent_ = 0;
+  ServiceTable table_;
+  std::string daemon_;
+};
+
+// Wall-clock milliseconds from nginx's cached time (what controld's
+// "since" fields are measured in).
+std::int64_t unixMillis();
+
+}  // namespace ondemand::module

@@ -1,0 +1,536 @@
+#include "ngx_module/request.hpp"
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <cstring>
+#include <exception>
+#include <new>
+
+#include "ngx_module/answers.hpp"
+#include "ngx_module/worker.hpp"
+
+namespace ondemand::module {
+
+namespace {
+
+void mainPoolCleanup(void* data);
+void requestCleanup(void* data);
+void onWaitTimeout(ngx_event_t* ev);
+
+// --- small helpers ----------------------------------------------------------
+
+std::string_view headerValue(ngx_http_request_t* r, std::string_view name) {
+  ngx_list_part_t* part = &r->headers_in.headers.part;
+  auto* headers = static_cast<ngx_table_elt_t*>(part->elts);
+  for (ngx_uint_t i = 0;; ++i) {
+    if (i >= part->nelts) {
+      if (part->next == nullptr) break;
+      part = part->next;
+      headers = static_cast<ngx_table_elt_t*>(part->elts);
+      i = 0;
+      if (part->nelts == 0) continue;
+    }
+    const ngx_table_elt_t& h = headers[i];
+    if (h.key.len == name.size() &&
+        ngx_strncasecmp(h.key.data, reinterpret_cast<u_char*>(const_cast<char*>(name.data())), name.size()) == 0) {
+      return view(h.value);
+    }
+  }
+  return {};
+}
+
+ngx_str_t poolString(ngx_pool_t* pool, std::string_view text) {
+  ngx_str_t out{0, nullptr};
+  auto* data = static_cast<u_char*>(ngx_pnalloc(pool, text.size() ? text.size() : 1));
+  if (data == nullptr) return out;
+  std::memcpy(data, text.data(), text.size());
+  out.data = data;
+  out.len = text.size();
+  return out;
+}
+
+bool addHeader(ngx_http_request_t* r, std::string_view key, std::string_view value) {
+  auto* h = static_cast<ngx_table_elt_t*>(ngx_list_push(&r->headers_out.headers));
+  if (h == nullptr) return false;
+  *h = ngx_table_elt_t{};
+  h->hash = 1;
+  h->key = poolString(r->pool, key);
+  h->value = poolString(r->pool, value);
+  return h->key.data != nullptr && h->value.data != nullptr;
+}
+
+// Sends a complete response with the given body; returns what the output
+// filters said, for ngx_http_finalize_request.
+ngx_int_t sendBody(ngx_http_request_t* r, ngx_uint_t status, std::string_view contentType, std::string_view body) {
+  r->headers_out.status = status;
+  r->headers_out.content_length_n = static_cast<off_t>(body.size());
+  r->headers_out.content_type = poolString(r->pool, contentType);
+  r->headers_out.content_type_len = contentType.size();
+  r->headers_out.content_type_lowcase = nullptr;
+  if (r->headers_out.content_type.data == nullptr) return NGX_ERROR;
+
+  ngx_int_t rc = ngx_http_send_header(r);
+  if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) return rc;
+
+  ngx_buf_t* b = ngx_create_temp_buf(r->pool, body.size() ? body.size() : 1);
+  if (b == nullptr) return NGX_ERROR;
+  b->last = ngx_cpymem(b->last, body.data(), body.size());
+  b->last_buf = (r == r->main) ? 1 : 0;
+  b->last_in_chain = 1;
+  ngx_chain_t out{b, nullptr};
+  return ngx_http_output_filter(r, &out);
+}
+
+const char* stateNameFor(const ServiceEntry& entry) {
+  if (!entry.known) return "unknown";
+  switch (entry.state.state) {
+    case ServiceState::Cold:
+      return "cold";
+    case ServiceState::Starting:
+      return "starting";
+    case ServiceState::Warm:
+      return "warm";
+    case ServiceState::Stopping:
+      return "stopping";
+    case ServiceState::Failed:
+      return "failed";
+  }
+  return "unknown";
+}
+
+// --- request contexts ---------------------------------------------------------
+
+RequestCtx* newCtx(ngx_http_request_t* r) {
+  void* memory = nullptr;
+  if (r == r->main) {
+    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, sizeof(RequestCtx));
+    if (cln == nullptr) return nullptr;
+    cln->handler = mainPoolCleanup;
+    memory = cln->data;
+  } else {
+    memory = ngx_palloc(r->pool, sizeof(RequestCtx));
+    if (memory == nullptr) return nullptr;
+  }
+  auto* ctx = new (memory) RequestCtx{};
+  ctx->request = r;
+  ctx->node.owner = ctx;
+  return ctx;
+}
+
+// The main request's context even after an internal redirect cleared the
+// module contexts: it is still the data of our pool cleanup.
+RequestCtx* existingMainCtx(ngx_http_request_t* r) {
+  auto* ctx = static_cast<RequestCtx*>(ngx_http_get_module_ctx(r, ngx_http_ondemand_module));
+  if (ctx != nullptr || !r->internal) return ctx;
+  for (ngx_pool_cleanup_t* cln = r->pool->cleanup; cln != nullptr; cln = cln->next) {
+    if (cln->handler == mainPoolCleanup) return static_cast<RequestCtx*>(cln->data);
+  }
+  return nullptr;
+}
+
+RequestCtx* mainCtx(ngx_http_request_t* main) {
+  RequestCtx* ctx = existingMainCtx(main);
+  if (ctx == nullptr) ctx = newCtx(main);
+  if (ctx != nullptr && ngx_http_get_module_ctx(main, ngx_http_ondemand_module) != ctx) {
+    ngx_http_set_ctx(main, ctx, ngx_http_ondemand_module);
+  }
+  return ctx;
+}
+
+// A context for this pass of the request through a location.
+RequestCtx* attachCtx(ngx_http_request_t* r) {
+  RequestCtx* ctx = nullptr;
+  if (r == r->main) {
+    ctx = existingMainCtx(r);
+    if (ctx != nullptr) ctx->phase = Phase::Fresh;  // an internal redirect: a new location, a new look
+  }
+  if (ctx == nullptr) ctx = newCtx(r);
+  if (ctx == nullptr) return nullptr;
+  ngx_http_set_ctx(r, ctx, ngx_http_ondemand_module);
+  return ctx;
+}
+
+// A request counts as in flight for a service once, however many
+// locations or subrequests of it go there, until the request ends.
+void countInFlight(ngx_http_request_t* r, ControlLink& link, ServiceEntry& entry) {
+  RequestCtx* main = mainCtx(r->main);
+  if (main == nullptr) return;
+  for (int i = 0; i < main->countedN; ++i) {
+    if (main->counted[i] == &entry) return;
+  }
+  if (main->countedN == kMaxCountedServices) return;
+  main->countedLink[main->countedN] = &link;
+  main->counted[main->countedN] = &entry;
+  ++main->countedN;
+  link.requestStarted(entry);
+}
+
+// --- parking ------------------------------------------------------------------
+
+ngx_int_t park(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
+  if (!ctx->cleanupAdded) {
+    // Runs when the request is terminated (client gone) as well as when
+    // it is freed, so a request never stays on a parked list.
+    ngx_http_cleanup_t* cln = ngx_http_cleanup_add(r, 0);
+    if (cln == nullptr) return NGX_ERROR;
+    cln->handler = requestCleanup;
+    cln->data = ctx;
+    ctx->cleanupAdded = true;
+  }
+  if (!ctx->waitStarted) {
+    ctx->waitStarted = true;
+    ctx->parkedAt = ngx_current_msec;
+    ngx_event_t* ev = &ctx->waitTimer;
+    ev->handler = onWaitTimeout;
+    ev->data = ctx;
+    ev->log = r->connection->log;
+    ngx_add_timer(ev, lcf->wait);
+  }
+  ctx->service->parked.pushBack(&ctx->node);
+  ctx->phase = Phase::Parked;
+  r->write_event_handler = ngx_http_core_run_phases;
+  // Notice a client that goes away while it waits.
+  if (r == r->main) r->read_event_handler = ngx_http_test_reading;
+  return NGX_OK;
+}
+
+// Leaves the parked list and the wait for good (passing or answered).
+void stopWaiting(RequestCtx* ctx, bool touchRequest) {
+  ParkedList::remove(&ctx->node);
+  stopTimer(&ctx->waitTimer);
+  unpostEvent(&ctx->waitTimer);
+  if (ctx->waitStarted) {
+    ctx->waitedMs += ngx_current_msec - ctx->parkedAt;
+    ctx->waitStarted = false;
+  }
+  if (!touchRequest) return;
+  ngx_http_request_t* r = ctx->request;
+  if (r == r->main && r->read_event_handler == ngx_http_test_reading) {
+    r->read_event_handler = ngx_http_block_reading;
+  }
+}
+
+void requestCleanup(void* data) {
+  stopWaiting(static_cast<RequestCtx*>(data), false);
+}
+
+void mainPoolCleanup(void* data) {
+  auto* ctx = static_cast<RequestCtx*>(data);
+  stopWaiting(ctx, false);
+  if (Worker::current() == nullptr) return;  // the worker is exiting
+  for (int i = 0; i < ctx->countedN; ++i)
+    ctx->countedLink[i]->requestFinished(*ctx->counted[i]);
+  ctx->countedN = 0;
+}
+
+void onWaitTimeout(ngx_event_t* ev) {
+  auto* ctx = static_cast<RequestCtx*>(ev->data);
+  try {
+    ParkedList::remove(&ctx->node);
+    ctx->phase = Phase::Answer;
+    ctx->answer = AnswerKind::Timeout;
+    resumeRequest(ctx);
+  } catch (const std::exception& e) {
+    ngx_log_error(NGX_LOG_ERR, ev->log, 0, "ondemand: ending a wait: %s", e.what());
+  } catch (...) {
+    ngx_log_error(NGX_LOG_ERR, ev->log, 0, "ondemand: ending a wait: unexpected exception");
+  }
+}
+
+// --- answers ------------------------------------------------------------------
+
+ngx_int_t sendAnswer(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
+  const ServiceEntry& entry = *ctx->service;
+  const std::int64_t now = unixMillis();
+  const protocol::StatePush& st = entry.state;
+
+  AnswerFacts facts;
+  facts.kind = ctx->answer;
+  facts.service = entry.name;
+  facts.state = ctx->answer == AnswerKind::DaemonDown ? "unreachable" : stateNameFor(entry);
+  if (entry.known) {
+    if (st.sinceMs > 0) facts.inStateMs = now - st.sinceMs;
+    if (st.state == ServiceState::Starting && st.startingSinceMs > 0) facts.startingForMs = now - st.startingSinceMs;
+    facts.taskId = st.taskId;
+    if (st.state == ServiceState::Failed) {
+      facts.reason = st.reason;
+      if (st.retryAtMs > now) facts.retryInMs = st.retryAtMs - now;
+    }
+  }
+  facts.waitedMs = static_cast<std::int64_t>(ctx->waitedMs);
+  facts.waitLimitMs = static_cast<std::int64_t>(lcf->wait);
+  facts.maxWaiting = lcf->maxWaiting;
+
+  const bool html = prefersHtml(headerValue(r, "Accept"));
+  const Answer answer = renderAnswer(facts, html, lcf->page);
+
+  if (r == r->main && ngx_http_discard_request_body(r) != NGX_OK) r->keepalive = 0;
+  if (!addHeader(r, "X-Ondemand-State", facts.state) || !addHeader(r, "Cache-Control", "no-store")) {
+    return NGX_ERROR;
+  }
+  if (answer.retryAfter > 0 && !addHeader(r, "Retry-After", std::to_string(answer.retryAfter))) return NGX_ERROR;
+  return sendBody(r, static_cast<ngx_uint_t>(answer.status), answer.contentType, answer.body);
+}
+
+// Finalizing may free the request and its pool, ctx included: nothing may
+// touch ctx after this returns (the caller returns NGX_DONE at once).
+ngx_int_t answerAndFinalize(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
+  stopWaiting(ctx, true);
+  ctx->phase = Phase::Answered;
+  ctx->inHandler = false;
+  ngx_http_finalize_request(r, sendAnswer(r, ctx, lcf));
+  return NGX_DONE;
+}
+
+void logUnknownOnce(ngx_http_request_t* r, ControlLink& link, ServiceEntry& entry) {
+  if (entry.unknownLogged) return;
+  entry.unknownLogged = true;
+  ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                "ondemand: controld at \"%s\" has no service \"%s\" (ondemand_service); its requests are "
+                "answered 502 (logged once)",
+                link.name().c_str(), entry.name.c_str());
+}
+
+// --- the phase handler ----------------------------------------------------------
+
+Situation situationOf(ngx_http_request_t* r, const RequestCtx* ctx, const LocConf* lcf, const ServiceEntry& entry,
+                      const ControlLink& link) {
+  Situation s;
+  s.link = link.status();
+  s.policy = static_cast<DaemonDownPolicy>(lcf->daemonDown);
+  s.everSynced = link.everSynced();
+  s.known = entry.known;
+  s.state = entry.state.state;
+  s.retryAllowed = s.state == ServiceState::Failed && unixMillis() >= entry.state.retryAtMs;
+  s.mode = static_cast<Mode>(lcf->mode);
+  s.alreadyWaiting = ctx->waitStarted;
+  s.waiting = entry.parked.size();
+  s.maxWaiting = lcf->maxWaiting;
+  if (s.mode == Mode::Auto && !(s.known && s.state == ServiceState::Warm)) {
+    s.browserNavigation = isBrowserNavigation(view(r->method_name), headerValue(r, "Accept"),
+                                              headerValue(r, "Sec-Fetch-Mode"), headerValue(r, "Upgrade"));
+  }
+  return s;
+}
+
+ngx_int_t decideAndAct(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
+  ControlLink& link = *ctx->link;
+  ServiceEntry& entry = *ctx->service;
+  for (;;) {
+    const Decision d = decide(situationOf(r, ctx, lcf, entry, link));
+    if (ctx->foundState == nullptr) ctx->foundState = stateNameFor(entry);
+    if (d.wake) link.wake(entry, wakeReason(r));
+    switch (d.action) {
+      case Action::Pass:
+        stopWaiting(ctx, true);
+        ctx->phase = Phase::Passed;
+        countInFlight(r, link, entry);
+        return NGX_DECLINED;
+      case Action::Answer:
+        ctx->phase = Phase::Answer;
+        ctx->answer = d.answer;
+        if (d.answer == AnswerKind::UnknownService) logUnknownOnce(r, link, entry);
+        return answerAndFinalize(r, ctx, lcf);
+      case Action::Park:
+        if (park(r, ctx, lcf) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        // Nothing on this stack writes to controld or reads from it (lines
+        // are queued for a posted write event), so nothing can have
+        // released the request yet; if something did, act on it here
+        // rather than leave the request waiting for an event that came and
+        // went.
+        if (ctx->phase == Phase::Parked) return NGX_AGAIN;
+        if (ctx->phase == Phase::Answer) return answerAndFinalize(r, ctx, lcf);
+        continue;
+    }
+  }
+}
+
+ngx_int_t handle(ngx_http_request_t* r, LocConf* lcf) {
+  Worker* worker = Worker::current();
+  ControlLink* link = worker != nullptr ? worker->link(lcf->endpoint) : nullptr;
+  if (link == nullptr) return NGX_DECLINED;
+
+  auto* ctx = static_cast<RequestCtx*>(ngx_http_get_module_ctx(r, ngx_http_ondemand_module));
+  if (ctx != nullptr) {
+    switch (ctx->phase) {
+      case Phase::Parked:
+        return NGX_AGAIN;  // a spurious wake-up (e.g. the client socket became writable)
+      case Phase::Passed:
+        return NGX_DECLINED;
+      case Phase::Answer:
+        return answerAndFinalize(r, ctx, lcf);
+      case Phase::Answered:
+        return NGX_DONE;
+      case Phase::Fresh:
+      case Phase::Recheck:
+        break;
+    }
+  } else {
+    ctx = attachCtx(r);
+    if (ctx == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+  }
+  ctx->link = link;
+  ctx->service = &link->services().get(view(lcf->service));
+
+  ctx->inHandler = true;
+  const ngx_int_t rc = decideAndAct(r, ctx, lcf);
+  if (rc != NGX_DONE) ctx->inHandler = false;  // NGX_DONE: answered, the request may be gone
+  return rc;
+}
+
+// --- ondemand_status ----------------------------------------------------------
+
+const char* linkStatusName(LinkStatus s) {
+  switch (s) {
+    case LinkStatus::Up:
+      return "connected";
+    case LinkStatus::Handshake:
+      return "subscribing";
+    case LinkStatus::Down:
+      return "unreachable";
+  }
+  return "unknown";
+}
+
+std::string statusJson(ControlLink& link) {
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  auto str = [&w](const char* key, std::string_view value) {
+    w.Key(key);
+    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+  };
+  w.StartObject();
+  w.Key("pid");
+  w.Int64(static_cast<std::int64_t>(ngx_pid));
+  w.Key("controld");
+  w.StartObject();
+  str("socket", link.name());
+  str("status", linkStatusName(link.status()));
+  str("daemon", link.daemon());
+  w.EndObject();
+  w.Key("services");
+  w.StartArray();
+  for (const ServiceEntry* e : link.services().sortedByName()) {
+    if (!e->known) continue;
+    w.StartObject();
+    str("name", e->name);
+    str("state", stateNameFor(*e));
+    w.Key("epoch");
+    w.Uint64(e->state.epoch);
+    w.Key("since");
+    w.Int64(e->state.sinceMs);
+    w.Key("starting_since");
+    w.Int64(e->state.startingSinceMs);
+    str("cause", e->state.cause);
+    str("reason", e->state.reason);
+    w.Key("task_id");
+    w.Int64(e->state.taskId);
+    w.Key("in_flight");
+    w.Uint64(e->inFlight);
+    w.Key("waiting");
+    w.Uint64(e->parked.size());
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  std::string body(buffer.GetString(), buffer.GetSize());
+  body.push_back('\n');
+  return body;
+}
+
+std::string statusHtml(ControlLink& link) {
+  const std::int64_t now = unixMillis();
+  std::string body =
+      "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>ondemand status</title>\n"
+      "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
+      "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}</style>\n</head>\n<body>\n"
+      "<h1>ondemand</h1>\n<p>controld at " +
+      htmlEscape(link.name()) + ": " + linkStatusName(link.status()) + ". Worker " + std::to_string(ngx_pid) +
+      ".</p>\n<table>\n<tr><th>service</th><th>state</th><th>for</th><th>in flight</th><th>waiting</th>"
+      "<th>task</th><th>reason</th></tr>\n";
+  for (const ServiceEntry* e : link.services().sortedByName()) {
+    if (!e->known) continue;
+    const long long forSeconds = e->state.sinceMs > 0 ? (now - e->state.sinceMs) / 1000 : 0;
+    body += "<tr><td>" + htmlEscape(e->name) + "</td><td>" + stateNameFor(*e) + "</td><td>" + humanSeconds(forSeconds) +
+            "</td><td>" + std::to_string(e->inFlight) + "</td><td>" + std::to_string(e->parked.size()) + "</td><td>" +
+            (e->state.taskId > 0 ? std::to_string(e->state.taskId) : std::string()) + "</td><td>" +
+            htmlEscape(e->state.reason) + "</td></tr>\n";
+  }
+  body += "</table>\n</body>\n</html>\n";
+  return body;
+}
+
+ngx_int_t handleStatus(ngx_http_request_t* r) {
+  if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) return NGX_HTTP_NOT_ALLOWED;
+  const ngx_int_t rc = ngx_http_discard_request_body(r);
+  if (rc != NGX_OK) return rc;
+  Worker* worker = Worker::current();
+  ControlLink* link = worker != nullptr ? worker->link(locConf(r)->endpoint) : nullptr;
+  if (link == nullptr) return NGX_HTTP_SERVICE_UNAVAILABLE;
+  if (!addHeader(r, "Cache-Control", "no-store")) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+  if (prefersHtml(headerValue(r, "Accept"))) {
+    return sendBody(r, NGX_HTTP_OK, "text/html; charset=utf-8", statusHtml(*link));
+  }
+  return sendBody(r, NGX_HTTP_OK, "application/json", statusJson(*link));
+}
+
+}  // namespace
+
+// --- entry points ---------------------------------------------------------------
+
+ngx_int_t precontentHandler(ngx_http_request_t* r) {
+  LocConf* lcf = locConf(r);
+  // The status page never waits for a service it may inherit.
+  if (lcf->service.len == 0 || lcf->status) return NGX_DECLINED;
+  try {
+    return handle(r, lcf);
+  } catch (const std::exception& e) {
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "ondemand: %s", e.what());
+  } catch (...) {
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "ondemand: unexpected exception");
+  }
+  return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+ngx_int_t statusHandler(ngx_http_request_t* r) {
+  try {
+    return handleStatus(r);
+  } catch (const std::exception& e) {
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "ondemand: status: %s", e.what());
+  } catch (...) {
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "ondemand: status: unexpected exception");
+  }
+  return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+void resumeRequest(RequestCtx* ctx) {
+  // On the handler's own stack the handler acts on ctx->phase itself.
+  if (ctx->inHandler) return;
+  ngx_http_request_t* r = ctx->request;
+  ngx_connection_t* c = r->connection;
+  ngx_http_set_log_request(c->log, r);
+  if (r == r->main) {
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler(r);
+  } else if (ngx_http_post_request(r, nullptr) != NGX_OK) {
+    ngx_http_finalize_request(r, NGX_ERROR);
+  }
+  ngx_http_run_posted_requests(c);
+}
+
+std::string wakeReason(ngx_http_request_t* r) {
+  std::string reason(view(r->method_name));
+  reason += ' ';
+  reason += view(r->uri).substr(0, 200);
+  return reason;
+}
+
+RequestCtx* findRequestCtx(ngx_http_request_t* r) {
+  auto* ctx = static_cast<RequestCtx*>(ngx_http_get_module_ctx(r, ngx_http_ondemand_module));
+  if (ctx != nullptr) return ctx;
+  if (r == r->main) return existingMainCtx(r);
+  return findRequestCtx(r->main);
+}
+
+}  // namespace ondemand::module

@@ -1,0 +1,63 @@
+#pragma once
+// A request on its way through the module: the per-request context, the
+// phase handler that decides pass / park / answer, and the ways a parked
+// request is woken up again.
+
+#include <cstdint>
+#include <string>
+
+#include "ngx_module/conf.hpp"
+#include "ngx_module/control_link.hpp"
+#include "ngx_module/decision.hpp"
+#include "ngx_module/service_table.hpp"
+
+namespace ondemand::module {
+
+// Where a request is with respect to the module. The phase handler runs
+// again whenever the request is woken (the re-entry guard of auth_request):
+// it reads the phase to know whether it is still waiting, has passed, or
+// has an answer to send.
+enum class Phase : std::uint8_t { Fresh, Parked, Recheck, Passed, Answer, Answered };
+
+inline constexpr int kMaxCountedServices = 4;
+
+// Lives in the request pool. The main request's context is attached to a
+// pool cleanup, so it survives internal redirects (which clear module
+// contexts) and ends with the request, when its in-flight counts are
+// returned.
+struct RequestCtx {
+  ngx_http_request_t* request;
+  ControlLink* link;
+  ServiceEntry* service;
+  ParkNode node;
+  ngx_event_t waitTimer;
+  ngx_msec_t parkedAt;  // when the current wait began
+  ngx_msec_t waitedMs;  // time spent waiting, all waits together
+  Phase phase;
+  AnswerKind answer;
+  bool waitStarted;        // waiting now: the wait timer runs
+  bool cleanupAdded;       // the request cleanup that unparks is registered
+  bool inHandler;          // the phase handler is on the stack
+  const char* foundState;  // for $ondemand_state: what the first look found
+  // Main request only: the services it counts as in flight.
+  std::uint8_t countedN;
+  ControlLink* countedLink[kMaxCountedServices];
+  ServiceEntry* counted[kMaxCountedServices];
+};
+
+// The PRECONTENT phase handler.
+ngx_int_t precontentHandler(ngx_http_request_t* r);
+// The ondemand_status content handler.
+ngx_int_t statusHandler(ngx_http_request_t* r);
+
+// Wakes a request taken off its parked list: it runs its phases again and
+// the handler acts on ctx->phase (Recheck or Answer).
+void resumeRequest(RequestCtx* ctx);
+
+// "GET /path": why a wake was sent, for controld's log and Semaphore.
+std::string wakeReason(ngx_http_request_t* r);
+
+// For the variables: the context of this request (or of its main request).
+RequestCtx* findRequestCtx(ngx_http_request_t* r);
+
+}  // namespace ondemand::module

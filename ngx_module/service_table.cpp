@@ -1,0 +1,140 @@
+#include "ngx_module/service_table.hpp"
+
+#include <algorithm>
+
+namespace ondemand::module {
+
+// --- ParkedList -------------------------------------------------------------
+
+void ParkedList::pushBack(ParkNode* node) {
+  remove(node);
+  node->prev = head_.prev;
+  node->next = &head_;
+  head_.prev->next = node;
+  head_.prev = node;
+  node->list = this;
+  ++size_;
+}
+
+ParkNode* ParkedList::popFront() {
+  if (empty()) return nullptr;
+  ParkNode* node = head_.next;
+  remove(node);
+  return node;
+}
+
+void ParkedList::moveAllTo(ParkedList& into) {
+  while (ParkNode* node = popFront())
+    into.pushBack(node);
+}
+
+void ParkedList::remove(ParkNode* node) {
+  if (!node->linked()) return;
+  node->prev->next = node->next;
+  node->next->prev = node->prev;
+  --node->list->size_;
+  node->prev = node->next = nullptr;
+  node->list = nullptr;
+}
+
+void ParkedList::clear() {
+  while (popFront()) {
+  }
+}
+
+// --- ServiceTable -----------------------------------------------------------
+
+ServiceEntry* ServiceTable::find(std::string_view name) {
+  const auto it = entries_.find(name);
+  return it == entries_.end() ? nullptr : it->second.get();
+}
+
+ServiceEntry& ServiceTable::get(std::string_view name) {
+  if (ServiceEntry* entry = find(name)) return *entry;
+  auto entry = std::make_unique<ServiceEntry>(std::string(name));
+  ServiceEntry& ref = *entry;
+  entries_.emplace(ref.name, std::move(entry));
+  return ref;
+}
+
+std::vector<ServiceEntry*> ServiceTable::entries() const {
+  std::vector<ServiceEntry*> out;
+  out.reserve(entries_.size());
+  for (const auto& [name, entry] : entries_)
+    out.push_back(entry.get());
+  return out;
+}
+
+std::vector<const ServiceEntry*> ServiceTable::sortedByName() const {
+  std::vector<const ServiceEntry*> out;
+  out.reserve(entries_.size());
+  for (const auto& [name, entry] : entries_)
+    out.push_back(entry.get());
+  std::sort(out.begin(), out.end(), [](const ServiceEntry* a, const ServiceEntry* b) { return a->name < b->name; });
+  return out;
+}
+
+ServiceEntry& ServiceTable::applyPush(const protocol::StatePush& push) {
+  ServiceEntry& entry = get(push.service);
+  entry.state = push;
+  if (!entry.known) entry.unknownLogged = false;
+  entry.known = true;
+  entry.refreshed = true;
+  return entry;
+}
+
+void ServiceTable::beginSubscription() {
+  for (auto& [name, entry] : entries_) {
+    entry->refreshed = false;
+    entry->wakeSent = false;
+    entry->lastWakeMs = 0;
+  }
+}
+
+std::vector<ServiceEntry*> ServiceTable::completeSync() {
+  std::vector<ServiceEntry*> vanished;
+  for (auto& [name, entry] : entries_) {
+    if (entry->known && !entry->refreshed) {
+      entry->known = false;
+      vanished.push_back(entry.get());
+    }
+  }
+  return vanished;
+}
+
+bool ServiceTable::claimWake(ServiceEntry& entry, std::int64_t nowMs) {
+  switch (entry.state.state) {
+    case ServiceState::Warm:
+      return false;
+    case ServiceState::Failed:
+      if (entry.wakeSent && nowMs - entry.lastWakeMs < 1000) return false;
+      break;
+    case ServiceState::Cold:
+    case ServiceState::Starting:
+    case ServiceState::Stopping:
+      if (entry.wakeSent && entry.wakeEpoch == entry.state.epoch) return false;
+      break;
+  }
+  entry.wakeSent = true;
+  entry.wakeEpoch = entry.state.epoch;
+  entry.lastWakeMs = nowMs;
+  return true;
+}
+
+protocol::Activity ServiceTable::takeActivity(bool everything) {
+  protocol::Activity activity;
+  for (auto& [name, entry] : entries_) {
+    const bool report = entry->activityDirty || (everything && (entry->inFlight > 0 || entry->startedUnreported > 0));
+    if (!report) continue;
+    activity.entries.push_back({entry->name, entry->startedUnreported, entry->inFlight});
+    entry->startedUnreported = 0;
+    entry->activityDirty = false;
+  }
+  return activity;
+}
+
+bool ServiceTable::activityPending() const {
+  return std::any_of(entries_.begin(), entries_.end(), [](const auto& kv) { return kv.second->activityDirty; });
+}
+
+}  // namespace ondemand::module

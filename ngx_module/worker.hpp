@@ -1,0 +1,43 @@
+#pragma once
+// Everything one nginx worker process holds for the module: a ControlLink
+// per controld endpoint in use, and the reactions to what controld pushes
+// (release the parked requests of a service when it turns warm or failed,
+// wake it again for requests still parked).
+
+#include <memory>
+#include <vector>
+
+#include "ngx_module/conf.hpp"
+#include "ngx_module/control_link.hpp"
+
+namespace ondemand::module {
+
+class Worker final : public ControlLink::Listener {
+ public:
+  // init_process / exit_process. Only worker processes (and the single
+  // process without a master) get a Worker.
+  static void start(ngx_cycle_t* cycle, MainConf* conf);
+  static void stop();
+  static Worker* current() { return current_; }
+
+  ControlLink* link(ngx_uint_t endpoint) { return endpoint < links_.size() ? links_[endpoint].get() : nullptr; }
+
+  // Every parked request of the service is looked at again (and then
+  // passes, waits on, or gets its answer).
+  void releaseParked(ServiceEntry& entry);
+
+  void onStateChanged(ControlLink& link, ServiceEntry& entry) override;
+  void onRemoved(ControlLink& link, ServiceEntry& entry) override;
+  void onSynced(ControlLink& link) override;
+  void onDown(ControlLink& link) override;
+
+ private:
+  void releaseAll(ControlLink& link);
+  void wakeForParked(ControlLink& link, ServiceEntry& entry);
+  void answerAllParked();
+
+  static Worker* current_;
+  std::vector<std::unique_ptr<ControlLink>> links_;  // by endpoint index; null when unused
+};
+
+}  // namespace ondemand::module

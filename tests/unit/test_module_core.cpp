@@ -1,0 +1,276 @@
+// The nginx module's decisions, answers, waiting page and service table,
+// without nginx.
+
+#include <catch2/catch.hpp>
+
+#include "ngx_module/answers.hpp"
+#include "ngx_module/decision.hpp"
+#include "ngx_module/page_template.hpp"
+#include "ngx_module/service_table.hpp"
+
+using namespace ondemand;
+using namespace ondemand::module;
+
+namespace {
+
+Situation upWith(ServiceState state) {
+  Situation s;
+  s.link = LinkStatus::Up;
+  s.everSynced = true;
+  s.known = true;
+  s.state = state;
+  s.mode = Mode::Block;
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("a warm service passes without a wake") {
+  const Decision d = decide(upWith(ServiceState::Warm));
+  CHECK(d.action == Action::Pass);
+  CHECK_FALSE(d.wake);
+}
+
+TEST_CASE("a cold or stopping service holds the request and wakes it; a starting one just holds it") {
+  for (ServiceState state : {ServiceState::Cold, ServiceState::Stopping}) {
+    const Decision d = decide(upWith(state));
+    CHECK(d.action == Action::Park);
+    CHECK(d.wake);
+  }
+  const Decision starting = decide(upWith(ServiceState::Starting));
+  CHECK(starting.action == Action::Park);
+  CHECK_FALSE(starting.wake);
+}
+
+TEST_CASE("modes: reject and page answer at once, auto pages browsers and holds the rest") {
+  Situation s = upWith(ServiceState::Starting);
+  s.mode = Mode::Reject;
+  CHECK(decide(s).answer == AnswerKind::NotReady);
+  s.state = ServiceState::Cold;
+  CHECK(decide(s).wake);
+  s.state = ServiceState::Starting;
+  s.mode = Mode::Page;
+  CHECK(decide(s).answer == AnswerKind::WaitingPage);
+  s.mode = Mode::Auto;
+  CHECK(decide(s).action == Action::Park);
+  s.browserNavigation = true;
+  CHECK(decide(s).answer == AnswerKind::WaitingPage);
+}
+
+TEST_CASE("ondemand_max_waiting refuses new requests, not the ones already waiting") {
+  Situation s = upWith(ServiceState::Starting);
+  s.maxWaiting = 10;
+  s.waiting = 10;
+  CHECK(decide(s).answer == AnswerKind::TooManyWaiting);
+  s.alreadyWaiting = true;
+  CHECK(decide(s).action == Action::Park);
+}
+
+TEST_CASE("a failed service answers 502 until its back-off has passed, then a new request tries again") {
+  Situation s = upWith(ServiceState::Failed);
+  CHECK(decide(s).answer == AnswerKind::StartFailed);
+  CHECK_FALSE(decide(s).wake);
+  s.retryAllowed = true;
+  CHECK(decide(s).action == Action::Park);
+  CHECK(decide(s).wake);
+  s.alreadyWaiting = true;  // waited through the failed start
+  CHECK(decide(s).answer == AnswerKind::StartFailed);
+  CHECK_FALSE(decide(s).wake);
+}
+
+TEST_CASE("a name controld does not have is unknown once the table is complete") {
+  Situation s = upWith(ServiceState::Cold);
+  s.known = false;
+  CHECK(decide(s).answer == AnswerKind::UnknownService);
+  CHECK_FALSE(decide(s).wake);
+}
+
+TEST_CASE("controld down: last_known, open and closed") {
+  Situation s = upWith(ServiceState::Warm);
+  s.link = LinkStatus::Down;
+  CHECK(decide(s).action == Action::Pass);
+  s.state = ServiceState::Cold;
+  CHECK(decide(s).action == Action::Park);
+  CHECK_FALSE(decide(s).wake);
+  s.policy = DaemonDownPolicy::Open;
+  CHECK(decide(s).action == Action::Pass);
+  s.policy = DaemonDownPolicy::Closed;
+  CHECK(decide(s).answer == AnswerKind::DaemonDown);
+  // Never connected yet: nothing is known, the request waits for controld.
+  s.policy = DaemonDownPolicy::LastKnown;
+  s.known = false;
+  s.everSynced = false;
+  CHECK(decide(s).action == Action::Park);
+}
+
+TEST_CASE("while the table is being refreshed warm traffic flows and the rest waits") {
+  Situation s = upWith(ServiceState::Warm);
+  s.link = LinkStatus::Handshake;
+  CHECK(decide(s).action == Action::Pass);
+  s.state = ServiceState::Cold;
+  s.mode = Mode::Reject;
+  CHECK(decide(s).action == Action::Park);
+}
+
+TEST_CASE("browser navigations are told apart from API calls") {
+  CHECK(isBrowserNavigation("GET", "text/html,application/xhtml+xml,*/*;q=0.8", "", ""));
+  CHECK(isBrowserNavigation("GET", "text/html", "navigate", ""));
+  CHECK_FALSE(isBrowserNavigation("GET", "*/*", "", ""));
+  CHECK_FALSE(isBrowserNavigation("POST", "text/html", "", ""));
+  CHECK_FALSE(isBrowserNavigation("GET", "text/html", "cors", ""));
+  CHECK_FALSE(isBrowserNavigation("GET", "text/html", "", "websocket"));
+  CHECK(prefersHtml("Text/HTML"));
+  CHECK_FALSE(prefersHtml("application/json"));
+}
+
+TEST_CASE("a timeout answer names the service, its state, how long and the task") {
+  AnswerFacts f;
+  f.kind = AnswerKind::Timeout;
+  f.service = "comfyui";
+  f.state = "starting";
+  f.startingForMs = 75300;
+  f.taskId = 42;
+  f.waitedMs = 60000;
+  f.waitLimitMs = 60000;
+  const Answer a = renderAnswer(f, false, nullptr);
+  CHECK(a.status == 504);
+  CHECK(a.contentType == "application/json");
+  CHECK(a.retryAfter == 0);
+  CHECK_THAT(a.body, Catch::Contains("\"service\":\"comfyui\""));
+  CHECK_THAT(a.body, Catch::Contains("\"state\":\"starting\""));
+  CHECK_THAT(a.body, Catch::Contains("starting for 75.3 s (Semaphore task 42)"));
+  CHECK_THAT(a.body, Catch::Contains("\"task_id\":42"));
+}
+
+TEST_CASE("answers for browsers are HTML and escape what they show") {
+  AnswerFacts f;
+  f.kind = AnswerKind::StartFailed;
+  f.service = "notes";
+  f.state = "failed";
+  f.reason = "exit 1: <script>alert(1)</script>";
+  const Answer a = renderAnswer(f, true, nullptr);
+  CHECK(a.status == 502);
+  CHECK_THAT(a.contentType, Catch::StartsWith("text/html"));
+  CHECK_THAT(a.body, Catch::Contains("&lt;script&gt;"));
+  CHECK_THAT(a.body, !Catch::Contains("<script>"));
+}
+
+TEST_CASE("503 answers carry Retry-After") {
+  for (AnswerKind kind : {AnswerKind::TooManyWaiting, AnswerKind::DaemonDown, AnswerKind::NotReady,
+                          AnswerKind::WaitingPage, AnswerKind::ShuttingDown}) {
+    AnswerFacts f;
+    f.kind = kind;
+    f.service = "x";
+    f.state = "cold";
+    const Answer a = renderAnswer(f, false, nullptr);
+    CHECK(a.status == 503);
+    CHECK(a.retryAfter > 0);
+  }
+}
+
+TEST_CASE("the waiting page template: placeholders, escaping, errors") {
+  std::string error;
+  auto page = PageTemplate::compile(
+      "<h1>{{service}}</h1>{{ state }} {{elapsed}} {{elapsed_seconds}}s "
+      "refresh={{refresh}} task={{task_id}} <p>{{message}}</p>",
+      error);
+  REQUIRE(page);
+  PageTemplate::Values v;
+  v.service = "a&b";
+  v.state = "starting";
+  v.elapsedSeconds = 75;
+  v.refreshSeconds = 3;
+  v.taskId = 0;
+  v.message = "\"quoted\"";
+  CHECK(page->render(v) == "<h1>a&amp;b</h1>starting 1 min 15 s 75s refresh=3 task= <p>&quot;quoted&quot;</p>");
+
+  CHECK_FALSE(PageTemplate::compile("{{colour}}", error));
+  CHECK_THAT(error, Catch::Contains("unknown placeholder \"{{colour}}\""));
+  CHECK_FALSE(PageTemplate::compile("{{service", error));
+  CHECK_THAT(error, Catch::Contains("unclosed"));
+  CHECK(PageTemplate::compile("no placeholders at all", error));
+}
+
+TEST_CASE("the built-in page says which service and how long, and refreshes itself") {
+  AnswerFacts f;
+  f.kind = AnswerKind::WaitingPage;
+  f.service = "comfyui";
+  f.state = "starting";
+  f.startingForMs = 12000;
+  const Answer a = renderAnswer(f, false, nullptr);
+  CHECK(a.status == 503);
+  CHECK(a.retryAfter == kPageRefreshSeconds);
+  CHECK_THAT(a.body, Catch::Contains("<title>comfyui is starting</title>"));
+  CHECK_THAT(a.body, Catch::Contains("http-equiv=\"refresh\""));
+  CHECK_THAT(a.body, Catch::Contains("12 s"));
+}
+
+TEST_CASE("parked lists: release in order, leave from anywhere") {
+  ParkedList list;
+  ParkNode a, b, c;
+  list.pushBack(&a);
+  list.pushBack(&b);
+  list.pushBack(&c);
+  CHECK(list.size() == 3);
+  ParkedList::remove(&b);  // a client went away
+  CHECK(list.size() == 2);
+  ParkedList batch;
+  list.moveAllTo(batch);
+  CHECK(list.empty());
+  CHECK(batch.size() == 2);
+  ParkedList::remove(&c);  // leaves the batch it is in now
+  CHECK(batch.popFront() == &a);
+  CHECK(batch.popFront() == nullptr);
+  ParkedList::remove(&a);  // already out: nothing happens
+  CHECK_FALSE(a.linked());
+}
+
+TEST_CASE("the service table: pushes, sync removes vanished services, wakes once per epoch") {
+  ServiceTable table;
+  protocol::StatePush push;
+  push.service = "a";
+  push.state = ServiceState::Cold;
+  push.epoch = 3;
+  table.beginSubscription();
+  ServiceEntry& a = table.applyPush(push);
+  ServiceEntry& b = table.get("b");
+  b.known = true;  // known from an earlier subscription, not pushed this time
+  const auto vanished = table.completeSync();
+  REQUIRE(vanished.size() == 1);
+  CHECK(vanished[0] == &b);
+  CHECK_FALSE(b.known);
+  CHECK(a.known);
+
+  CHECK(ServiceTable::claimWake(a, 1000));
+  CHECK_FALSE(ServiceTable::claimWake(a, 1001));
+  push.epoch = 4;
+  push.state = ServiceState::Stopping;
+  table.applyPush(push);
+  CHECK(ServiceTable::claimWake(a, 1002));
+  push.epoch = 5;
+  push.state = ServiceState::Failed;
+  table.applyPush(push);
+  CHECK(ServiceTable::claimWake(a, 2500));  // failed: at most once a second
+  CHECK_FALSE(ServiceTable::claimWake(a, 3000));
+  CHECK(ServiceTable::claimWake(a, 3600));
+  push.state = ServiceState::Warm;
+  table.applyPush(push);
+  CHECK_FALSE(ServiceTable::claimWake(a, 9000));
+}
+
+TEST_CASE("activity reports what changed, and everything in flight after subscribing") {
+  ServiceTable table;
+  ServiceEntry& a = table.get("a");
+  ServiceEntry& b = table.get("b");
+  a.inFlight = 2;
+  a.startedUnreported = 5;
+  a.activityDirty = true;
+  b.inFlight = 1;
+  auto activity = table.takeActivity(false);
+  REQUIRE(activity.entries.size() == 1);
+  CHECK(activity.entries[0].service == "a");
+  CHECK(activity.entries[0].started == 5);
+  CHECK(activity.entries[0].inFlight == 2);
+  CHECK(table.takeActivity(false).entries.empty());
+  CHECK(table.takeActivity(true).entries.size() == 2);
+}
