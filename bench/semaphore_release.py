@@ -17,11 +17,13 @@ cycles of one service (`controld start`, then `controld stop --wait`):
 
   bench/semaphore_release.py --controld build/controld/controld [--cycles 50]
       [--quick] [--task-ms 1500] [--poll-interval 2s] [--queue-delay-ms 200]
-      [--json out.json]
+      [--no-live-updates] [--json out.json]
 
 --quick runs 5 cycles (a smoke run). --task-ms is how long each start task
 runs once Semaphore's queue let it go (--queue-delay-ms); --poll-interval is
 the service's semaphore.poll_interval (controld's default is 2s).
+--no-live-updates makes the double refuse GET /api/ws (as behind a proxy that
+drops the Upgrade), so controld finds the end by polling alone.
 """
 import argparse
 import datetime
@@ -132,6 +134,7 @@ def main():
     ap.add_argument("--task-ms", type=int, default=1500)
     ap.add_argument("--poll-interval", default="2s")
     ap.add_argument("--queue-delay-ms", type=int, default=200)
+    ap.add_argument("--no-live-updates", action="store_true", help="the double refuses GET /api/ws")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
     cycles = 5 if args.quick else args.cycles
@@ -156,6 +159,10 @@ def main():
         wait_for(lambda: os.path.exists(port_file), 10, "the Semaphore double")
         with open(port_file) as f:
             double_port = int(f.read())
+        if args.no_live_updates:
+            req = urllib.request.Request("http://127.0.0.1:%d/__double/config" % double_port,
+                                         data=b'{"websocket": false}', method="POST")
+            urllib.request.urlopen(req, timeout=10).close()
 
         health_port = free_port()
         spawn([sys.executable, SAMPLE, "serve", "--port", str(health_port), "--name", "svc"], "sample")
@@ -233,6 +240,7 @@ services:
             "task_ms": args.task_ms,
             "queue_delay_ms": args.queue_delay_ms,
             "poll_interval": args.poll_interval,
+            "live_updates": not args.no_live_updates,
             "release_ms": summary(release),
             "noticed_ms": summary(noticed),
             "warm_ms": summary(warm),

@@ -93,7 +93,7 @@ class SemaphoreControldTest(OndemandTestCase):
         return "\n".join(lines) + "\n" + services
 
     def service(self, name="gpu", machine="gpu-01", start=22, stop=23, idle="1h", task_timeout="2s",
-                extra_vars=None, health_url=None, start_timeout="20s"):
+                extra_vars=None, health_url=None, start_timeout="20s", poll="200ms"):
         text = """  {name}:
     health_url: {health}
     idle_timeout: {idle}
@@ -102,9 +102,9 @@ class SemaphoreControldTest(OndemandTestCase):
     semaphore:
       start_template_id: {start}
       task_timeout: {task_timeout}
-      poll_interval: 200ms
+      poll_interval: {poll}
 """.format(name=name, health=health_url or self.health.url, idle=idle, start_timeout=start_timeout,
-           machine=machine, start=start, task_timeout=task_timeout)
+           machine=machine, start=start, task_timeout=task_timeout, poll=poll)
         if stop:
             text += "      stop_template_id: %d\n" % stop
         if extra_vars:
@@ -188,6 +188,37 @@ class WakeTest(SemaphoreControldTest):
         self.assertEqual(svc["history"][0]["detail"], "GET /api/generate")
         self.assertEqual((svc["history"][1]["task_id"], svc["history"][1]["task_status"]), (1, "success"))
         self.assertEqual(self.status()["daemon"]["messages_received"]["wake"], 21)
+        worker.close()
+
+
+class LiveUpdateTest(SemaphoreControldTest):
+    templates = [{"id": 22, "name": "start gpu", "run": "succeed", "after_ms": 1200},
+                 {"id": 23, "name": "stop gpu", "run": "succeed", "after_ms": 50}]
+
+    def test_the_end_of_a_task_releases_the_service_at_once_not_at_the_next_poll(self):
+        # poll_interval 5s: polls come at 0.1, 0.3, 0.7, 1.5 and 3.1 s, the task
+        # ends at about 1.3 s. Semaphore's WebSocket says so at once.
+        self.health.up = True
+        self.start_controld(self.config(self.service(poll="5s", task_timeout="20s")))
+        worker = WorkerClient(self.controld_socket)
+        worker.send({"type": "subscribe"})
+        read_state(worker, "gpu", ["cold"])
+        worker.send({"type": "wake", "service": "gpu", "reason": "GET /"})
+        read_state(worker, "gpu", ["warm", "failed"])
+        warm_at = time.time()
+        ended_at = iso_seconds(self.double.task(1)["end"])
+        self.assertLess(warm_at - ended_at, 0.3)
+        ws = [r for r in self.double.requests("/api/ws")]
+        self.assertEqual([r["status"] for r in ws], [101])
+        self.assertIn("semaphore_live_updates state=connected", self.controld.output())
+
+        # Behind a proxy that drops the Upgrade, polling alone still gets there.
+        self.assertEqual(self.cli("stop", "gpu", "--wait").returncode, 0)
+        self.double.configure(websocket=False)
+        self.double.close_websockets()
+        worker.send({"type": "wake", "service": "gpu", "reason": "GET /"})
+        self.assertEqual(read_state(worker, "gpu", ["warm", "failed"], timeout=10)["state"], "warm")
+        self.assertIn("GET /api/ws was answered with HTTP 400", self.controld.output())
         worker.close()
 
 
@@ -350,7 +381,7 @@ class MachineTest(SemaphoreControldTest):
     # One template per service: Semaphore never runs two tasks of one template
     # at once, so shared templates would hide what controld does.
     templates = [{"id": tid, "run": "succeed", "after_ms": ms} for tid, ms in
-                 ((22, 1500), (23, 300), (32, 600), (33, 300), (42, 600), (43, 300), (52, 600), (53, 300))]
+                 ((22, 1500), (23, 300), (32, 800), (33, 300), (42, 800), (43, 300), (52, 800), (53, 300))]
 
     def test_tasks_for_one_machine_never_overlap_and_for_two_machines_they_do(self):
         self.health.up = True
@@ -362,8 +393,9 @@ class MachineTest(SemaphoreControldTest):
         # a's start task takes 1.5 s: b, on the same machine, waits for it.
         for name in ("a", "b"):
             self.assertEqual(self.cli("start", name).returncode, 0)
-        queued = self.status("b")["services"][0]
+        queued = self.status("b")["services"][0]  # a's task runs: b waits in controld's queue
         self.assertTrue(queued["queued"], queued)
+        self.assertEqual((queued["state"], queued["operation"]["task_id"]), ("starting", 0))
         for name in ("c", "d"):
             self.assertEqual(self.cli("start", name).returncode, 0)
         for name in ("a", "b", "c", "d"):
