@@ -1,5 +1,7 @@
 #include "ngx_module/worker.hpp"
 
+#include <exception>
+
 #include "ngx_module/request.hpp"
 
 namespace ondemand::module {
@@ -9,6 +11,10 @@ Worker* Worker::current_ = nullptr;
 void Worker::start(ngx_cycle_t* cycle, MainConf* conf) {
   if (current_ != nullptr || conf == nullptr) return;
   auto worker = std::make_unique<Worker>();
+  worker->releaseEvent_ = ngx_event_t{};
+  worker->releaseEvent_.handler = onReleaseEvent;
+  worker->releaseEvent_.data = worker.get();
+  worker->releaseEvent_.log = cycle->log;
   const auto* endpoints = static_cast<const Endpoint*>(conf->endpoints.elts);
   worker->links_.resize(conf->endpoints.nelts);
   for (ngx_uint_t i = 0; i < conf->endpoints.nelts; ++i) {
@@ -28,6 +34,7 @@ void Worker::stop() {
   // A graceful exit waits for parked requests (their wait timers keep the
   // worker alive); a fast one (SIGTERM) still answers them, briefly.
   worker->answerAllParked();
+  unpostEvent(&worker->releaseEvent_);
   for (auto& link : worker->links_) {
     if (link) link->close();
   }
@@ -39,13 +46,35 @@ void Worker::releaseParked(ServiceEntry& entry) {
   if (entry.parked.empty()) return;
   // Taken off the service's list first: a request that parks again goes
   // back on it, not on the list being released, and a request that ends
-  // while others are being released leaves `batch` by itself.
-  ParkedList batch;
-  entry.parked.moveAllTo(batch);
-  while (ParkNode* node = batch.popFront()) {
-    auto* ctx = static_cast<RequestCtx*>(node->owner);
-    ctx->phase = Phase::Recheck;
-    resumeRequest(ctx);
+  // (or times out) before its turn leaves `releasing_` by itself.
+  while (ParkNode* node = entry.parked.popFront()) {
+    static_cast<RequestCtx*>(node->owner)->phase = Phase::Recheck;
+    releasing_.pushBack(node);
+  }
+  resumeReleased();
+}
+
+void Worker::resumeReleased() {
+  for (int i = 0; i < kReleaseBatch; ++i) {
+    ParkNode* node = releasing_.popFront();
+    if (node == nullptr) return;
+    resumeRequest(static_cast<RequestCtx*>(node->owner));
+  }
+  // The rest after the events that are ready now (the answers to the
+  // batch just resumed among them).
+  if (!releasing_.empty() && !releaseEvent_.posted) {
+    ngx_post_event(&releaseEvent_, &ngx_posted_next_events);
+  }
+}
+
+void Worker::onReleaseEvent(ngx_event_t* ev) {
+  auto* worker = static_cast<Worker*>(ev->data);
+  try {
+    worker->resumeReleased();
+  } catch (const std::exception& e) {
+    ngx_log_error(NGX_LOG_ERR, ev->log, 0, "ondemand: releasing requests: %s", e.what());
+  } catch (...) {
+    ngx_log_error(NGX_LOG_ERR, ev->log, 0, "ondemand: releasing requests: unexpected exception");
   }
 }
 
@@ -61,6 +90,13 @@ void Worker::wakeForParked(ControlLink& link, ServiceEntry& entry) {
 }
 
 void Worker::answerAllParked() {
+  while (ParkNode* node = releasing_.popFront()) {
+    auto* ctx = static_cast<RequestCtx*>(node->owner);
+    ctx->phase = Phase::Answer;
+    ctx->answer = AnswerKind::ShuttingDown;
+    ctx->request->keepalive = 0;
+    resumeRequest(ctx);
+  }
   for (auto& link : links_) {
     if (!link) continue;
     for (ServiceEntry* entry : link->services().entries()) {

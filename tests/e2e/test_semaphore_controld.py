@@ -381,7 +381,7 @@ class MachineTest(SemaphoreControldTest):
     # One template per service: Semaphore never runs two tasks of one template
     # at once, so shared templates would hide what controld does.
     templates = [{"id": tid, "run": "succeed", "after_ms": ms} for tid, ms in
-                 ((22, 1500), (23, 300), (32, 600), (33, 300), (42, 600), (43, 300), (52, 600), (53, 300))]
+                 ((22, 1500), (23, 300), (32, 800), (33, 300), (42, 800), (43, 300), (52, 800), (53, 300))]
 
     def test_tasks_for_one_machine_never_overlap_and_for_two_machines_they_do(self):
         self.health.up = True
