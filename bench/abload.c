@@ -144,8 +144,10 @@ static void on_readable(struct conn* c, int keep_going) {
     if (counting) {
       int64_t us = (t - c->sent_ns) / 1000;
       c->t->hist[us < HIST_US ? us : HIST_US - 1]++;
-      if (status == 200) ++c->t->answers;
-      else ++c->t->errors;
+      if (status == 200)
+        ++c->t->answers;
+      else
+        ++c->t->errors;
       ++slice_answers;
     }
     if (keep_going) conn_send(c);
@@ -168,9 +170,9 @@ static int parse_target(const char* spec, struct target* t, char name) {
   t->port = atoi(spec);
   const char* slash = strchr(spec, '/');
   snprintf(t->path, sizeof t->path, "%s", slash ? slash : "/");
-  t->request_len = (size_t)snprintf(t->request, sizeof t->request,
-                                    "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: abload\r\n\r\n", t->path,
-                                    t->port);
+  t->request_len =
+      (size_t)snprintf(t->request, sizeof t->request,
+                       "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: abload\r\n\r\n", t->path, t->port);
   t->hist = calloc(HIST_US, sizeof *t->hist);
   if (t->hist == NULL) die("calloc");
   return t->port > 0;
@@ -183,21 +185,29 @@ int main(int argc, char** argv) {
   const char* json_path = NULL;
   for (int i = 1; i + 1 < argc; i += 2) {
     const char *a = argv[i], *v = argv[i + 1];
-    if (strcmp(a, "--a") == 0) have_a = parse_target(v, &targets[0], 'A');
-    else if (strcmp(a, "--b") == 0) have_b = parse_target(v, &targets[1], 'B');
-    else if (strcmp(a, "--conns") == 0) conns = atoi(v);
-    else if (strcmp(a, "--slice-ms") == 0) slice_ms = atoi(v);
-    else if (strcmp(a, "--seconds") == 0) seconds = atof(v);
-    else if (strcmp(a, "--warmup") == 0) warmup = atof(v);
-    else if (strcmp(a, "--json") == 0) json_path = v;
+    if (strcmp(a, "--a") == 0)
+      have_a = parse_target(v, &targets[0], 'A');
+    else if (strcmp(a, "--b") == 0)
+      have_b = parse_target(v, &targets[1], 'B');
+    else if (strcmp(a, "--conns") == 0)
+      conns = atoi(v);
+    else if (strcmp(a, "--slice-ms") == 0)
+      slice_ms = atoi(v);
+    else if (strcmp(a, "--seconds") == 0)
+      seconds = atof(v);
+    else if (strcmp(a, "--warmup") == 0)
+      warmup = atof(v);
+    else if (strcmp(a, "--json") == 0)
+      json_path = v;
     else {
       fprintf(stderr, "abload: unknown option %s\n", a);
       return 2;
     }
   }
   if (!have_a || !have_b || conns <= 0 || slice_ms <= 0 || (argc - 1) % 2 != 0) {
-    fprintf(stderr, "usage: abload --a PORT[/path] --b PORT[/path] [--conns N] [--slice-ms MS] [--seconds S] "
-                    "[--warmup S] [--json FILE]\n");
+    fprintf(stderr,
+            "usage: abload --a PORT[/path] --b PORT[/path] [--conns N] [--slice-ms MS] [--seconds S] "
+            "[--warmup S] [--json FILE]\n");
     return 2;
   }
 
@@ -235,13 +245,15 @@ int main(int argc, char** argv) {
     int k = order[s % 4];
     slice_answers = 0;
     int64_t slice_end = slice_start + (int64_t)slice_ms * 1000000;
-    for (int i = 0; i < conns; ++i) conn_send(&pool[k][i]);
+    for (int i = 0; i < conns; ++i)
+      conn_send(&pool[k][i]);
     while (in_flight > 0) {
       int keep_going = now_ns() < slice_end;
       int n = epoll_wait(epfd, events, 256, 100);
       if (n < 0 && errno != EINTR) die("epoll_wait");
       keep_going = now_ns() < slice_end;
-      for (int i = 0; i < n; ++i) on_readable(events[i].data.ptr, keep_going);
+      for (int i = 0; i < n; ++i)
+        on_readable(events[i].data.ptr, keep_going);
     }
     int64_t elapsed_us = (now_ns() - slice_start) / 1000;
     if (counting && n_slices < max_slices) {
@@ -258,13 +270,14 @@ int main(int argc, char** argv) {
   FILE* out = open_memstream(&text, &text_len);
   fprintf(out, "{\"slice_ms\":%d,\"conns\":%d,\"seconds\":%g,\"slices\":[", slice_ms, conns, seconds);
   for (size_t i = 0; i < n_slices; ++i)
-    fprintf(out, "%s{\"t\":\"%c\",\"n\":%llu,\"us\":%lld}", i ? "," : "", slices[i].t,
-            (unsigned long long)slices[i].n, (long long)slices[i].us);
+    fprintf(out, "%s{\"t\":\"%c\",\"n\":%llu,\"us\":%lld}", i ? "," : "", slices[i].t, (unsigned long long)slices[i].n,
+            (long long)slices[i].us);
   fprintf(out, "]");
   for (int k = 0; k < 2; ++k) {
     struct target* t = &targets[k];
     uint64_t total = 0;
-    for (int i = 0; i < HIST_US; ++i) total += t->hist[i];
+    for (int i = 0; i < HIST_US; ++i)
+      total += t->hist[i];
     fprintf(out,
             ",\"%c\":{\"port\":%d,\"path\":\"%s\",\"answers\":%llu,\"errors\":%llu,\"reconnects\":%llu,"
             "\"p50_us\":%lld,\"p90_us\":%lld,\"p99_us\":%lld,\"p999_us\":%lld}",

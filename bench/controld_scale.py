@@ -153,18 +153,6 @@ def main():
             # Each start launches its start command once its record is on disk;
             # a pause keeps this figure about pushes, not process spawning.
             time.sleep(0.05)
-        # Let the `true` start commands finish; services then wait for health.
-        time.sleep(0.5)
-        for c in clients:
-            c.sock.setblocking(False)
-            try:
-                while c.sock.recv(1 << 20):
-                    pass
-            except BlockingIOError:
-                pass
-            c.sock.setblocking(True)
-
-        # 3. Wake throughput. Duplicates: services already starting.
         def drain_all():
             for c in clients:
                 c.sock.setblocking(False)
@@ -174,6 +162,12 @@ def main():
                 except BlockingIOError:
                     pass
                 c.sock.setblocking(True)
+
+        # Let the `true` start commands finish; services then wait for health.
+        time.sleep(0.5)
+        drain_all()
+
+        # 3. Wake throughput. Duplicates: services already starting.
 
         stop_draining = threading.Event()
 

@@ -198,8 +198,9 @@ static void poll_events(int timeout_ms) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: holdload --port P [--host H] [--path /] [--conns N] [--batch B] [--pause-ms MS]\n"
-                  "                [--connect-first] [--hold S] [--timeout S] [--expect TEXT] [--times FILE]\n");
+  fprintf(stderr,
+          "usage: holdload --port P [--host H] [--path /] [--conns N] [--batch B] [--pause-ms MS]\n"
+          "                [--connect-first] [--hold S] [--timeout S] [--expect TEXT] [--times FILE]\n");
   exit(2);
 }
 
@@ -213,17 +214,28 @@ int main(int argc, char** argv) {
     }
     if (v == NULL) usage();
     ++i;
-    if (strcmp(a, "--host") == 0) opt_host = v;
-    else if (strcmp(a, "--port") == 0) opt_port = atoi(v);
-    else if (strcmp(a, "--path") == 0) opt_path = v;
-    else if (strcmp(a, "--conns") == 0) opt_conns = atoi(v);
-    else if (strcmp(a, "--batch") == 0) opt_batch = atoi(v);
-    else if (strcmp(a, "--pause-ms") == 0) opt_pause_ms = atoi(v);
-    else if (strcmp(a, "--hold") == 0) opt_hold = atof(v);
-    else if (strcmp(a, "--timeout") == 0) opt_timeout = atof(v);
-    else if (strcmp(a, "--expect") == 0) opt_expect = v;
-    else if (strcmp(a, "--times") == 0) opt_times = v;
-    else usage();
+    if (strcmp(a, "--host") == 0)
+      opt_host = v;
+    else if (strcmp(a, "--port") == 0)
+      opt_port = atoi(v);
+    else if (strcmp(a, "--path") == 0)
+      opt_path = v;
+    else if (strcmp(a, "--conns") == 0)
+      opt_conns = atoi(v);
+    else if (strcmp(a, "--batch") == 0)
+      opt_batch = atoi(v);
+    else if (strcmp(a, "--pause-ms") == 0)
+      opt_pause_ms = atoi(v);
+    else if (strcmp(a, "--hold") == 0)
+      opt_hold = atof(v);
+    else if (strcmp(a, "--timeout") == 0)
+      opt_timeout = atof(v);
+    else if (strcmp(a, "--expect") == 0)
+      opt_expect = v;
+    else if (strcmp(a, "--times") == 0)
+      opt_times = v;
+    else
+      usage();
   }
   if (opt_port <= 0 || opt_conns <= 0 || opt_batch <= 0) usage();
 
@@ -251,20 +263,24 @@ int main(int argc, char** argv) {
   int opened = 0;
   while (opened < opt_conns) {
     int until = opened + opt_batch < opt_conns ? opened + opt_batch : opt_conns;
-    for (; opened < until; ++opened) open_conn(&conns[opened], &addr);
+    for (; opened < until; ++opened)
+      open_conn(&conns[opened], &addr);
     int64_t pause_end = now_ns() + (int64_t)opt_pause_ms * 1000000;
-    do poll_events(opt_pause_ms);
+    do
+      poll_events(opt_pause_ms);
     while (now_ns() < pause_end);
   }
   int64_t deadline = now_ns() + (int64_t)(opt_timeout * 1e9);
   if (opt_connect_first) {
-    while (n_connected + n_errors < opt_conns && now_ns() < deadline) poll_events(10);
+    while (n_connected + n_errors < opt_conns && now_ns() < deadline)
+      poll_events(10);
     printf("connected %d %lld\n", n_connected, (long long)now_ns());
     fflush(stdout);
     for (int i = 0; i < opt_conns; ++i)
       if (conns[i].state == S_CONNECTED) send_request(&conns[i]);
   } else {
-    while (n_sent + n_errors < opt_conns && now_ns() < deadline) poll_events(10);
+    while (n_sent + n_errors < opt_conns && now_ns() < deadline)
+      poll_events(10);
   }
   int64_t sent_ns = now_ns();
   printf("sent %d %lld\n", n_sent, (long long)sent_ns);
@@ -272,9 +288,11 @@ int main(int argc, char** argv) {
 
   if (opt_hold > 0) {
     int64_t hold_end = now_ns() + (int64_t)(opt_hold * 1e9);
-    while (now_ns() < hold_end && n_finished < opt_conns) poll_events(50);
+    while (now_ns() < hold_end && n_finished < opt_conns)
+      poll_events(50);
   } else {
-    while (n_finished < opt_conns && now_ns() < deadline) poll_events(100);
+    while (n_finished < opt_conns && now_ns() < deadline)
+      poll_events(100);
   }
 
   int answered = 0, service = 0, by_status[6] = {0};
@@ -296,10 +314,11 @@ int main(int argc, char** argv) {
     if (c->fd >= 0) close(c->fd);
   }
   if (times) fclose(times);
-  printf("done {\"conns\":%d,\"sent\":%d,\"answered\":%d,\"service\":%d,\"errors\":%d,"
-         "\"2xx\":%d,\"3xx\":%d,\"4xx\":%d,\"5xx\":%d,\"unanswered\":%d,"
-         "\"sent_ns\":%lld,\"first_ns\":%lld,\"last_ns\":%lld}\n",
-         opt_conns, n_sent, answered, service, n_errors, by_status[2], by_status[3], by_status[4], by_status[5],
-         opt_conns - answered - n_errors, (long long)sent_ns, (long long)first, (long long)last);
+  printf(
+      "done {\"conns\":%d,\"sent\":%d,\"answered\":%d,\"service\":%d,\"errors\":%d,"
+      "\"2xx\":%d,\"3xx\":%d,\"4xx\":%d,\"5xx\":%d,\"unanswered\":%d,"
+      "\"sent_ns\":%lld,\"first_ns\":%lld,\"last_ns\":%lld}\n",
+      opt_conns, n_sent, answered, service, n_errors, by_status[2], by_status[3], by_status[4], by_status[5],
+      opt_conns - answered - n_errors, (long long)sent_ns, (long long)first, (long long)last);
   return 0;
 }

@@ -60,6 +60,7 @@ struct Daemon::Service {
   bool holdsMachine = false;                   // an operation runs or waits for this service's machine
   std::uint64_t startedTotal = 0;              // requests started, as reported by workers
   std::optional<ServiceConfig> pendingConfig;  // a reload that waits for the operation under way
+  std::uint64_t eventEpoch = 0;                // the epoch whose transition was last logged and sent as an event
 };
 
 // --- construction -----------------------------------------------------------
@@ -76,6 +77,7 @@ Daemon::~Daemon() {
   shuttingDown_ = true;
   writer_.reset();  // every state write finishes before anything goes
   services_.clear();
+  semaphore_.reset();  // its live-updates thread and handles go while the loop is still open
   server_.reset();
   http_.reset();
   sigterm_.reset();
@@ -146,6 +148,7 @@ void Daemon::restoreFromDisk() {
         .kv("state", std::string(toString(snapshot.state)))
         .kv("phase", toString(snapshot.phase))
         .kv("task_id", snapshot.operation ? snapshot.operation->taskId : 0);
+    s.eventEpoch = snapshot.epoch;  // that transition was reported by the previous process
     apply(s, s.machine.restore(now, std::move(snapshot)));
   }
 }
@@ -313,7 +316,11 @@ protocol::StatePush Daemon::statePush(const Service& s) const {
 
 void Daemon::publish(Service& s) {
   const auto& snap = s.machine.snapshot();
-  if (!snap.history.empty()) {
+  // A push within the same epoch (the operation learnt its task id) is no
+  // new transition: workers get the state again, event followers nothing.
+  const bool newTransition = !snap.history.empty() && snap.epoch != s.eventEpoch;
+  s.eventEpoch = snap.epoch;
+  if (newTransition) {
     const Transition& t = snap.history.back();
     LogLine(t.to == ServiceState::Failed ? LogLevel::Warning : LogLevel::Info, "transition")
         .kv("service", s.config.name)
@@ -326,7 +333,7 @@ void Daemon::publish(Service& s) {
   }
   const std::string line = protocol::encode(statePush(s));
   std::string event;
-  if (!snap.history.empty()) {
+  if (newTransition) {
     const Transition& t = snap.history.back();
     rapidjson::StringBuffer buffer;
     JsonWriter w(buffer);

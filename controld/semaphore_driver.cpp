@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "controld/log.hpp"
 #include "controld/uv.hpp"
 #include "shared/duration.hpp"
 #include "shared/protocol.hpp"
@@ -19,6 +20,8 @@ constexpr std::size_t kOutputLines = 10;
 constexpr std::size_t kMaxLineBytes = 400;
 constexpr std::size_t kMaxOutputBytes = 2500;
 constexpr Millis kFirstPoll{100};
+// How long the live-updates connection stays open after the last watched task.
+constexpr Millis kLiveLinger{30'000};
 
 using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
@@ -124,6 +127,7 @@ SemaphoreClient::~SemaphoreClient() {
   // The transfers under way finish on their own (or with the HttpClient, which
   // may already be gone at shutdown); their callbacks see alive_ and return.
   *alive_ = false;
+  live_.reset();
 }
 
 std::string SemaphoreClient::projectPath() const {
@@ -241,6 +245,7 @@ void SemaphoreClient::onLogin(HttpResponse response) {
   auto waiting = std::exchange(awaitingLogin_, {});
   if (!cookie.empty()) {
     cookie_ = std::move(cookie);
+    if (live_) live_->setCookie(cookie_);
     ++sessionGeneration_;
     for (const RequestId id : waiting)
       if (calls_.count(id)) dispatch(id);
@@ -291,6 +296,69 @@ std::string SemaphoreClient::refusal(long status) const {
   return who + " asks for credentials" + code + ": configure an API token, or a username and password";
 }
 
+// --- live updates ------------------------------------------------------------
+
+SemaphoreClient::WatchId SemaphoreClient::watchTask(std::int64_t taskId, TaskCallback callback) {
+  const WatchId id = nextWatch_++;
+  watches_.emplace(id, Watch{taskId, std::move(callback)});
+  if (!live_) {
+    live_ = std::make_unique<SemaphoreLiveUpdates>(
+        loop_, settings_, [this](const SemaphoreLiveUpdates::Event& event) { onLiveEvent(event); });
+    liveLinger_ = std::make_unique<Timer>(loop_);
+  }
+  if (!cookie_.empty()) live_->setCookie(cookie_);
+  liveLinger_->stop();
+  live_->setWanted(true);
+  return id;
+}
+
+void SemaphoreClient::unwatchTask(WatchId id) {
+  if (!watches_.erase(id) || !watches_.empty() || !live_) return;
+  liveLinger_->start(kLiveLinger, [this] {
+    if (watches_.empty() && live_) live_->setWanted(false);
+  });
+}
+
+void SemaphoreClient::onLiveEvent(const SemaphoreLiveUpdates::Event& event) {
+  using Kind = SemaphoreLiveUpdates::Event::Kind;
+  switch (event.kind) {
+    case Kind::Connected:
+      liveConnected_ = true;
+      liveProblemLogged_.clear();
+      LogLine(LogLevel::Info, "semaphore_live_updates")
+          .kv("state", "connected")
+          .kv("url", settings_.baseUrl + "/api/ws");
+      break;
+    case Kind::Disconnected:
+      if (!event.problem.empty() && (liveConnected_ || event.problem != liveProblemLogged_)) {
+        LogLine(LogLevel::Info, "semaphore_live_updates")
+            .kv("state", "unavailable")
+            .kv("url", settings_.baseUrl + "/api/ws")
+            .kv("why", event.problem)
+            .kv("meanwhile", "tasks are polled every poll_interval");
+        liveProblemLogged_ = event.problem;
+      }
+      liveConnected_ = false;
+      return;
+    case Kind::Update:
+      if (event.projectId != 0 && event.projectId != settings_.projectId) return;
+      break;
+  }
+  // Connected: announcements may have been missed meanwhile, every watched
+  // task is worth a look ("").
+  const std::string status = event.kind == Kind::Update ? event.status : std::string();
+  std::vector<std::pair<WatchId, TaskCallback>> due;
+  for (const auto& [id, watch] : watches_) {
+    if (event.kind == Kind::Connected || watch.taskId == event.taskId) due.emplace_back(id, watch.callback);
+  }
+  const auto alive = alive_;
+  for (auto& [id, callback] : due) {
+    if (!*alive) return;
+    if (!watches_.count(id)) continue;  // unwatched by an earlier callback
+    callback(status);
+  }
+}
+
 // --- SemaphoreDriver ---------------------------------------------------------
 
 // One start or stop, from the POST to the final outcome. Shared with the
@@ -327,8 +395,10 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
   std::string lastPollProblem;  // why the last poll could not read the status
   int polls = 0;
   SemaphoreClient::RequestId request = 0;
-  Timer timer;     // next poll, or an outcome delivered later
-  Timer deadline;  // task_timeout
+  SemaphoreClient::WatchId watch = 0;  // live updates for the task
+  bool lookAgain = false;              // a live update came while a poll was under way
+  Timer timer;                         // next poll, or an outcome delivered later
+  Timer deadline;                      // task_timeout
 
   std::string url() const { return client.settings().baseUrl; }
   void report() {
@@ -387,8 +457,15 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
   }
 
   // Polls the task until it finishes; with `now`, the first poll goes at once.
+  // Semaphore's live updates make it look at once when the task ends.
   void follow(bool now) {
     phase = Phase::Following;
+    if (!watch) {
+      std::weak_ptr<Operation> weak = shared_from_this();
+      watch = client.watchTask(record.taskId, [weak](const std::string& status) {
+        if (auto self = weak.lock()) self->onLiveUpdate(status);
+      });
+    }
     const auto remaining = Millis(record.startedAtMs) + taskTimeout - Millis(unixMillisNow());
     deadline.start(std::max(remaining, Millis(0)), [this] {
       auto self = shared_from_this();
@@ -412,6 +489,23 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
       auto self = shared_from_this();
       poll();
     });
+  }
+
+  // "" after a reconnect (announcements may have been missed), else the
+  // status Semaphore announced. Only an end is worth a look.
+  void onLiveUpdate(const std::string& status) {
+    if (!active || phase != Phase::Following) return;
+    if (!status.empty() && !isFinished(status)) return;
+    if (request) {
+      lookAgain = true;  // that poll may have left before the task ended
+      return;
+    }
+    timer.stop();
+    poll();
+  }
+
+  void unwatch() {
+    if (watch) client.unwatchTask(std::exchange(watch, 0));
   }
 
   void poll() {
@@ -453,7 +547,9 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
     if (isFinished(status)) return readOutput();
     // waiting, starting, running, waiting_confirmation, ... or a status this
     // version of controld does not know: still going.
-    return deadlinePassed ? stopForTimeout() : schedulePoll();
+    if (deadlinePassed) return stopForTimeout();
+    if (std::exchange(lookAgain, false)) return poll();
+    return schedulePoll();
   }
 
   void readOutput() {
@@ -531,6 +627,7 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
     phase = Phase::Over;
     timer.stop();
     deadline.stop();
+    unwatch();
     auto callback = std::move(done);
     progress = nullptr;
     if (callback) callback(std::move(outcome));
@@ -544,6 +641,7 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
     active = false;
     timer.stop();
     deadline.stop();
+    unwatch();
     progress = nullptr;
     done = nullptr;
     switch (phase) {

@@ -22,6 +22,8 @@
 #include "controld/config.hpp"
 #include "controld/driver.hpp"
 #include "controld/http_client.hpp"
+#include "controld/semaphore_live.hpp"
+#include "controld/uv.hpp"
 
 namespace ondemand::controld {
 
@@ -60,6 +62,15 @@ class SemaphoreClient {
   const SemaphoreSettings& settings() const { return settings_; }
   std::string projectPath() const;  // "/api/project/1"
 
+  // Live updates (semaphore_live.hpp): `callback` runs with the status
+  // Semaphore announced for the task, or with "" when the connection (re)opened
+  // and announcements may have been missed. The connection is open while a
+  // task is watched, and a while after, so that back-to-back operations share it.
+  using WatchId = std::uint64_t;
+  using TaskCallback = std::function<void(const std::string& status)>;
+  WatchId watchTask(std::int64_t taskId, TaskCallback callback);
+  void unwatchTask(WatchId id);
+
  private:
   struct Call {
     std::string method;
@@ -78,6 +89,7 @@ class SemaphoreClient {
   void onLogin(HttpResponse response);
   void finish(RequestId id, HttpResponse response, std::string refused);
   std::string refusal(long status) const;
+  void onLiveEvent(const SemaphoreLiveUpdates::Event& event);
 
   uv_loop_t* loop_;
   HttpClient& http_;
@@ -88,6 +100,18 @@ class SemaphoreClient {
   std::string cookie_;  // "semaphore=…", empty when not logged in
   std::uint64_t sessionGeneration_ = 0;
   RequestId nextId_ = 1;
+
+  struct Watch {
+    std::int64_t taskId = 0;
+    TaskCallback callback;
+  };
+  std::map<WatchId, Watch> watches_;
+  WatchId nextWatch_ = 1;
+  std::unique_ptr<SemaphoreLiveUpdates> live_;  // created with the first watch
+  std::unique_ptr<Timer> liveLinger_;           // closes the connection a while after the last watch
+  bool liveConnected_ = false;
+  std::string liveProblemLogged_;  // the last "unavailable" reason logged, to log each only once
+
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

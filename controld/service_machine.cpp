@@ -360,14 +360,18 @@ Effects ServiceMachine::restore(std::int64_t nowMs, MachineSnapshot snapshot) {
       if (s_.phase == Phase::Driver) {
         if (!settings_.hasStartDriver) {
           e |= enterReadiness(nowMs);
-        } else if (!s_.operation || (s_.operation->pid == 0 && s_.operation->taskId == 0)) {
-          // Nothing had been launched yet: launching now is not a repeat.
+        } else if (!s_.operation || s_.operation->driver.empty()) {
+          // No driver had begun (the start may have been queued behind
+          // another operation on its machine): launching now is not a repeat.
           OperationRecord record;
           record.kind = OperationKind::Start;
           record.startedAtMs = nowMs;
           s_.operation = record;
           e.runStartDriver = true;
         } else {
+          // The driver had begun, even if it had not reported a pid or a task
+          // id yet (a Semaphore task may exist that it never heard of): the
+          // driver decides what resuming means, never a blind second launch.
           e.resumeDriver = true;
         }
       } else {
@@ -376,7 +380,12 @@ Effects ServiceMachine::restore(std::int64_t nowMs, MachineSnapshot snapshot) {
       break;
     case ServiceState::Stopping:
       if (s_.phase == Phase::Driver && s_.operation && settings_.hasStopDriver) {
-        e.resumeDriver = true;
+        if (s_.operation->driver.empty()) {  // as for a start: nothing had begun
+          s_.operation->startedAtMs = nowMs;
+          e.runStopDriver = true;
+        } else {
+          e.resumeDriver = true;
+        }
       } else {
         s_.operation.reset();
         e |= transition(nowMs, ServiceState::Warm, Phase::None, Cause::Recovery,

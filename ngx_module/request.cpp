@@ -84,19 +84,7 @@ ngx_int_t sendBody(ngx_http_request_t* r, ngx_uint_t status, std::string_view co
 
 const char* stateNameFor(const ServiceEntry& entry) {
   if (!entry.known) return "unknown";
-  switch (entry.state.state) {
-    case ServiceState::Cold:
-      return "cold";
-    case ServiceState::Starting:
-      return "starting";
-    case ServiceState::Warm:
-      return "warm";
-    case ServiceState::Stopping:
-      return "stopping";
-    case ServiceState::Failed:
-      return "failed";
-  }
-  return "unknown";
+  return toString(entry.state.state).data();  // views of string literals: NUL-terminated
 }
 
 // --- request contexts ---------------------------------------------------------

@@ -45,8 +45,8 @@ class Worker final : public ControlLink::Listener {
 
   static Worker* current_;
   std::vector<std::unique_ptr<ControlLink>> links_;  // by endpoint index; null when unused
-  ParkedList releasing_;      // released, in order, not resumed yet
-  ngx_event_t releaseEvent_;  // the next batch, posted to the next turn of the loop
+  ParkedList releasing_;                             // released, in order, not resumed yet
+  ngx_event_t releaseEvent_;                         // the next batch, posted to the next turn of the loop
 };
 
 }  // namespace ondemand::module

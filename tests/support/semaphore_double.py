@@ -9,6 +9,15 @@ an unknown task id is a 400, 401/403 carry no body, `stop` needs a
 `{"force": ...}` body, stopping a finished task overwrites its status with
 `stopped`, and one template never runs two tasks at once.
 
+Live updates: GET /api/ws (Bearer token or session cookie) upgrades to a
+WebSocket on which every status change of every task is announced as
+{"type": "update", "task_id", "status", "project_id", "template_id", "start",
+"end" (may still be null), "version"}, and every output line as
+{"type": "log", ...}, as Semaphore does. Nothing is replayed to a new
+connection. Client frames must be masked; pings are answered. With websocket
+switched off (see /__double/config) the endpoint answers 400 "Bad Request",
+as Semaphore does behind a proxy that drops the Upgrade headers.
+
 Command line (for tests that run it as a separate process):
 
   semaphore_double.py [--host 127.0.0.1] [--port 0] [--port-file FILE]
@@ -29,6 +38,7 @@ In-process (unittest):
   double.start()                 # serves on a thread; double.url, double.port
   ...
   double.requests()              # every /api request: method, path, headers, body
+  double.websockets()            # live-update connections; close_websockets()
   double.stop()
 
 Templates (JSON objects; unknown keys are rejected):
@@ -75,21 +85,31 @@ Admin endpoints (JSON; not recorded in the request log, no auth):
   DELETE /__double/templates/ID      removes it
   POST   /__double/config            {"queue_delay_ms", "response_delay_ms",
                                       "tokens": [...], "users": {"name":
-                                      {"password", "role"}}} (any subset)
+                                      {"password", "role"}}, "websocket":
+                                      true/false} (any subset)
   POST   /__double/sessions/expire   forgets every login session (the next
                                       call with a cookie gets 401)
+  GET    /__double/websockets        {"connections", "pings", "pongs"}: live-
+                                      update connections now, pings and
+                                      pongs their clients sent
+  POST   /__double/websockets/close  drops every live-update connection
+                                      without a close frame (a restart)
+  POST   /__double/websockets/ping   pings every live-update connection
 
 A request log entry: {"method", "path" (with the query), "headers" (names
 lower-cased), "body" (text), "status" (what the double answered), "time"}.
 """
 import argparse
+import base64
 import datetime
+import hashlib
 import itertools
 import json
 import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -99,6 +119,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # 44 characters, like the tokens Semaphore hands out.
 DEFAULT_TOKEN = "kq3zk0hx0m2ccwhp4rvtsxosw8abwc5a3rwnfzc8vmgq"
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PLAYBOOK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "playbooks")
 FINISHED = ("success", "error", "stopped")
 ROLES = ("owner", "manager", "task_runner", "guest")
@@ -177,11 +198,12 @@ class Template:
 class Task:
     """One task row. Mutated only with SemaphoreDouble._cond held."""
 
-    def __init__(self, task_id, template, fields, user_id):
+    def __init__(self, task_id, template, fields, user_id, announce=None):
         self.id = task_id
         self.template = template
         self.project_id = template.project_id
-        self.status = "waiting"
+        self.announce = announce  # called with a live-update message (a dict)
+        self._status = "waiting"
         self.fields = fields
         self.user_id = user_id
         self.created = now_iso()
@@ -224,8 +246,27 @@ class Task:
             "params": {},
         }
 
+    @property
+    def status(self):
+        return self._status
+
+    @status.setter
+    def status(self, value):
+        changed = value != self._status
+        self._status = value
+        if changed and self.announce:
+            # What Semaphore's TaskRunner sends on /api/ws at every status change
+            # (`end` is written slightly after the status, so it may be null).
+            self.announce({"type": "update", "start": self.start, "end": self.end, "status": value,
+                           "task_id": self.id, "template_id": self.template.id, "project_id": self.project_id,
+                           "version": None})
+
     def log(self, line):
-        self.output.append((now_iso(), line))
+        when = now_iso()
+        self.output.append((when, line))
+        if self.announce:
+            self.announce({"type": "log", "output": line, "time": when, "task_id": self.id,
+                           "project_id": self.project_id})
 
 
 # Fields of POST /api/project/{pid}/tasks and their JSON types, as Go's
@@ -314,6 +355,10 @@ class SemaphoreDouble:
         self._server = None
         self._serve_thread = None
         self._stopping = False
+        self.websocket_enabled = True
+        self._websockets = set()
+        self._ws_pings = 0
+        self._ws_pongs = 0
 
     # --- control from tests ----------------------------------------------
 
@@ -334,6 +379,7 @@ class SemaphoreDouble:
         return "http://%s:%d" % (self.host, self.port)
 
     def stop(self):
+        self.close_websockets()
         with self._cond:
             self._stopping = True
             for task in self.tasks.values():
@@ -373,8 +419,10 @@ class SemaphoreDouble:
         with self._cond:
             self.sessions.clear()
 
-    def configure(self, queue_delay_ms=None, response_delay_ms=None, tokens=None, users=None):
+    def configure(self, queue_delay_ms=None, response_delay_ms=None, tokens=None, users=None, websocket=None):
         with self._cond:
+            if websocket is not None:
+                self.websocket_enabled = bool(websocket)
             if queue_delay_ms is not None:
                 self.queue_delay = queue_delay_ms / 1000.0
             if response_delay_ms is not None:
@@ -383,6 +431,19 @@ class SemaphoreDouble:
                 self.tokens = {t: "admin" for t in tokens}
         for name, info in (users or {}).items():
             self.add_user(name, info.get("password", ""), info.get("role", "owner"))
+
+    def websockets(self):
+        """Live-update connections now, and the pings/pongs they sent."""
+        with self._cond:
+            return {"connections": len(self._websockets), "pings": self._ws_pings, "pongs": self._ws_pongs}
+
+    def close_websockets(self):
+        """Drops every live-update connection without a close frame (a restart)."""
+        with self._cond:
+            conns = list(self._websockets)
+            self._websockets.clear()
+        for ws in conns:
+            ws.drop()
 
     def requests(self, path_prefix=""):
         with self._cond:
@@ -585,7 +646,7 @@ class SemaphoreDouble:
             environment = fields.get("environment") or ""
             if environment and template.environment_id is None:
                 return EMPTY_500
-            task = Task(next(self._task_ids), template, fields, self.users[user]["id"])
+            task = Task(next(self._task_ids), template, fields, self.users[user]["id"], self._announce)
             self.tasks[task.id] = task
             if environment:
                 try:
@@ -796,6 +857,94 @@ class SemaphoreDouble:
             except ProcessLookupError:
                 pass
 
+    # --- live updates (GET /api/ws) ----------------------------------------
+
+    def _announce(self, message):
+        """Sends a live update to every connection (called with _cond held)."""
+        data = json.dumps(message, separators=(",", ":")).encode()
+        for ws in list(self._websockets):
+            if not ws.send(0x1, data):
+                self._websockets.discard(ws)
+
+    def websocket(self, handler):
+        """Serves GET /api/ws on the handler's connection until it closes."""
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        entry = {"method": "GET", "path": handler.path, "headers": headers, "body": "", "time": time.time(),
+                 "status": None}
+        with self._cond:
+            self._log.append(entry)
+        user = self._authenticate(headers)
+        key = headers.get("sec-websocket-key", "")
+        upgrade = "websocket" in headers.get("upgrade", "").lower() and \
+            "upgrade" in headers.get("connection", "").lower()
+        if user is None:
+            status, reply = 401, b""
+        elif not self.websocket_enabled or not upgrade or headers.get("sec-websocket-version") != "13" or not key:
+            # What gorilla/websocket answers when a proxy dropped the Upgrade headers.
+            status, reply = 400, b"Bad Request\n"
+        else:
+            status, reply = 101, None
+        with self._cond:
+            entry["status"] = status
+        handler.close_connection = True
+        if status != 101:
+            handler.send_response(status)
+            handler.send_header("Content-Length", str(len(reply)))
+            if reply:
+                handler.send_header("Content-Type", "text/plain; charset=utf-8")
+            handler.end_headers()
+            handler.wfile.write(reply)
+            return
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        handler.send_response(101, "Switching Protocols")
+        handler.send_header("Upgrade", "websocket")
+        handler.send_header("Connection", "Upgrade")
+        handler.send_header("Sec-WebSocket-Accept", accept)
+        handler.end_headers()
+        handler.wfile.flush()
+        ws = _WebSocket(handler.connection)
+        with self._cond:
+            self._websockets.add(ws)
+        try:
+            self._websocket_read(ws, handler.rfile)
+        finally:
+            with self._cond:
+                self._websockets.discard(ws)
+            ws.drop()
+
+    def _websocket_read(self, ws, rfile):
+        """Reads client frames: answers pings and closes, as gorilla/websocket does."""
+        while True:
+            head = rfile.read(2)
+            if len(head) < 2:
+                return
+            opcode, masked, length = head[0] & 0x0F, head[1] & 0x80, head[1] & 0x7F
+            if length == 126:
+                length = int.from_bytes(rfile.read(2), "big")
+            elif length == 127:
+                length = int.from_bytes(rfile.read(8), "big")
+            if not masked:  # a client must mask every frame: protocol error
+                ws.send(0x8, (1002).to_bytes(2, "big"))
+                return
+            mask = rfile.read(4)
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(rfile.read(length)))
+            if opcode == 0x8:
+                ws.send(0x8, payload[:2])
+                return
+            if opcode == 0x9:
+                with self._cond:
+                    self._ws_pings += 1
+                ws.send(0xA, payload)
+            elif opcode == 0xA:
+                with self._cond:
+                    self._ws_pongs += 1
+
+    def ping_websockets(self, payload=b"double"):
+        """Pings every live-update connection (Semaphore does every 54 s)."""
+        with self._cond:
+            for ws in list(self._websockets):
+                ws.send(0x9, payload)
+
     # --- admin endpoints --------------------------------------------------
 
     def _admin(self, method, path, body):
@@ -820,11 +969,19 @@ class SemaphoreDouble:
                 self.remove_template(int(m.group(1)))
                 return Reply(204)
             if route == "config" and method == "POST":
-                self.configure(**{k: data[k] for k in ("queue_delay_ms", "response_delay_ms", "tokens", "users")
-                                  if k in data})
+                self.configure(**{k: data[k] for k in ("queue_delay_ms", "response_delay_ms", "tokens", "users",
+                                                       "websocket") if k in data})
                 return Reply(204)
             if route == "sessions/expire" and method == "POST":
                 self.expire_sessions()
+                return Reply(204)
+            if route == "websockets" and method == "GET":
+                return Reply(200, self.websockets())
+            if route == "websockets/close" and method == "POST":
+                self.close_websockets()
+                return Reply(204)
+            if route == "websockets/ping" and method == "POST":
+                self.ping_websockets()
                 return Reply(204)
         except (BadTemplate, ValueError, TypeError) as e:
             return Reply(400, {"error": str(e)})
@@ -849,10 +1006,52 @@ def ansible_log(name, host, failing):
     return lines
 
 
+class _WebSocket:
+    """The server side of one live-update connection: unmasked frames out."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.open = True
+
+    def send(self, opcode, payload):
+        n = len(payload)
+        if n < 126:
+            head = bytes([0x80 | opcode, n])
+        elif n < 65536:
+            head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+        else:
+            head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+        with self.lock:
+            if not self.open:
+                return False
+            try:
+                self.sock.sendall(head + payload)
+                return True
+            except OSError:
+                self.open = False
+                return False
+
+    def drop(self):
+        with self.lock:
+            self.open = False
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
+
+    def handle_error(self, request, client_address):
+        # A client that went away before its answer (a killed controld) is
+        # what some tests do on purpose; anything else is still printed.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -877,6 +1076,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
     def _dispatch(self):
+        if self.command == "GET" and self.path.split("?", 1)[0].rstrip("/") == "/api/ws":
+            return self.server.double.websocket(self)
         body = self._read_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
         reply = self.server.double.handle(self.command, self.path, headers, body)

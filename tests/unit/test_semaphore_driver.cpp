@@ -180,6 +180,21 @@ class SemaphoreDouble {
 
   void expireSessions() const { adminCall(port_, "POST", "/__double/sessions/expire"); }
 
+  // Live updates (GET /api/ws).
+  void setWebsocket(bool on) const {
+    adminCall(port_, "POST", "/__double/config", on ? R"({"websocket": true})" : R"({"websocket": false})");
+  }
+  void closeWebsockets() const { adminCall(port_, "POST", "/__double/websockets/close"); }
+  void pingWebsockets() const { adminCall(port_, "POST", "/__double/websockets/ping"); }
+  // {"connections", "pings", "pongs"}
+  std::int64_t websockets(const char* what) const {
+    const std::string body = adminCall(port_, "GET", "/__double/websockets");
+    rapidjson::Document doc;
+    doc.Parse(body.c_str());
+    REQUIRE(doc.IsObject());
+    return doc[what].GetInt64();
+  }
+
  private:
   std::string dir_;
   pid_t pid_ = 0;
@@ -764,4 +779,108 @@ TEST_CASE("check-config --online asks Semaphore for the credentials and every te
   std::ostringstream out4, err4;
   CHECK(checkSemaphoreOnline(onlineConfig("http://127.0.0.1:" + std::to_string(closedPort()), 22), out4, err4) == 3);
   CHECK(err4.str().rfind("cannot reach Semaphore at http://127.0.0.1:", 0) == 0);
+}
+
+// --- live updates ------------------------------------------------------------
+
+namespace {
+
+// Runs one start of a task that takes `taskMs` and returns how long the
+// driver took to report it, in ms.
+long long timedStart(Daemon& daemon, SemaphoreDriver& driver, Observed& seen) {
+  const auto started = std::chrono::steady_clock::now();
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }, 20s));
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count();
+}
+
+}  // namespace
+
+TEST_CASE("a task's end announced on Semaphore's WebSocket is seen at once, not at the next poll") {
+  // 800 ms of task after 50 ms of queue: polls go at 100, 300, 700 and 1500 ms.
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "run": "succeed", "after_ms": 800})"});
+  Daemon daemon(tokenSettings(semaphore));
+  auto settings = serviceSettings(22);
+  settings.pollInterval = 1s;
+  SemaphoreDriver driver(daemon.client, "comfyui", settings);
+
+  SECTION("with live updates") {
+    Observed seen;
+    const auto ms = timedStart(daemon, driver, seen);
+    CHECK(seen.outcome->ok);
+    CHECK(ms >= 850);
+    CHECK(ms < 1300);
+    const auto ws = semaphore.requests("GET", "/api/ws");
+    REQUIRE(ws.size() == 1);
+    CHECK(ws[0].authorization == std::string("Bearer ") + kToken);
+    // The poll still decides: the announcement only made it come sooner.
+    CHECK(semaphore.requests("GET", "/api/project/1/tasks/1").size() == 4);
+
+    SECTION("and the connection is shared by the next operations") {
+      Observed again;
+      timedStart(daemon, driver, again);
+      CHECK(again.outcome->ok);
+      CHECK(semaphore.requests("GET", "/api/ws").size() == 1);
+      CHECK(semaphore.websockets("connections") == 1);
+    }
+  }
+  SECTION("behind a proxy that drops the Upgrade, polling alone finds the end") {
+    semaphore.setWebsocket(false);
+    Observed seen;
+    const auto ms = timedStart(daemon, driver, seen);
+    CHECK(seen.outcome->ok);
+    CHECK(ms >= 1450);
+    CHECK(semaphore.websockets("connections") == 0);
+  }
+}
+
+TEST_CASE("a dropped live-update connection is reopened and the followed task looked at again") {
+  // Polls at 100, 300, 700, 1500, 3100, 6300 ms; the task ends at about 3.6 s.
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "run": "succeed", "after_ms": 3500})"});
+  Daemon daemon(tokenSettings(semaphore));
+  auto settings = serviceSettings(22);
+  settings.pollInterval = 10s;
+  settings.taskTimeout = 30s;
+  SemaphoreDriver driver(daemon.client, "comfyui", settings);
+
+  Observed seen;
+  const auto started = std::chrono::steady_clock::now();
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return semaphore.websockets("connections") == 1; }, 5s));
+  semaphore.closeWebsockets();  // Semaphore restarted, or the network dropped it
+  const auto polls = semaphore.requests("GET", "/api/project/1/tasks/1").size();
+  REQUIRE(daemon.runUntil([&] { return semaphore.websockets("connections") == 1; }, 5s));
+  // Announcements may have been missed meanwhile: one look at once.
+  REQUIRE(daemon.runUntil([&] { return semaphore.requests("GET", "/api/project/1/tasks/1").size() > polls; }, 1s));
+  CHECK(semaphore.requests("GET", "/api/ws").size() == 2);
+
+  // Semaphore pings now and then; controld answers.
+  semaphore.pingWebsockets();
+  REQUIRE(daemon.runUntil([&] { return semaphore.websockets("pongs") == 1; }, 3s));
+
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }, 10s));
+  CHECK(seen.outcome->ok);
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count();
+  CHECK(ms < 5000);  // the announcement, not the poll at 6.3 s
+}
+
+TEST_CASE("with a username and password, the live-update connection carries the session cookie") {
+  SemaphoreDouble semaphore({"--user", "alice:wonderland", "--template", R"({"id": 22, "after_ms": 300})"});
+  SemaphoreSettings settings = tokenSettings(semaphore);
+  settings.apiToken.clear();
+  settings.username = "alice";
+  settings.password = "wonderland";
+  Daemon daemon(settings);
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  CHECK(seen.outcome->ok);
+  REQUIRE(daemon.runUntil([&] { return semaphore.websockets("connections") == 1; }, 3s));
+  const auto ws = semaphore.requests("GET", "/api/ws");
+  REQUIRE(ws.size() == 1);
+  CHECK(ws[0].authorization.empty());
+  CHECK(ws[0].cookie == semaphore.requests("POST", "/api/project/1/tasks")[0].cookie);
+  CHECK(semaphore.requests("POST", "/api/auth/login").size() == 1);
 }

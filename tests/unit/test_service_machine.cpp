@@ -332,6 +332,17 @@ TEST_CASE("after a restart the machine continues instead of starting again") {
     Effects e = after.restore(5000, before.snapshot());
     CHECK(e.runStartDriver);
   }
+  SECTION("a start whose driver had begun but had no task id yet is resumed, not launched again") {
+    // The Semaphore POST may have created a task whose id never came back.
+    OperationRecord r = *before.snapshot().operation;
+    r.driver = "semaphore";
+    before.operationProgress(r);
+    ServiceMachine after("svc", commandSettings());
+    Effects e = after.restore(5000, before.snapshot());
+    CHECK(e.resumeDriver);
+    CHECK_FALSE(e.runStartDriver);
+    CHECK(after.snapshot().operation->driver == "semaphore");
+  }
   SECTION("a start waiting for health waits again") {
     before.operationDone(100, ok());
     ServiceMachine after("svc", commandSettings());
@@ -363,6 +374,28 @@ TEST_CASE("after a restart the machine continues instead of starting again") {
     ServiceMachine after("svc", commandSettings());
     after.restore(21'000, before.snapshot());
     CHECK(after.state() == ServiceState::Warm);
+  }
+  SECTION("a stop whose driver had not begun is run; one that had begun is resumed") {
+    before.operationDone(100, ok());
+    before.healthy(200);
+    before.stopRequested(300);
+    REQUIRE(before.phase() == Phase::Driver);
+    SECTION("not begun") {
+      ServiceMachine after("svc", commandSettings());
+      Effects e = after.restore(5000, before.snapshot());
+      CHECK(e.runStopDriver);
+      CHECK_FALSE(e.resumeDriver);
+      CHECK(after.state() == ServiceState::Stopping);
+    }
+    SECTION("begun") {
+      OperationRecord r = *before.snapshot().operation;
+      r.driver = "semaphore";
+      before.operationProgress(r);
+      ServiceMachine after("svc", commandSettings());
+      Effects e = after.restore(5000, before.snapshot());
+      CHECK(e.resumeDriver);
+      CHECK_FALSE(e.runStopDriver);
+    }
   }
   SECTION("epochs keep increasing across a restart") {
     const auto epoch = before.epoch();
