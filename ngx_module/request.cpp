@@ -6,6 +6,7 @@
 #include <cstring>
 #include <exception>
 #include <new>
+#include <type_traits>
 
 #include "ngx_module/answers.hpp"
 #include "ngx_module/worker.hpp"
@@ -89,13 +90,54 @@ const char* stateNameFor(const ServiceEntry& entry) {
 
 // --- request contexts ---------------------------------------------------------
 
+// Main requests' contexts come from a free list of the worker, not from the
+// request pool: a proxied request has usually filled its pool by the time
+// the module runs, and the context would make nginx allocate (and free) a
+// whole new pool block for every request. A few hundred are kept for reuse;
+// plain globals, so nothing depends on destruction order at exit.
+struct FreeCtx {
+  FreeCtx* next;
+};
+FreeCtx* freeCtxs = nullptr;
+std::size_t freeCtxCount = 0;
+#if defined(__SANITIZE_ADDRESS__)
+constexpr std::size_t kMaxFreeCtxs = 0;  // every context freed: AddressSanitizer sees a use after the end
+#else
+constexpr std::size_t kMaxFreeCtxs = 256;
+#endif
+
+void* allocateMainCtx() {
+  if (freeCtxs == nullptr) return ::operator new(sizeof(RequestCtx), std::nothrow);
+  FreeCtx* memory = freeCtxs;
+  freeCtxs = memory->next;
+  --freeCtxCount;
+  return memory;
+}
+
+void releaseMainCtx(RequestCtx* ctx) {
+  if (freeCtxCount >= kMaxFreeCtxs) {
+    ::operator delete(ctx);
+    return;
+  }
+  auto* memory = reinterpret_cast<FreeCtx*>(ctx);
+  memory->next = freeCtxs;
+  freeCtxs = memory;
+  ++freeCtxCount;
+}
+
 RequestCtx* newCtx(ngx_http_request_t* r) {
+  static_assert(sizeof(RequestCtx) >= sizeof(FreeCtx) && std::is_trivially_destructible_v<RequestCtx>);
   void* memory = nullptr;
   if (r == r->main) {
-    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, sizeof(RequestCtx));
-    if (cln == nullptr) return nullptr;
+    memory = allocateMainCtx();
+    if (memory == nullptr) return nullptr;
+    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == nullptr) {
+      ::operator delete(memory);
+      return nullptr;
+    }
     cln->handler = mainPoolCleanup;
-    memory = cln->data;
+    cln->data = memory;
   } else {
     memory = ngx_palloc(r->pool, sizeof(RequestCtx));
     if (memory == nullptr) return nullptr;
@@ -206,10 +248,12 @@ void requestCleanup(void* data) {
 void mainPoolCleanup(void* data) {
   auto* ctx = static_cast<RequestCtx*>(data);
   stopWaiting(ctx, false);
-  if (Worker::current() == nullptr) return;  // the worker is exiting
-  for (int i = 0; i < ctx->countedN; ++i)
-    ctx->countedLink[i]->requestFinished(*ctx->counted[i]);
+  if (Worker::current() != nullptr) {  // (not when the worker is exiting)
+    for (int i = 0; i < ctx->countedN; ++i)
+      ctx->countedLink[i]->requestFinished(*ctx->counted[i]);
+  }
   ctx->countedN = 0;
+  releaseMainCtx(ctx);
 }
 
 void onWaitTimeout(ngx_event_t* ev) {

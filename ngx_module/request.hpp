@@ -21,9 +21,10 @@ enum class Phase : std::uint8_t { Fresh, Parked, Recheck, Passed, Answer, Answer
 
 inline constexpr int kMaxCountedServices = 4;
 
-// Lives in the request pool. The main request's context is attached to a
-// pool cleanup, so it survives internal redirects (which clear module
-// contexts) and ends with the request, when its in-flight counts are
+// A subrequest's context lives in the request pool. The main request's
+// context is the data of a pool cleanup (its memory comes from the worker's
+// free list, see newCtx), so it survives internal redirects (which clear
+// module contexts) and ends with the request, when its in-flight counts are
 // returned.
 struct RequestCtx {
   ngx_http_request_t* request;
