@@ -280,7 +280,7 @@ class HoldLoad:
     """bench/holdload.c in the background; its progress lines are read by a thread."""
 
     def __init__(self, bench, port, conns, path="/", timeout=60, expect=None, times=None, hold=None,
-                 connect_first=False, batch=500, pause_ms=5):
+                 connect_first=False, batch=500, pause_ms=5, close=False):
         argv = [bench.holdload, "--port", str(port), "--path", path, "--conns", str(conns), "--timeout",
                 str(timeout), "--batch", str(batch), "--pause-ms", str(pause_ms)]
         if expect:
@@ -291,6 +291,8 @@ class HoldLoad:
             argv += ["--hold", str(hold)]
         if connect_first:
             argv.append("--connect-first")
+        if close:
+            argv.append("--close")
         self.command = " ".join(shlex.quote(a) for a in argv)
         self.events = {}
         self.cond = threading.Condition()

@@ -5,6 +5,7 @@
  *   holdload --port P [--host 127.0.0.1] [--path /] [--conns N]
  *            [--batch 500] [--pause-ms 5]   open N in batches of B, P ms apart
  *            [--connect-first]              connect all N, then send all requests at once
+ *            [--close]                      ask for "Connection: close"
  *            [--hold S]                     keep the connections S seconds, then close (no waiting for answers)
  *            [--timeout S]                  give up waiting for answers after S seconds (default 60)
  *            [--expect TEXT]                an answer counts as the service's when its body contains TEXT
@@ -15,8 +16,9 @@
  *   sent <n> <monotonic ns>           every request has been written
  *   done {json}                       the summary: answers by status, the service's answers, errors
  * Times are CLOCK_MONOTONIC, the clock of Python's time.monotonic_ns(). Each
- * request says "Connection: close"; an answer is complete when its headers and
- * Content-Length bytes of body have arrived. */
+ * request is a plain HTTP/1.1 GET (keep-alive; "Connection: close" with
+ * --close); an answer is complete when its headers and Content-Length bytes of
+ * body have arrived, and the connection is closed then. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -63,6 +65,7 @@ static int opt_conns = 100;
 static int opt_batch = 500;
 static int opt_pause_ms = 5;
 static int opt_connect_first = 0;
+static int opt_close = 0;
 static double opt_hold = 0;
 static double opt_timeout = 60;
 static const char* opt_expect = NULL;
@@ -200,7 +203,7 @@ static void poll_events(int timeout_ms) {
 static void usage(void) {
   fprintf(stderr,
           "usage: holdload --port P [--host H] [--path /] [--conns N] [--batch B] [--pause-ms MS]\n"
-          "                [--connect-first] [--hold S] [--timeout S] [--expect TEXT] [--times FILE]\n");
+          "                [--connect-first] [--close] [--hold S] [--timeout S] [--expect TEXT] [--times FILE]\n");
   exit(2);
 }
 
@@ -210,6 +213,10 @@ int main(int argc, char** argv) {
     const char* v = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(a, "--connect-first") == 0) {
       opt_connect_first = 1;
+      continue;
+    }
+    if (strcmp(a, "--close") == 0) {
+      opt_close = 1;
       continue;
     }
     if (v == NULL) usage();
@@ -251,9 +258,8 @@ int main(int argc, char** argv) {
   struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt_port)};
   if (inet_pton(AF_INET, opt_host, &addr.sin_addr) != 1) usage();
   request_len = (size_t)snprintf(request, sizeof request,
-                                 "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: holdload\r\nAccept: */*\r\n"
-                                 "Connection: close\r\n\r\n",
-                                 opt_path, opt_host, opt_port);
+                                 "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: holdload\r\nAccept: */*\r\n%s\r\n",
+                                 opt_path, opt_host, opt_port, opt_close ? "Connection: close\r\n" : "");
 
   conns = calloc((size_t)opt_conns, sizeof *conns);
   if (conns == NULL) die("calloc");
