@@ -946,6 +946,9 @@ class Report:
         for row in self.summary_rows():
             self.w("| %s |" % " | ".join(row))
         self.w()
+        self.w("Where a target is not met, [README.md](README.md#reading-the-results) says where the time or the "
+               "memory goes.")
+        self.w()
 
     def warm(self):
         r = self.r.get("warm")
@@ -1118,6 +1121,9 @@ plot %s
                          ("reference: the same request once warm", warmreq)):
             self.w("| %s | %.1f ms | %.1f ms | %.1f ms |" % (label, statistics.median(v), percentile(v, 99), max(v)))
         self.w()
+        if len(rows) <= 100:  # nearest rank
+            self.w("(With %d starts the p99 is the largest of them.)" % len(rows))
+            self.w()
         f = self.data("lag.dat", [(round(x, 3), round((i + 1) / len(lags), 5)) for i, x in enumerate(sorted(lags))])
         g = self.data("lag-probe.dat", [(round(x, 3), round((i + 1) / len(probe), 5))
                                          for i, x in enumerate(sorted(probe))])
@@ -1194,7 +1200,9 @@ plot '%s' using 1:2 with points pt 7 ps 0.5 title 'X / Y', 0.95 with lines dt 2 
                                                                                    f"{b['services']:,}"))
         self.w("| --- | --- | --- | --- |")
         for key, label, unit, digits in (
-                ("idle_cpu_percent_of_core", "idle CPU over %g s (%% of one core)" % s["idle_seconds"], " %", 3),
+                ("idle_cpu_percent_of_core", "idle CPU over %g s (%% of one core; counted in %d ms ticks, so "
+                 "the resolution is %.3f %%)" % (s["idle_seconds"], 1000 // os.sysconf("SC_CLK_TCK"),
+                                                 100.0 / os.sysconf("SC_CLK_TCK") / s["idle_seconds"]), " %", 3),
                 ("rss_mib", "RSS", " MiB", 1),
                 ("fanout_ms_median", "push of a state change to every subscriber, median", " ms", 3),
                 ("fanout_ms_p99", "the same, p99", " ms", 3),
@@ -1202,7 +1210,7 @@ plot '%s' using 1:2 with points pt 7 ps 0.5 title 'X / Y', 0.95 with lines dt 2 
                 ("first_wakes_per_second", "wakes per second, each one a start (state written, fsync)", "", 0)):
             a_, b_ = s[key], b[key]
             if digits == 0:
-                self.w("| %s | %s | %s | %+d |" % (label, f"{a_:,}", f"{b_:,}", a_ - b_))
+                self.w("| %s | %s | %s | %s |" % (label, f"{a_:,}", f"{b_:,}", f"{a_ - b_:+,}"))
             else:
                 self.w("| %s | %s%s | %s%s | %+.*f%s |" % (label, fmt(a_, digits), unit, fmt(b_, digits), unit,
                                                            digits, a_ - b_, unit))
