@@ -434,9 +434,7 @@ int cliMain(int argc, char** argv) {
         std::cerr << formatProblem(e) << "\n";
       return kExitUsage;
     }
-    if (!serveSocket.empty()) result.config->socketPath = serveSocket;
-    if (!serveStateDir.empty()) result.config->stateDir = serveStateDir;
-    Daemon daemon(std::move(*result.config), processEnvironment());
+    Daemon daemon(std::move(*result.config), processEnvironment(), ServeOverrides{serveSocket, serveStateDir});
     return daemon.run();
   }
   const std::string socket = resolveSocket(socketOption, configOption);

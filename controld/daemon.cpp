@@ -45,6 +45,12 @@ const char* driverName(const ServiceConfig& c) {
   return "none";
 }
 
+Config withOverrides(Config config, const ServeOverrides& overrides) {
+  if (!overrides.socketPath.empty()) config.socketPath = overrides.socketPath;
+  if (!overrides.stateDir.empty()) config.stateDir = overrides.stateDir;
+  return config;
+}
+
 }  // namespace
 
 struct Daemon::Service {
@@ -65,8 +71,12 @@ struct Daemon::Service {
 
 // --- construction -----------------------------------------------------------
 
-Daemon::Daemon(Config config, Environment environment)
-    : loop_(&loopStorage_), config_(std::move(config)), environment_(std::move(environment)), store_(config_.stateDir) {
+Daemon::Daemon(Config config, Environment environment, ServeOverrides overrides)
+    : loop_(&loopStorage_),
+      config_(withOverrides(std::move(config), overrides)),
+      environment_(std::move(environment)),
+      overrides_(std::move(overrides)),
+      store_(config_.stateDir) {
   uv_loop_init(loop_);
   http_ = std::make_unique<HttpClient>(loop_);
   writer_ = std::make_unique<StateWriter>(loop_, store_);
@@ -695,7 +705,7 @@ void Daemon::reload() {
     notifySystemd("READY=1");
     return;
   }
-  Config next = std::move(*result.config);
+  Config next = withOverrides(std::move(*result.config), overrides_);
   if (next.socketPath != config_.socketPath || next.stateDir != config_.stateDir) {
     LogLine(LogLevel::Warning, "reload_partial").kv("why", "socket and state_dir changes need a restart");
     next.socketPath = config_.socketPath;

@@ -26,9 +26,16 @@ namespace ondemand::controld {
 
 class SemaphoreClient;
 
+// `serve --socket` / `--state-dir`: they win over the configuration file, at
+// start and at every reload.
+struct ServeOverrides {
+  std::string socketPath;  // empty: the file's
+  std::string stateDir;    // empty: the file's
+};
+
 class Daemon : public ControlServer::Handler {
  public:
-  Daemon(Config config, Environment environment);
+  Daemon(Config config, Environment environment, ServeOverrides overrides = {});
   ~Daemon() override;
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
@@ -75,6 +82,7 @@ class Daemon : public ControlServer::Handler {
   uv_loop_t loopStorage_;
   Config config_;
   Environment environment_;
+  ServeOverrides overrides_;
   StateStore store_;
   std::unique_ptr<StateWriter> writer_;
   bool shuttingDown_ = false;

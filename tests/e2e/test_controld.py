@@ -333,6 +333,30 @@ class ControldTest(OndemandTestCase):
         self.controld.signal(signal.SIGHUP)
         wait_until(lambda: [s["name"] for s in self.status()["services"]] == ["a", "b"], 5, message="b added")
 
+    def test_serve_overrides_survive_a_reload(self):
+        """`serve --socket` wins over the file at every reload: no warning about a change nobody
+        made, and the daemon stays on the overriding socket."""
+        port = free_port()
+        self.controld_config = self.write("controld.yaml", self.config(self.sample_service_yaml("a", port)))
+        self.controld_socket = self.path("override.sock")
+        self.controld = self.spawn([os.environ["CONTROLD_BIN"], "serve", "--config", self.controld_config,
+                                    "--socket", self.controld_socket], "controld.log")
+        wait_until(lambda: self.cli_ok("status"), 10, message="controld answering on the overriding socket")
+        with open(self.controld_config, "a") as f:
+            f.write(self.sample_service_yaml("b", free_port()))
+        self.controld.signal(signal.SIGHUP)
+        wait_until(lambda: [s["name"] for s in self.status()["services"]] == ["a", "b"], 5, message="b added")
+        self.assertNotIn("reload_partial", self.controld.output())
+        self.assertFalse(os.path.exists(self.path("controld.sock")))
+        # A change the file makes itself is still reported, and not applied.
+        with open(self.controld_config) as f:
+            text = f.read().replace("state_dir: %s/state" % self.dir, "state_dir: %s/elsewhere" % self.dir)
+        with open(self.controld_config, "w") as f:
+            f.write(text)
+        self.controld.signal(signal.SIGHUP)
+        wait_until(lambda: "reload_partial" in self.controld.output(), 5, message="reload_partial")
+        self.assertTrue(self.cli_ok("status"))
+
     def test_sigterm_shuts_down_cleanly_and_removes_the_socket(self):
         self.start_controld(self.config(self.sample_service_yaml("a", free_port())))
         self.assertEqual(self.controld.stop(signal.SIGTERM), 0)
