@@ -10,6 +10,7 @@ import unittest
 
 from module_case import ModuleTestCase
 from harness import free_port, wait_until
+from h2client import H2Connection
 
 PROXY = "proxy_pass http://127.0.0.1:{port};"
 
@@ -250,6 +251,42 @@ class HeldRequestsTest(ModuleTestCase):
         wait_until(lambda: self.status("app")["services"][0]["started_total"] == 8, 5,
                    message="8 requests counted once each (got %d)" % self.status("app")["services"][0]["started_total"])
 
+    def h2_front(self, service, port):
+        """The location on a second, HTTP/2-only (prior knowledge, cleartext) server; returns its port."""
+        h2 = free_port()
+        self.start_front(location("/", service, port), http_extra="server { listen 127.0.0.1:%d http2; %s }" % (
+            h2, location("/", service, port)))
+        return h2
+
+    def test_http2_streams_held_on_one_connection_are_all_released(self):
+        port = free_port()
+        self.start_controld_with([self.sample_yaml("notes", port, ready_after=1.5)])
+        h2 = self.h2_front("notes", port)
+
+        conn = H2Connection(h2)
+        self.addCleanup(conn.close)
+        conn.get_many("/hello", 20)
+        self.wait_waiting("notes", 20)
+        streams = conn.wait_all()
+        self.assertEqual([(s.status, s.reset) for s in streams], [(200, None)] * 20)
+        for s in streams:
+            self.assertIn(b"hello from notes", s.body)
+        self.assertEqual(len([h for h in self.history("notes") if h["to"] == "starting"]), 1)
+        wait_until(lambda: self.front_service("notes").get("in_flight") == 0, 5, message="in flight back to 0")
+
+    def test_an_http2_connection_closed_while_its_streams_wait_leaves_nothing_behind(self):
+        port = free_port()
+        self.start_controld_with([self.sample_yaml("notes", port, ready_after=30.0, start_timeout="60s")])
+        h2 = self.h2_front("notes", port)
+
+        conn = H2Connection(h2)
+        conn.get_many("/hello", 10)
+        self.wait_waiting("notes", 10)
+        conn.close()
+        self.wait_waiting("notes", 0)
+        wait_until(lambda: self.front_service("notes").get("in_flight") == 0, 5, message="in flight back to 0")
+        wait_until(lambda: self.status("notes")["services"][0]["in_flight"] == 0, 5,
+                   message="controld sees in flight back to 0")
 
 if __name__ == "__main__":
     unittest.main()
