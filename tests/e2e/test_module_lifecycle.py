@@ -13,6 +13,7 @@ import unittest
 
 from module_case import ModuleTestCase
 from harness import free_port, wait_until
+from test_controld import WorkerClient
 
 
 def location(path, service, port, extra=""):
@@ -119,6 +120,36 @@ class LifecycleTest(ModuleTestCase):
         self.assertIn("hello from cycle", result.body)
         states = [h["to"] for h in self.history("cycle")]
         self.assertEqual(states[-4:], ["stopping", "cold", "starting", "warm"], states)
+
+    def test_a_request_arriving_while_the_stop_is_announced_calls_the_stop_off(self):
+        """The drain window: controld has told the workers `stopping` and waits for every one to
+        acknowledge. A protocol client that never acknowledges holds the window open (up to
+        2 s) so that a request can reliably arrive in it; nginx must hold it, and its wake must
+        call the stop off rather than let the stop command run."""
+        port = free_port()
+        self.start_controld_with([self.sample_yaml("drain", port, idle="1s")])
+        self.start_front(location("/", "drain", port))
+        first = self.get("/")
+        self.assertEqual(first.status, 200, first)
+        silent = WorkerClient(self.controld_socket)
+        self.addCleanup(silent.close)
+        silent.send({"type": "subscribe"})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            msg = silent.read()
+            if msg and msg.get("type") == "state" and msg["service"] == "drain" and msg["state"] == "stopping":
+                break
+        else:
+            self.fail("no stopping announcement")
+        sent = time.monotonic()
+        result = self.get("/in-the-window")
+        self.assertEqual(result.status, 200, result)
+        self.assertLess(time.monotonic() - sent, 1.5, "answered when the stop was called off, not after the window")
+        self.assertEqual(re.search(r"pid (\d+)", result.body).group(1), re.search(r"pid (\d+)", first.body).group(1),
+                         "the same instance answered: it was never stopped")
+        states = [h["to"] for h in self.history("drain")]
+        self.assertEqual(states[-2:], ["stopping", "warm"], states)
+        self.assertTrue(self.sample_running("drain"))
 
     def test_controld_going_away_and_coming_back(self):
         warm_port, cold_port = free_port(), free_port()
