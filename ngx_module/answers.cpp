@@ -27,6 +27,8 @@ const char* errorCode(AnswerKind kind) {
       return "starting";
     case AnswerKind::ShuttingDown:
       return "shutting_down";
+    case AnswerKind::NotWoken:
+      return "not_woken";
     case AnswerKind::None:
       break;
   }
@@ -50,6 +52,8 @@ const char* title(AnswerKind kind) {
       return "Service starting";
     case AnswerKind::ShuttingDown:
       return "Server shutting down";
+    case AnswerKind::NotWoken:
+      return "Service not running";
     case AnswerKind::None:
       break;
   }
@@ -88,6 +92,7 @@ int retryAfterOf(AnswerKind kind) {
     case AnswerKind::DaemonDown:
     case AnswerKind::NotReady:
     case AnswerKind::ShuttingDown:
+    case AnswerKind::NotWoken:
       return kRetryAfterSeconds;
     case AnswerKind::WaitingPage:
       return kPageRefreshSeconds;
@@ -162,6 +167,7 @@ int statusOf(AnswerKind kind) {
     case AnswerKind::NotReady:
     case AnswerKind::WaitingPage:
     case AnswerKind::ShuttingDown:
+    case AnswerKind::NotWoken:
       return 503;
     case AnswerKind::None:
       break;
@@ -194,6 +200,9 @@ std::string describe(const AnswerFacts& f) {
     case AnswerKind::ShuttingDown:
       return "nginx is shutting down while this request waited for service " + name + "; retry in " +
              std::to_string(kRetryAfterSeconds) + " s.";
+    case AnswerKind::NotWoken:
+      return "Service " + name + " is not running (" + std::string(f.state) +
+             ") and this request does not wake it or wait for it (ondemand_passive).";
     case AnswerKind::None:
       break;
   }

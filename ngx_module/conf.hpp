@@ -42,6 +42,7 @@ struct LocConf {
   ngx_int_t maxWaiting;   // ondemand_max_waiting
   ngx_uint_t daemonDown;  // ondemand_daemon_down (DaemonDownPolicy)
   PageTemplate* page;     // ondemand_page; nullptr: the built-in page
+  ngx_array_t* passive;   // ondemand_passive: its predicates; nullptr: not passive
   ngx_flag_t status;      // ondemand_status
   ngx_uint_t endpoint;    // from the server's ondemand_control, set when merged
 };

@@ -44,9 +44,19 @@ bool equalsNoCase(std::string_view a, std::string_view b) {
   return a.size() == b.size() && containsNoCase(a, b);
 }
 
-}  // namespace
+// A passive request (a bot, an uptime checker) goes on only to a warm
+// service: it wakes nothing and waits for nothing, and an answer that says
+// what is wrong (a failed start, an unknown service) stays that answer.
+Decision passively(Decision d) {
+  d.wake = false;
+  if (d.action == Action::Park || d.answer == AnswerKind::NotReady || d.answer == AnswerKind::WaitingPage ||
+      d.answer == AnswerKind::TooManyWaiting) {
+    return answer(AnswerKind::NotWoken);
+  }
+  return d;
+}
 
-Decision decide(const Situation& s) {
+Decision decideActively(const Situation& s) {
   switch (s.link) {
     case LinkStatus::Down:
       switch (s.policy) {
@@ -93,6 +103,13 @@ Decision decide(const Situation& s) {
       break;
   }
   return notWarm(s, true);
+}
+
+}  // namespace
+
+Decision decide(const Situation& s) {
+  const Decision d = decideActively(s);
+  return s.passive ? passively(d) : d;
 }
 
 bool isBrowserNavigation(std::string_view method, std::string_view accept, std::string_view secFetchMode,

@@ -29,6 +29,7 @@ enum class AnswerKind {
   NotReady,        // 503: ondemand_mode reject
   WaitingPage,     // 503: ondemand_mode page (or auto for a browser)
   ShuttingDown,    // 503: the worker exits with the request still parked
+  NotWoken,        // 503: ondemand_passive, and the service is not warm
 };
 
 enum class Action { Pass, Park, Answer };
@@ -45,6 +46,7 @@ struct Situation {
   bool alreadyWaiting = false;  // the request was parked before (a re-check)
   std::size_t waiting = 0;      // requests this worker holds for the service
   std::size_t maxWaiting = 1024;
+  bool passive = false;  // ondemand_passive: never wakes, never waits
 };
 
 struct Decision {

@@ -37,6 +37,7 @@ char* setService(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* setChoice(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* setPage(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* setStatus(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* setPassive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* checkWait(ngx_conf_t* cf, void* post, void* data);
 char* checkMaxWaiting(ngx_conf_t* cf, void* post, void* data);
 
@@ -107,6 +108,8 @@ ngx_command_t kCommands[] = {
      offsetof(LocConf, maxWaiting), &kMaxWaitingPost},
     {ngx_string("ondemand_daemon_down"), kAnyLevel | NGX_CONF_TAKE1, guardedSetter<setChoice>, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(LocConf, daemonDown), kDaemonDownPolicies},
+    {ngx_string("ondemand_passive"), kAnyLevel | NGX_CONF_1MORE, guardedSetter<setPassive>, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, passive), nullptr},
     {ngx_string("ondemand_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, guardedSetter<setStatus>,
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     ngx_null_command,
@@ -232,6 +235,7 @@ void* createLocConf(ngx_conf_t* cf) {
   conf->maxWaiting = NGX_CONF_UNSET;
   conf->daemonDown = NGX_CONF_UNSET_UINT;
   conf->page = static_cast<PageTemplate*>(NGX_CONF_UNSET_PTR);
+  conf->passive = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
   conf->endpoint = NGX_CONF_UNSET_UINT;
   return conf;
 }
@@ -246,6 +250,7 @@ char* mergeLocConf(ngx_conf_t* cf, void* parent, void* child) {
   ngx_conf_merge_value(conf->maxWaiting, prev->maxWaiting, static_cast<ngx_int_t>(kDefaultMaxWaiting));
   ngx_conf_merge_uint_value(conf->daemonDown, prev->daemonDown, static_cast<ngx_uint_t>(DaemonDownPolicy::LastKnown));
   ngx_conf_merge_ptr_value(conf->page, prev->page, nullptr);
+  ngx_conf_merge_ptr_value(conf->passive, prev->passive, nullptr);
 
   // The controld of the server this location is in: only endpoints that
   // some location needs get a connection in the workers.
@@ -333,6 +338,18 @@ char* setStatus(ngx_conf_t* cf, ngx_command_t*, void* conf) {
   auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
   clcf->handler = statusHandler;
   return NGX_CONF_OK;
+}
+
+// `ondemand_passive off;` turns an inherited setting off: read as a
+// predicate, "off" would be a non-empty value, so passive.
+char* setPassive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+  auto* lcf = static_cast<LocConf*>(conf);
+  if (lcf->passive != NGX_CONF_UNSET_PTR) return const_cast<char*>("is duplicate");
+  if (cf->args->nelts == 2 && view(args(cf)[1]) == "off") {
+    lcf->passive = nullptr;
+    return NGX_CONF_OK;
+  }
+  return ngx_http_set_predicate_slot(cf, cmd, conf);
 }
 
 char* checkWait(ngx_conf_t*, void*, void* data) {

@@ -339,6 +339,7 @@ Situation situationOf(ngx_http_request_t* r, const RequestCtx* ctx, const LocCon
   s.alreadyWaiting = ctx->waitStarted;
   s.waiting = entry.parked.size();
   s.maxWaiting = lcf->maxWaiting;
+  s.passive = ctx->passive;
   if (s.mode == Mode::Auto && !(s.known && s.state == ServiceState::Warm)) {
     s.browserNavigation = isBrowserNavigation(view(r->method_name), headerValue(r, "Accept"),
                                               headerValue(r, "Sec-Fetch-Mode"), headerValue(r, "Upgrade"));
@@ -357,7 +358,8 @@ ngx_int_t decideAndAct(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
       case Action::Pass:
         stopWaiting(ctx, true);
         ctx->phase = Phase::Passed;
-        countInFlight(r, link, entry);
+        // A passive request is not activity: it keeps nothing warm.
+        if (!ctx->passive) countInFlight(r, link, entry);
         return NGX_DECLINED;
       case Action::Answer:
         ctx->phase = Phase::Answer;
@@ -401,6 +403,12 @@ ngx_int_t handle(ngx_http_request_t* r, LocConf* lcf) {
   } else {
     ctx = attachCtx(r);
     if (ctx == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (lcf->passive != nullptr) {
+      // Like proxy_no_cache: passive when a value is neither empty nor "0".
+      const ngx_int_t rc = ngx_http_test_predicates(r, lcf->passive);
+      if (rc == NGX_ERROR) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+      ctx->passive = rc == NGX_DECLINED;
+    }
   }
   ctx->link = link;
   ctx->service = &link->services().get(view(lcf->service));

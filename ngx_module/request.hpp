@@ -39,6 +39,7 @@ struct RequestCtx {
   bool waitStarted;        // waiting now: the wait timer runs
   bool cleanupAdded;       // the request cleanup that unparks is registered
   bool inHandler;          // the phase handler is on the stack
+  bool passive;            // ondemand_passive held for this request (looked at once)
   const char* foundState;  // for $ondemand_state: what the first look found
   // Main request only: the services it counts as in flight.
   std::uint8_t countedN;

@@ -48,9 +48,10 @@ class ConfigTest(OndemandTestCase):
                                        " {{elapsed_seconds}} {{refresh}}</p>")
         out = self.nginx_t("ondemand_control unix:%s/c.sock; ondemand_wait 90s; ondemand_mode block;\n" % self.dir +
                            self.server("ondemand_service comfy-ui_2.x; ondemand_mode page; ondemand_page %s;"
-                                       " ondemand_max_waiting 5; ondemand_daemon_down closed;" % page) +
+                                       " ondemand_max_waiting 5; ondemand_daemon_down closed;"
+                                       " ondemand_passive $arg_probe $http_x_probe;" % page) +
                            "\nserver { listen 127.0.0.1:%d; ondemand_service a; location /s { ondemand_status; }"
-                           " location /off { ondemand_service off; return 204; } }" % free_port())
+                           " location /off { ondemand_service off; ondemand_passive off; return 204; } }" % free_port())
         self.assertEqual(out.returncode, 0, out.stderr)
 
     def test_bad_values_fail_naming_the_directive(self):
@@ -70,6 +71,8 @@ class ConfigTest(OndemandTestCase):
             ("ondemand_max_waiting", "", "ondemand_max_waiting 0;"),
             ("ondemand_max_waiting", "", "ondemand_max_waiting many;"),
             ("ondemand_daemon_down", "ondemand_daemon_down sometimes;", ""),
+            ("ondemand_passive", "", "ondemand_passive;"),
+            ("ondemand_passive", "", "ondemand_passive on; ondemand_passive off;"),
             ("ondemand_status", "ondemand_status;", ""),
             ("ondemand_status", "", "ondemand_status on;"),
         ]

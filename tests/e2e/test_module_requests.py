@@ -200,6 +200,39 @@ class HeldRequestsTest(ModuleTestCase):
         self.assertGreaterEqual(int(lines[0][4]), 900)
         self.assertEqual(lines[1][4], "0")
 
+    def test_passive_requests_neither_wake_a_service_nor_keep_it_warm(self):
+        port = free_port()
+        self.start_controld_with([self.sample_yaml("quiet", port, idle="2s")])
+        self.start_front(location("/", "quiet", port) +
+                         location("/always/", "quiet", port, "ondemand_passive off;"),
+                         server_extra="ondemand_passive $quiet_bot;",
+                         http_extra="map $http_user_agent $quiet_bot { default 0; ~*uptime-checker 1; }")
+        bot = {"User-Agent": "uptime-checker/1.0", "Accept": "*/*"}
+
+        # Cold: the checker is told so at once and wakes nothing.
+        result = self.get("/", headers=bot)
+        self.assertEqual(result.status, 503, result)
+        self.assertEqual(json.loads(result.body)["error"], "not_woken")
+        self.assertEqual(result.headers.get("retry-after"), "5")
+        time.sleep(0.3)
+        self.assertEqual(self.service_state("quiet"), "cold")
+        self.assertEqual(self.messages_received().get("wake", 0), 0)
+        # `ondemand_passive off` in a location overrides the server's: this one wakes it.
+        self.assertEqual(self.get("/always/", headers=bot).status, 200)
+
+        # Warm: the checker is served, but its requests are not activity.
+        started = self.status("quiet")["services"][0]["started_total"]
+        deadline = time.monotonic() + 8
+        answered = 0
+        while time.monotonic() < deadline and self.service_state("quiet") == "warm":
+            self.assertIn(self.get("/", headers=bot).status, (200, 503))
+            answered += 1
+            time.sleep(0.1)
+        self.assertGreater(answered, 10)
+        self.wait_state("quiet", "cold", timeout=10)  # stopped after idle_timeout in spite of the checker
+        self.assertEqual(self.status("quiet")["services"][0]["started_total"], started)
+        self.assertEqual(len([h for h in self.history("quiet") if h["to"] == "starting"]), 1)
+
     def test_an_unknown_service_answers_502_naming_it_and_logs_once(self):
         port = free_port()
         self.start_controld_with([self.sample_yaml("known", port)])

@@ -103,6 +103,29 @@ TEST_CASE("controld down: last_known, open and closed") {
   CHECK(decide(s).action == Action::Park);
 }
 
+TEST_CASE("a passive request goes on to a warm service only: it wakes nothing and waits for nothing") {
+  Situation s = upWith(ServiceState::Warm);
+  s.passive = true;
+  CHECK(decide(s).action == Action::Pass);
+  for (ServiceState state : {ServiceState::Cold, ServiceState::Starting, ServiceState::Stopping}) {
+    for (Mode mode : {Mode::Block, Mode::Page, Mode::Reject, Mode::Auto}) {
+      s.state = state;
+      s.mode = mode;
+      const Decision d = decide(s);
+      CHECK(d.answer == AnswerKind::NotWoken);
+      CHECK_FALSE(d.wake);
+    }
+  }
+  // A failed start is said as such, and its back-off having passed does not make it try again.
+  s.state = ServiceState::Failed;
+  CHECK(decide(s).answer == AnswerKind::StartFailed);
+  s.retryAllowed = true;
+  CHECK(decide(s).answer == AnswerKind::NotWoken);
+  CHECK_FALSE(decide(s).wake);
+  s.known = false;
+  CHECK(decide(s).answer == AnswerKind::UnknownService);
+}
+
 TEST_CASE("while the table is being refreshed warm traffic flows and the rest waits") {
   Situation s = upWith(ServiceState::Warm);
   s.link = LinkStatus::Handshake;
@@ -157,7 +180,7 @@ TEST_CASE("answers for browsers are HTML and escape what they show") {
 
 TEST_CASE("503 answers carry Retry-After") {
   for (AnswerKind kind : {AnswerKind::TooManyWaiting, AnswerKind::DaemonDown, AnswerKind::NotReady,
-                          AnswerKind::WaitingPage, AnswerKind::ShuttingDown}) {
+                          AnswerKind::WaitingPage, AnswerKind::ShuttingDown, AnswerKind::NotWoken}) {
     AnswerFacts f;
     f.kind = kind;
     f.service = "x";
