@@ -195,6 +195,11 @@ void printDetail(const rapidjson::Document& reply) {
       std::cout << "next try:       requests wait " << formatDuration(Millis(num(s, "retry_at") - now))
                 << " (failure_backoff) before waking it again\n";
     }
+    if (num(s, "starts_ok") + num(s, "starts_failed") > 0) {
+      std::cout << "starts:         " << num(s, "starts_ok") << " ok, " << num(s, "starts_failed") << " failed";
+      if (num(s, "starts_ok") > 0) std::cout << "; the last took " << formatDuration(Millis(num(s, "last_start_ms")));
+      std::cout << "\n";
+    }
     std::cout << "driver:         " << str(s, "driver") << "\n";
     if (!str(s, "machine").empty()) std::cout << "machine:        " << str(s, "machine") << "\n";
     if (!str(s, "health_url").empty()) std::cout << "health:         " << str(s, "health_url") << "\n";

@@ -585,6 +585,12 @@ std::string Daemon::statusReply(std::int64_t id, const std::string& only, std::s
     w.Int64(snap.startingSinceMs);
     key(w, "retry_at");
     w.Int64(snap.state == ServiceState::Failed ? snap.failedAtMs + s.config.failureBackoff.count() : 0);
+    key(w, "starts_ok");
+    w.Uint64(snap.startsOk);
+    key(w, "starts_failed");
+    w.Uint64(snap.startsFailed);
+    key(w, "last_start_ms");
+    w.Int64(snap.lastStartMs);
     key(w, "in_flight");
     w.Uint64(s.machine.inFlight());
     key(w, "started_total");

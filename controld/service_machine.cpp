@@ -65,6 +65,14 @@ Effects ServiceMachine::transition(std::int64_t nowMs, ServiceState to, Phase ph
   while (s_.history.size() > historySize_)
     s_.history.pop_front();
 
+  if (s_.state == ServiceState::Starting && s_.startingSinceMs > 0) {
+    if (to == ServiceState::Warm) {
+      ++s_.startsOk;
+      s_.lastStartMs = nowMs - s_.startingSinceMs;
+    } else if (to == ServiceState::Failed) {
+      ++s_.startsFailed;
+    }
+  }
   if (to != ServiceState::Starting) s_.startingSinceMs = 0;
   s_.state = to;
   s_.phase = phase;

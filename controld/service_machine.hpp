@@ -74,6 +74,11 @@ struct MachineSnapshot {
   Cause cause = Cause::Config;
   std::string reason;
   bool restartAfterStop = false;
+  // Cold starts: how many reached warm and how many failed, and how long the
+  // last good one took from the wake to warm (what a user waits).
+  std::uint64_t startsOk = 0;
+  std::uint64_t startsFailed = 0;
+  std::int64_t lastStartMs = 0;
   std::optional<OperationRecord> operation;  // the driver operation under way
   std::optional<OperationSummary> lastOperation;
   std::deque<Transition> history;  // oldest first

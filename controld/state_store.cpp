@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -89,6 +90,12 @@ std::string snapshotToJson(const MachineSnapshot& s) {
   writeString(w, "reason", s.reason);
   w.Key("restart_after_stop");
   w.Bool(s.restartAfterStop);
+  w.Key("starts_ok");
+  w.Uint64(s.startsOk);
+  w.Key("starts_failed");
+  w.Uint64(s.startsFailed);
+  w.Key("last_start_ms");
+  w.Int64(s.lastStartMs);
   if (s.operation) {
     w.Key("operation");
     writeOperation(w, *s.operation);
@@ -156,6 +163,9 @@ std::optional<MachineSnapshot> snapshotFromJson(const std::string& text, std::st
   s.reason = stringOf(doc, "reason");
   const auto* restart = member(doc, "restart_after_stop");
   s.restartAfterStop = restart && restart->IsBool() && restart->GetBool();
+  s.startsOk = static_cast<std::uint64_t>(std::max<std::int64_t>(0, int64Of(doc, "starts_ok")));
+  s.startsFailed = static_cast<std::uint64_t>(std::max<std::int64_t>(0, int64Of(doc, "starts_failed")));
+  s.lastStartMs = int64Of(doc, "last_start_ms");
   if (const auto* op = member(doc, "operation"); op && op->IsObject()) {
     OperationRecord r;
     r.kind = kindOf(*op);

@@ -85,6 +85,11 @@ class ControldTest(OndemandTestCase):
         history = self.status("notes")["services"][0]["history"]
         self.assertEqual([(h["from"], h["to"]) for h in history], [("cold", "starting"), ("starting", "warm")])
         self.assertEqual(history[0]["cause"], "cli")
+        # The cold-start figure: one good start, timed from the wake to warm.
+        service = self.status("notes")["services"][0]
+        self.assertEqual((service["starts_ok"], service["starts_failed"]), (1, 0))
+        self.assertTrue(1400 <= service["last_start_ms"] <= elapsed * 1000 + 50, service["last_start_ms"])
+        self.assertIn("starts:         1 ok, 0 failed; the last took", self.cli("status", "notes").stdout)
 
     def test_idle_stop_runs_stop_command_but_not_with_a_request_in_flight(self):
         port = free_port()

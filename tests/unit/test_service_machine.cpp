@@ -80,6 +80,28 @@ TEST_CASE("a request wakes a cold service: start driver, then health, then warm"
   CHECK(history[1].atMs == 900);
 }
 
+TEST_CASE("cold starts are counted, and the last good one timed from the wake to warm") {
+  ServiceMachine m("svc", commandSettings());
+  const std::int64_t t0 = 1'700'000'000'000;
+  m.wake(t0, Cause::Request, "GET /");
+  m.operationDone(t0 + 400, ok());
+  m.healthy(t0 + 2'500);
+  CHECK(m.snapshot().startsOk == 1);
+  CHECK(m.snapshot().lastStartMs == 2'500);
+  CHECK(m.snapshot().startsFailed == 0);
+
+  // Stopped, woken again, and this start fails: the last good start's time stays.
+  m.stopRequested(t0 + 10'000);
+  m.operationDone(t0 + 10'100, ok());
+  REQUIRE(m.state() == ServiceState::Cold);
+  m.wake(t0 + 20'000, Cause::Request, "GET /");
+  m.operationDone(t0 + 20'300, failed("start command exited with status 1"));
+  REQUIRE(m.state() == ServiceState::Failed);
+  CHECK(m.snapshot().startsOk == 1);
+  CHECK(m.snapshot().startsFailed == 1);
+  CHECK(m.snapshot().lastStartMs == 2'500);
+}
+
 TEST_CASE("without a health check the service is warm after warmup") {
   MachineSettings s = commandSettings();
   s.hasHealthCheck = false;

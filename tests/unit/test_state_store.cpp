@@ -36,6 +36,9 @@ TEST_CASE("a snapshot written to state_dir reads back the same, operation and hi
   s.sinceMs = 1000;
   s.startingSinceMs = 900;
   s.cause = Cause::Request;
+  s.startsOk = 7;
+  s.startsFailed = 2;
+  s.lastStartMs = 41'250;
   s.operation = OperationRecord{OperationKind::Start, "semaphore", 42, 0, 950};
   s.lastOperation = OperationSummary{OperationKind::Stop, 10, 20, false, "stop failed: \"x\"", 41, "error"};
   s.history.push_back(Transition{900, ServiceState::Cold, ServiceState::Starting, Cause::Request, "GET /", 0, ""});
@@ -49,6 +52,9 @@ TEST_CASE("a snapshot written to state_dir reads back the same, operation and hi
   CHECK(back.phase == Phase::Driver);
   CHECK(back.epoch == 12);
   CHECK(back.startingSinceMs == 900);
+  CHECK(back.startsOk == 7);
+  CHECK(back.startsFailed == 2);
+  CHECK(back.lastStartMs == 41'250);
   REQUIRE(back.operation);
   CHECK(back.operation->driver == "semaphore");
   CHECK(back.operation->taskId == 42);
