@@ -19,6 +19,7 @@
 #include "controld/daemon.hpp"
 #include "controld/fd.hpp"
 #include "controld/log.hpp"
+#include "controld/metrics.hpp"
 #include "controld/semaphore_check.hpp"
 #include "controld/uv.hpp"
 #include "controld/version.hpp"
@@ -331,6 +332,19 @@ int status(const std::string& socket, const std::string& service, bool json) {
   return kExitOk;
 }
 
+int metrics(const std::string& socket) {
+  ControlClient client;
+  if (auto error = client.connect(socket)) return unreachable(socket, *error);
+  auto reply = client.command("status", "");
+  if (!reply) return unreachable(socket, "connection closed");
+  if (!(*reply)["ok"].GetBool()) {
+    std::cerr << "controld metrics: " << str(*reply, "error") << "\n";
+    return kExitUsage;
+  }
+  std::cout << prometheusText(*reply);
+  return kExitOk;
+}
+
 int events(const std::string& socket, bool json) {
   ControlClient client;
   if (auto error = client.connect(socket)) return unreachable(socket, *error);
@@ -390,13 +404,16 @@ int cliMain(int argc, char** argv) {
   auto* eventsCmd = app.add_subcommand("events", "follow state changes live");
   eventsCmd->add_flag("--json", json, "one JSON object per line");
 
+  auto* metricsCmd =
+      app.add_subcommand("metrics", "the status in Prometheus' text format (for node_exporter's textfile collector)");
+
   auto* check = app.add_subcommand("check-config", "validate a configuration: every problem with file:line and key");
   check->add_option("--config,-c", configOption, "the file to check")->required();
   check->add_flag("--online", online, "also ask Semaphore: reachable, token accepted, templates exist");
 
   app.add_subcommand("version", "print the version");
 
-  for (auto* sub : {statusCmd, startCmd, stopCmd, eventsCmd}) {
+  for (auto* sub : {statusCmd, startCmd, stopCmd, eventsCmd, metricsCmd}) {
     sub->add_option(
         "--socket,-s", socketOption,
         "control socket (default: from --config, $CONTROLD_SOCKET, or " + std::string(kDefaultSocket) + ")");
@@ -447,6 +464,7 @@ int cliMain(int argc, char** argv) {
   if (*startCmd) return startOrStop(socket, "start", service, wait, json);
   if (*stopCmd) return startOrStop(socket, "stop", service, wait, json);
   if (*eventsCmd) return events(socket, json);
+  if (*metricsCmd) return metrics(socket);
   return kExitUsage;
 }
 

@@ -1,0 +1,124 @@
+#include "controld/metrics.hpp"
+
+#include <cstdint>
+#include <sstream>
+
+#include "shared/service_state.hpp"
+
+namespace ondemand::controld {
+
+namespace {
+
+std::string stringField(const rapidjson::Value& o, const char* key) {
+  auto it = o.FindMember(key);
+  return it != o.MemberEnd() && it->value.IsString() ? it->value.GetString() : std::string();
+}
+
+std::int64_t intField(const rapidjson::Value& o, const char* key) {
+  auto it = o.FindMember(key);
+  return it != o.MemberEnd() && it->value.IsInt64() ? it->value.GetInt64() : 0;
+}
+
+// A label value: backslash, double quote and newline escaped.
+std::string label(const std::string& value) {
+  std::string out;
+  for (char c : value) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+class Exposition {
+ public:
+  void family(const char* name, const char* type, const char* help) {
+    out_ << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n';
+  }
+  template <typename Number>
+  void sample(const char* name, const std::string& labels, Number value) {
+    out_ << name;
+    if (!labels.empty()) out_ << '{' << labels << '}';
+    out_ << ' ' << value << '\n';
+  }
+  std::string text() const { return out_.str(); }
+
+ private:
+  std::ostringstream out_;
+};
+
+}  // namespace
+
+std::string prometheusText(const rapidjson::Value& status) {
+  Exposition e;
+  const auto services = status.FindMember("services");
+  const bool haveServices = services != status.MemberEnd() && services->value.IsArray();
+  auto eachService = [&](auto&& fn) {
+    if (!haveServices) return;
+    for (const auto& s : services->value.GetArray())
+      if (s.IsObject()) fn(s, "service=\"" + label(stringField(s, "name")) + "\"");
+  };
+
+  e.family("ondemand_service_state", "gauge", "1 for the state the service is in, 0 for the others.");
+  eachService([&](const rapidjson::Value& s, const std::string& service) {
+    const std::string state = stringField(s, "state");
+    for (ServiceState candidate : {ServiceState::Cold, ServiceState::Starting, ServiceState::Warm,
+                                   ServiceState::Stopping, ServiceState::Failed}) {
+      const std::string name(toString(candidate));
+      e.sample("ondemand_service_state", service + ",state=\"" + name + "\"", state == name ? 1 : 0);
+    }
+  });
+  e.family("ondemand_service_in_flight", "gauge", "Requests in flight in all nginx workers.");
+  eachService([&](const rapidjson::Value& s, const std::string& service) {
+    e.sample("ondemand_service_in_flight", service, intField(s, "in_flight"));
+  });
+  e.family("ondemand_service_requests_started_total", "counter",
+           "Requests nginx workers started since controld started.");
+  eachService([&](const rapidjson::Value& s, const std::string& service) {
+    e.sample("ondemand_service_requests_started_total", service, intField(s, "started_total"));
+  });
+  e.family("ondemand_service_starts_total", "counter", "Cold starts, by result (kept across restarts).");
+  eachService([&](const rapidjson::Value& s, const std::string& service) {
+    e.sample("ondemand_service_starts_total", service + ",result=\"ok\"", intField(s, "starts_ok"));
+    e.sample("ondemand_service_starts_total", service + ",result=\"failed\"", intField(s, "starts_failed"));
+  });
+  e.family("ondemand_service_last_start_seconds", "gauge",
+           "How long the last good cold start took, from the wake to warm.");
+  eachService([&](const rapidjson::Value& s, const std::string& service) {
+    if (intField(s, "starts_ok") > 0) {
+      e.sample("ondemand_service_last_start_seconds", service,
+               static_cast<double>(intField(s, "last_start_ms")) / 1000.0);
+    }
+  });
+
+  const auto daemon = status.FindMember("daemon");
+  if (daemon != status.MemberEnd() && daemon->value.IsObject()) {
+    const auto& d = daemon->value;
+    e.family("ondemand_controld_start_time_seconds", "gauge", "When controld started (unix time).");
+    e.sample("ondemand_controld_start_time_seconds", "", static_cast<double>(intField(d, "started_at")) / 1000.0);
+    const auto connections = d.FindMember("connections");
+    if (connections != d.MemberEnd() && connections->value.IsObject()) {
+      e.family("ondemand_controld_connections", "gauge", "Open control connections, by role.");
+      for (const auto& m : connections->value.GetObject()) {
+        if (m.value.IsInt64())
+          e.sample("ondemand_controld_connections", "role=\"" + label(m.name.GetString()) + "\"", m.value.GetInt64());
+      }
+    }
+    const auto received = d.FindMember("messages_received");
+    if (received != d.MemberEnd() && received->value.IsObject()) {
+      e.family("ondemand_controld_messages_received_total", "counter", "Protocol messages received, by type.");
+      for (const auto& m : received->value.GetObject()) {
+        if (m.value.IsInt64()) {
+          e.sample("ondemand_controld_messages_received_total", "type=\"" + label(m.name.GetString()) + "\"",
+                   m.value.GetInt64());
+        }
+      }
+    }
+  }
+  return e.text();
+}
+
+}  // namespace ondemand::controld
