@@ -321,6 +321,7 @@ protocol::StatePush Daemon::statePush(const Service& s) const {
     p.taskId = snap.lastOperation->taskId;
   }
   if (snap.state == ServiceState::Failed) p.retryAtMs = snap.failedAtMs + s.config.failureBackoff.count();
+  if (snap.startsOk > 0) p.lastStartMs = snap.lastStartMs;
   return p;
 }
 

@@ -83,6 +83,9 @@ std::string whereItIs(const AnswerFacts& f) {
     out += f.state;
   }
   if (f.taskId > 0) out += " (Semaphore task " + std::to_string(f.taskId) + ")";
+  // What to expect: a start of a GPU service can take minutes, and saying
+  // so up front is what keeps people from giving up or hammering reload.
+  if (f.lastStartMs > 0 && f.state != "unreachable") out += "; the last start took " + seconds(f.lastStartMs);
   return out;
 }
 
@@ -119,6 +122,10 @@ std::string jsonBody(const AnswerFacts& f, int status, const std::string& messag
   if (f.startingForMs >= 0) {
     w.Key("starting_for_ms");
     w.Int64(f.startingForMs);
+  }
+  if (f.lastStartMs > 0) {
+    w.Key("last_start_ms");
+    w.Int64(f.lastStartMs);
   }
   if (f.retryInMs > 0) {
     w.Key("retry_in_ms");
@@ -222,6 +229,7 @@ Answer renderAnswer(const AnswerFacts& f, bool html, const PageTemplate* page) {
     v.elapsedSeconds = elapsedMs < 0 ? 0 : elapsedMs / 1000;
     v.refreshSeconds = kPageRefreshSeconds;
     v.taskId = f.taskId;
+    v.lastStartSeconds = (f.lastStartMs + 500) / 1000;
     v.message = message;
     a.contentType = "text/html; charset=utf-8";
     a.body = (page ? *page : PageTemplate::builtIn()).render(v);

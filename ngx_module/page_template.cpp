@@ -7,13 +7,15 @@ namespace ondemand::module {
 
 namespace {
 
-constexpr std::array<std::pair<std::string_view, PageTemplate::Field>, 7> kFields{{
+constexpr std::array<std::pair<std::string_view, PageTemplate::Field>, 9> kFields{{
     {"service", PageTemplate::Field::Service},
     {"state", PageTemplate::Field::State},
     {"elapsed", PageTemplate::Field::Elapsed},
     {"elapsed_seconds", PageTemplate::Field::ElapsedSeconds},
     {"refresh", PageTemplate::Field::Refresh},
     {"task_id", PageTemplate::Field::TaskId},
+    {"last_start", PageTemplate::Field::LastStart},
+    {"last_start_seconds", PageTemplate::Field::LastStartSeconds},
     {"message", PageTemplate::Field::Message},
 }};
 
@@ -71,7 +73,8 @@ std::optional<PageTemplate> PageTemplate::compile(std::string_view text, std::st
     }
     if (!field) {
       error = "unknown placeholder \"{{" + std::string(name) +
-              "}}\" (known: service, state, elapsed, elapsed_seconds, refresh, task_id, message)";
+              "}}\" (known: service, state, elapsed, elapsed_seconds, refresh, task_id, last_start, "
+              "last_start_seconds, message)";
       return std::nullopt;
     }
     page.segments_.push_back({std::move(literal), field});
@@ -114,6 +117,12 @@ std::string PageTemplate::render(const Values& v) const {
         break;
       case Field::TaskId:
         if (v.taskId > 0) out.append(std::to_string(v.taskId));
+        break;
+      case Field::LastStart:
+        if (v.lastStartSeconds > 0) out.append(humanSeconds(v.lastStartSeconds));
+        break;
+      case Field::LastStartSeconds:
+        if (v.lastStartSeconds > 0) out.append(std::to_string(v.lastStartSeconds));
         break;
       case Field::Message:
         out.append(htmlEscape(v.message));

@@ -12,14 +12,15 @@ namespace ondemand::module {
 
 class PageTemplate {
  public:
-  enum class Field { Service, State, Elapsed, ElapsedSeconds, Refresh, TaskId, Message };
+  enum class Field { Service, State, Elapsed, ElapsedSeconds, Refresh, TaskId, LastStart, LastStartSeconds, Message };
 
   struct Values {
     std::string_view service;
     std::string_view state;
     long long elapsedSeconds = 0;  // how long the service has been starting (or in its state)
     int refreshSeconds = 0;
-    long long taskId = 0;  // 0: none
+    long long taskId = 0;            // 0: none
+    long long lastStartSeconds = 0;  // how long the last good start took; 0: none yet
     std::string_view message;
   };
 

@@ -285,6 +285,7 @@ ngx_int_t sendAnswer(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
     if (st.sinceMs > 0) facts.inStateMs = now - st.sinceMs;
     if (st.state == ServiceState::Starting && st.startingSinceMs > 0) facts.startingForMs = now - st.startingSinceMs;
     facts.taskId = st.taskId;
+    facts.lastStartMs = st.lastStartMs;
     if (st.state == ServiceState::Failed) {
       facts.reason = st.reason;
       if (st.retryAtMs > now) facts.retryInMs = st.retryAtMs - now;

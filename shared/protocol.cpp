@@ -116,7 +116,8 @@ Decoded decodeState(const Value& doc) {
   if (!f.string("service", s.service) || !f.string("state", state) || !f.uint64("epoch", s.epoch) ||
       !f.int64("since", s.sinceMs) || !f.int64("starting_since", s.startingSinceMs, false) ||
       !f.string("cause", s.cause, false) || !f.string("reason", s.reason, false) ||
-      !f.int64("task_id", s.taskId, false) || !f.int64("retry_at", s.retryAtMs, false)) {
+      !f.int64("task_id", s.taskId, false) || !f.int64("retry_at", s.retryAtMs, false) ||
+      !f.int64("last_start_ms", s.lastStartMs, false)) {
     return fail(f.error());
   }
   const auto parsed = parseServiceState(state);
@@ -259,6 +260,7 @@ std::string encode(const StatePush& m) {
   w.key("since").Int64(m.sinceMs).key("starting_since").Int64(m.startingSinceMs);
   w.key("cause").String(m.cause).key("reason").String(truncateUtf8(m.reason, kMaxReasonBytes));
   w.key("task_id").Int64(m.taskId).key("retry_at").Int64(m.retryAtMs);
+  w.key("last_start_ms").Int64(m.lastStartMs);
   return w.finish();
 }
 

@@ -76,6 +76,7 @@ struct StatePush {
   std::string reason;                // why it failed (failed) or other detail
   std::int64_t taskId = 0;           // Semaphore task of the current/last operation, 0 if none
   std::int64_t retryAtMs = 0;        // failed: unix ms from which a request may wake it again (failure_backoff)
+  std::int64_t lastStartMs = 0;      // how long the last good cold start took (wake to warm), 0 if none yet
 };
 
 // controld -> subscriber: the service no longer exists (config reload).

@@ -159,6 +159,12 @@ class HeldRequestsTest(ModuleTestCase):
         api = self.get("/", headers={"Accept": "*/*"})
         self.assertEqual(api.status, 200)
         self.assertIn("hello from ui", api.body)
+        self.assertNotIn("the last start took", page.body)
+        # The next cold start's page says what to expect: how long the last one took.
+        self.assertEqual(self.cli("stop", "ui", "--wait").returncode, 0)
+        page = self.get("/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+        self.assertEqual(page.status, 503)
+        self.assertRegex(page.body, r"the last start took [12]\.\d s")
 
     def test_a_custom_waiting_page_and_reject_mode(self):
         port = free_port()

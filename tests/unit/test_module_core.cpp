@@ -163,6 +163,21 @@ TEST_CASE("a timeout answer names the service, its state, how long and the task"
   CHECK_THAT(a.body, Catch::Contains("\"state\":\"starting\""));
   CHECK_THAT(a.body, Catch::Contains("starting for 75.3 s (Semaphore task 42)"));
   CHECK_THAT(a.body, Catch::Contains("\"task_id\":42"));
+  CHECK_THAT(a.body, !Catch::Contains("last start"));
+}
+
+TEST_CASE("answers and the page say how long the last start took, once there was one") {
+  AnswerFacts f;
+  f.kind = AnswerKind::WaitingPage;
+  f.service = "comfyui";
+  f.state = "starting";
+  f.startingForMs = 5000;
+  f.lastStartMs = 41250;
+  const Answer page = renderAnswer(f, true, nullptr);
+  CHECK_THAT(page.body, Catch::Contains("starting for 5.0 s; the last start took 41.2 s"));
+  f.kind = AnswerKind::Timeout;
+  const Answer json = renderAnswer(f, false, nullptr);
+  CHECK_THAT(json.body, Catch::Contains("\"last_start_ms\":41250"));
 }
 
 TEST_CASE("answers for browsers are HTML and escape what they show") {
@@ -195,7 +210,7 @@ TEST_CASE("the waiting page template: placeholders, escaping, errors") {
   std::string error;
   auto page = PageTemplate::compile(
       "<h1>{{service}}</h1>{{ state }} {{elapsed}} {{elapsed_seconds}}s "
-      "refresh={{refresh}} task={{task_id}} <p>{{message}}</p>",
+      "refresh={{refresh}} task={{task_id}} last={{last_start}}/{{last_start_seconds}} <p>{{message}}</p>",
       error);
   REQUIRE(page);
   PageTemplate::Values v;
@@ -205,7 +220,9 @@ TEST_CASE("the waiting page template: placeholders, escaping, errors") {
   v.refreshSeconds = 3;
   v.taskId = 0;
   v.message = "\"quoted\"";
-  CHECK(page->render(v) == "<h1>a&amp;b</h1>starting 1 min 15 s 75s refresh=3 task= <p>&quot;quoted&quot;</p>");
+  CHECK(page->render(v) == "<h1>a&amp;b</h1>starting 1 min 15 s 75s refresh=3 task= last=/ <p>&quot;quoted&quot;</p>");
+  v.lastStartSeconds = 95;
+  CHECK_THAT(page->render(v), Catch::Contains("last=1 min 35 s/95 "));
 
   CHECK_FALSE(PageTemplate::compile("{{colour}}", error));
   CHECK_THAT(error, Catch::Contains("unknown placeholder \"{{colour}}\""));

@@ -16,6 +16,7 @@ TEST_CASE("a state push survives encode and decode unchanged") {
   s.cause = "driver";
   s.reason = "Semaphore task 42 ended with status error: \"quoted\"\nline2";
   s.taskId = 42;
+  s.lastStartMs = 41250;
   const std::string line = encode(s);
   REQUIRE(line.back() == '\n');
   const auto decoded = decode(std::string_view(line).substr(0, line.size() - 1));
@@ -27,6 +28,7 @@ TEST_CASE("a state push survives encode and decode unchanged") {
   CHECK(back.sinceMs == 1700000000123);
   CHECK(back.reason == s.reason);
   CHECK(back.taskId == 42);
+  CHECK(back.lastStartMs == 41250);
 }
 
 TEST_CASE("activity reports carry every service's counters") {
