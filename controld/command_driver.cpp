@@ -1,17 +1,21 @@
 #include "controld/command_driver.hpp"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include <array>
 
+#include <algorithm>
 #include <cerrno>
-#include <cstring>
+#include <cstring>  // sigabbrev_np
 #include <deque>
 #include <fstream>
 #include <optional>
 #include <sstream>
 #include <utility>
+
+#include "controld/fd.hpp"
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -20,15 +24,8 @@
 namespace ondemand::controld {
 
 namespace {
-// One buffer for every driver: reads happen on the loop's thread and are
-// consumed before the callback returns, so a buffer per service (1,000
-// services, 16 KiB each) would only cost memory.
-thread_local std::array<char, 16384> stderrReadBuffer;
-}  // namespace
 
-namespace {
-
-// How much of a command's stderr a failure reason keeps.
+// How much of a command's output a failure reason keeps.
 constexpr std::size_t kTailBytes = 4096;
 constexpr std::size_t kTailLines = 20;
 
@@ -37,72 +34,79 @@ constexpr std::size_t kTailLines = 20;
 // coarse clocks involved (boot time is known to the second).
 constexpr std::int64_t kStartTimeSlackMs = 5000;
 
-// The last few KiB a command wrote to stderr.
-class OutputTail {
- public:
-  void append(const char* data, std::size_t n) {
-    raw_.append(data, n);
-    if (raw_.size() > 2 * kTailBytes) {
-      raw_.erase(0, raw_.size() - kTailBytes);
-      cut_ = true;
-    }
+// The last lines of the output file open at `fd`: at most kTailLines
+// non-blank lines out of its last kTailBytes, without a line cut in half at
+// the front.
+std::string outputTail(int fd) {
+  struct stat st {};
+  if (fd < 0 || ::fstat(fd, &st) != 0 || st.st_size <= 0) return {};
+  const auto size = static_cast<std::size_t>(st.st_size);
+  const std::size_t want = std::min(size, kTailBytes);
+  std::string raw(want, '\0');
+  std::size_t got = 0;
+  while (got < want) {
+    const ssize_t n = ::pread(fd, raw.data() + got, want - got, static_cast<off_t>(size - want + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
   }
+  raw.resize(got);
 
-  // At most kTailLines non-blank lines, without a line cut in half at the front.
-  std::string text() const {
-    std::string_view view(raw_);
-    bool cut = cut_;
-    if (view.size() > kTailBytes) {
-      view.remove_prefix(view.size() - kTailBytes);
-      cut = true;
-    }
-    if (cut) {
-      const auto nl = view.find('\n');
-      if (nl != std::string_view::npos) view.remove_prefix(nl + 1);
-    }
-    std::deque<std::string> lines;
-    while (!view.empty()) {
-      const auto nl = view.find('\n');
-      std::string line(view.substr(0, nl));
-      view.remove_prefix(nl == std::string_view::npos ? view.size() : nl + 1);
-      std::erase(line, '\r');
-      while (!line.empty() && (line.back() == ' ' || line.back() == '\t'))
-        line.pop_back();
-      if (line.find_first_not_of(" \t") == std::string::npos) continue;
-      lines.push_back(std::move(line));
-      if (lines.size() > kTailLines) lines.pop_front();
-    }
-    std::string out;
-    for (const auto& line : lines) {
-      if (!out.empty()) out += '\n';
-      out += line;
-    }
-    return out;
+  std::string_view view(raw);
+  if (size > want) {
+    const auto nl = view.find('\n');
+    if (nl != std::string_view::npos) view.remove_prefix(nl + 1);
   }
-
- private:
-  std::string raw_;
-  bool cut_ = false;
-};
-
-class ScopedFd {
- public:
-  ScopedFd() = default;
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  ~ScopedFd() {
-    if (fd_ >= 0) ::close(fd_);
+  std::deque<std::string> lines;
+  while (!view.empty()) {
+    const auto nl = view.find('\n');
+    std::string line(view.substr(0, nl));
+    view.remove_prefix(nl == std::string_view::npos ? view.size() : nl + 1);
+    std::erase(line, '\r');
+    while (!line.empty() && (line.back() == ' ' || line.back() == '\t'))
+      line.pop_back();
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    lines.push_back(std::move(line));
+    if (lines.size() > kTailLines) lines.pop_front();
   }
-  int get() const { return fd_; }
-  void reset(int fd) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
+  std::string out;
+  for (const auto& line : lines) {
+    if (!out.empty()) out += '\n';
+    out += line;
   }
+  return out;
+}
 
- private:
-  int fd_ = -1;
-};
+// libuv's wording for an errno ("no such file or directory"), which reasons
+// have always used.
+std::string errorText(int err) {
+  return uv_strerror(uv_translate_sys_error(err));
+}
+
+// Opens the output file for a new run, emptied: it holds the last operation's
+// output. O_APPEND because others may still write to it: a daemon an earlier
+// command left behind writes at the current end too, instead of at its own
+// offset past the new end (which would leave a hole of NUL bytes).
+// On failure, `error` is the errno.
+ScopedFd openOutputForWriting(const std::string& path, int& error) {
+  ScopedFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0640));
+  if (!fd) {
+    error = errno;
+    return fd;
+  }
+  if (fd.get() <= STDERR_FILENO) {
+    // controld was started without some of fds 0-2: the spawn sets those up
+    // and would overwrite this one first.
+    ScopedFd higher(::fcntl(fd.get(), F_DUPFD_CLOEXEC, STDERR_FILENO + 1));
+    if (!higher) {
+      error = errno;
+      return higher;
+    }
+    fd = std::move(higher);
+  }
+  error = 0;
+  return fd;
+}
 
 OperationOutcome succeeded() {
   OperationOutcome outcome;
@@ -154,7 +158,7 @@ std::optional<std::int64_t> processStartUnixMs(pid_t pid) {
 }  // namespace
 
 // One command being run, or followed after a restart: its process (our child)
-// or a pidfd (someone else's), its stderr, its deadline and kill timers.
+// or a pidfd (someone else's), its output file, its deadline and kill timers.
 // Owned by the driver; once abandoned (cancel, driver destroyed) it finishes
 // killing the command on its own and frees itself when the command is gone.
 struct CommandDriver::Operation {
@@ -166,7 +170,7 @@ struct CommandDriver::Operation {
     op->done = nullptr;
     op->deadline.stop();
     op->deferred.stop();
-    op->stderrPipe.reset();
+    op->output.reset();
     if (!op->running()) return;  // nothing left to kill
     op->signal(SIGTERM);
     Operation* self = op.release();
@@ -225,10 +229,9 @@ struct CommandDriver::Operation {
   bool timedOut = false;
 
   UvHandle<uv_process_t> process;  // run(): our child
-  UvHandle<uv_pipe_t> stderrPipe;
-  OutputTail stderrTail;
-  ScopedFd pidfd;                // resume(): a process we did not spawn
-  UvHandle<uv_poll_t> pidWatch;  // closed before pidfd (declared after it)
+  ScopedFd output;                 // the output file, read-only: the failure reason's tail
+  ScopedFd pidfd;                  // resume(): a process we did not spawn
+  UvHandle<uv_poll_t> pidWatch;    // closed before pidfd (declared after it)
 
   Timer deadline;
   Timer grace;     // SIGTERM was sent; SIGKILL when this fires
@@ -237,19 +240,19 @@ struct CommandDriver::Operation {
 
 CommandDriver::CommandDriver(uv_loop_t* loop, std::vector<std::string> startCommand,
                              std::vector<std::string> stopCommand, Millis startTimeout, Millis stopTimeout,
-                             std::string serviceName, Millis killGrace)
+                             std::string serviceName, std::string outputPath, Millis killGrace)
     : loop_(loop),
       startCommand_(std::move(startCommand)),
       stopCommand_(std::move(stopCommand)),
       startTimeout_(startTimeout),
       stopTimeout_(stopTimeout),
       serviceName_(std::move(serviceName)),
+      outputPath_(std::move(outputPath)),
       killGrace_(killGrace) {}
 
 CommandDriver::~CommandDriver() {
   *alive_ = false;
   cancel();
-  drains_.clear();
 }
 
 bool CommandDriver::supports(OperationKind kind) const {
@@ -299,20 +302,28 @@ void CommandDriver::run(const OperationRequest& request, ProgressCallback progre
     if (!*alive || op_.get() != op) return;  // cancelled or destroyed from the callback
   }
 
+  const std::string cannotRun = what + " \"" + argv[0] + "\" could not be run: ";
+  int error = 0;
+  const ScopedFd outputForCommand = openOutputForWriting(outputPath_, error);
+  if (!outputForCommand) {
+    finishLater(failed(cannotRun + "cannot write its output to " + outputPath_ + ": " + errorText(error)));
+    return;
+  }
+  // Opened by name again rather than O_RDWR, so that the command's stdout and
+  // stderr are write-only as usual.
+  op->output.reset(::open(outputPath_.c_str(), O_RDONLY | O_CLOEXEC));
+
   std::vector<char*> args;
   for (const auto& arg : argv)
     args.push_back(const_cast<char*>(arg.c_str()));
   args.push_back(nullptr);
 
-  auto* pipe = new uv_pipe_t;
-  uv_pipe_init(loop_, pipe, 0);
-  op->stderrPipe.adopt(pipe);
-
   uv_stdio_container_t stdio[3];
   stdio[0].flags = UV_IGNORE;  // libuv points ignored stdio at /dev/null
-  stdio[1].flags = UV_IGNORE;
-  stdio[2].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
-  stdio[2].data.stream = reinterpret_cast<uv_stream_t*>(pipe);
+  stdio[1].flags = UV_INHERIT_FD;
+  stdio[1].data.fd = outputForCommand.get();
+  stdio[2].flags = UV_INHERIT_FD;
+  stdio[2].data.fd = outputForCommand.get();
 
   uv_process_options_t options{};
   options.exit_cb = &Operation::onProcessExit;
@@ -329,31 +340,12 @@ void CommandDriver::run(const OperationRequest& request, ProgressCallback progre
   op->process.adopt(process);  // closed even when the spawn failed, as libuv requires
   if (rc != 0) {
     op->process.reset();
-    op->stderrPipe.reset();
-    finishLater(failed(what + " \"" + argv[0] + "\" could not be run: " + uv_strerror(rc)));
+    finishLater(failed(cannotRun + uv_strerror(rc)));
     return;
   }
   process->data = op;
   op->pid = process->pid;
   op->ownGroup = true;
-
-  pipe->data = op;
-  uv_read_start(
-      reinterpret_cast<uv_stream_t*>(pipe),
-      [](uv_handle_t* h, size_t, uv_buf_t* buf) {
-        static thread_local char buffer[4096];
-        (void)h;
-        *buf = uv_buf_init(buffer, sizeof buffer);
-      },
-      [](uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
-        auto* o = static_cast<Operation*>(s->data);
-        if (!o) return;
-        if (nread > 0) {
-          o->stderrTail.append(buf->base, static_cast<std::size_t>(nread));
-        } else if (nread < 0) {
-          uv_read_stop(s);  // EOF: everything holding the write end is gone
-        }
-      });
 
   uv_update_time(loop_);  // timers count from the loop's cached time, which may be stale here
   op->deadline.start(op->timeout, [this] { onTimeout(); });
@@ -385,6 +377,8 @@ void CommandDriver::resume(const OperationRecord& record, ProgressCallback, Done
   }
   op->pidfd.reset(fd);
   op->pid = pid;
+  // The command still writes to the file the previous controld opened for it.
+  op->output.reset(::open(outputPath_.c_str(), O_RDONLY | O_CLOEXEC));
   op->ownGroup = ::getpgid(pid) == pid;
 
   auto* poll = new uv_poll_t;
@@ -416,7 +410,6 @@ void CommandDriver::onChildExit(std::int64_t exitStatus, int termSignal) {
   op.deadline.stop();
   op.grace.stop();
   if (op.timedOut) op.signal(SIGKILL);  // helpers that outlived the SIGTERM
-  drainStderrNow();
 
   const std::string what = std::string(toString(op.kind)) + " command";
   OperationOutcome outcome;
@@ -430,7 +423,7 @@ void CommandDriver::onChildExit(std::int64_t exitStatus, int termSignal) {
     outcome.ok = true;
   }
   if (!outcome.ok) {
-    const std::string tail = op.stderrTail.text();
+    const std::string tail = outputTail(op.output.get());
     if (!tail.empty()) outcome.reason += ": " + tail;
   }
   finish(std::move(outcome));
@@ -444,53 +437,12 @@ void CommandDriver::onResumedExit() {
   if (op.timedOut) {
     op.signal(SIGKILL);
     outcome.reason = std::string(toString(op.kind)) + " command did not finish within " + formatDuration(op.timeout);
+    const std::string tail = outputTail(op.output.get());
+    if (!tail.empty()) outcome.reason += ": " + tail;
   } else {
     outcome.ok = true;  // its exit status went to the controld that spawned it
   }
   finish(std::move(outcome));
-}
-
-// The child has exited; what it wrote before that is in the pipe. Read it now
-// rather than waiting for EOF, which never comes while something it left
-// behind keeps the write end.
-void CommandDriver::drainStderrNow() {
-  Operation& op = *op_;
-  if (!op.stderrPipe) return;
-  uv_os_fd_t fd = -1;
-  bool eof = uv_fileno(reinterpret_cast<uv_handle_t*>(op.stderrPipe.get()), &fd) != 0 ||
-             !uv_is_active(reinterpret_cast<uv_handle_t*>(op.stderrPipe.get()));
-  while (!eof) {
-    const ssize_t n = ::read(fd, stderrReadBuffer.data(), stderrReadBuffer.size());
-    if (n > 0) {
-      op.stderrTail.append(stderrReadBuffer.data(), static_cast<std::size_t>(n));
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else {
-      eof = n == 0 || errno != EAGAIN;
-      break;
-    }
-  }
-  if (eof) {
-    op.stderrPipe.reset();
-  } else {
-    keepDraining(std::move(op.stderrPipe));
-  }
-}
-
-void CommandDriver::keepDraining(UvHandle<uv_pipe_t> pipe) {
-  auto* stream = reinterpret_cast<uv_stream_t*>(pipe.get());
-  uv_read_stop(stream);
-  stream->data = this;
-  uv_read_start(
-      stream,
-      [](uv_handle_t*, size_t, uv_buf_t* buf) {
-        *buf = uv_buf_init(stderrReadBuffer.data(), static_cast<unsigned>(stderrReadBuffer.size()));
-      },
-      [](uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
-        auto* self = static_cast<CommandDriver*>(s->data);
-        if (self && nread < 0) self->drains_.erase(reinterpret_cast<uv_pipe_t*>(s));
-      });
-  drains_.emplace(pipe.get(), std::move(pipe));
 }
 
 void CommandDriver::finishLater(OperationOutcome outcome) {

@@ -99,7 +99,7 @@ std::unique_ptr<Driver> Daemon::makeDriver(const ServiceConfig& c) {
   switch (c.driverKind()) {
     case ServiceConfig::DriverKind::Command:
       return std::make_unique<CommandDriver>(loop_, c.startCommand, c.stopCommand, c.startTimeout, c.stopTimeout,
-                                             c.name);
+                                             c.name, store_.commandOutputPath(c.name));
     case ServiceConfig::DriverKind::Semaphore:
       return makeSemaphoreDriver(c);
     case ServiceConfig::DriverKind::None:
