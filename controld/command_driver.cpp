@@ -2,8 +2,10 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,7 +13,9 @@
 #include <cstring>  // sigabbrev_np
 #include <deque>
 #include <fstream>
+#include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <utility>
 
@@ -33,6 +37,9 @@ constexpr std::size_t kTailLines = 20;
 // record is another process that got the same pid. The slack covers the
 // coarse clocks involved (boot time is known to the second).
 constexpr std::int64_t kStartTimeSlackMs = 5000;
+
+// How often a child is looked at when no pidfd can watch it.
+constexpr Millis kExitPollInterval{100};
 
 // The last lines of the output file open at `fd`: at most kTailLines
 // non-blank lines out of its last kTailBytes, without a line cut in half at
@@ -108,6 +115,59 @@ ScopedFd openOutputForWriting(const std::string& path, int& error) {
   return fd;
 }
 
+// posix_spawn's settings, released on every path.
+class SpawnSettings {
+ public:
+  SpawnSettings() {
+    posix_spawnattr_init(&attr_);
+    posix_spawn_file_actions_init(&actions_);
+  }
+  ~SpawnSettings() {
+    posix_spawn_file_actions_destroy(&actions_);
+    posix_spawnattr_destroy(&attr_);
+  }
+  SpawnSettings(const SpawnSettings&) = delete;
+  SpawnSettings& operator=(const SpawnSettings&) = delete;
+
+  posix_spawnattr_t* attr() { return &attr_; }
+  posix_spawn_file_actions_t* actions() { return &actions_; }
+
+ private:
+  posix_spawnattr_t attr_;
+  posix_spawn_file_actions_t actions_;
+};
+
+// Spawns argv with stdin on /dev/null and stdout and stderr on `output` (an
+// fd above 2, close-on-exec). Returns 0 and the pid, or an errno.
+int spawnCommand(const std::vector<std::string>& argv, int output, pid_t& pid) {
+  SpawnSettings s;
+  sigset_t all;
+  sigset_t none;
+  sigfillset(&all);
+  sigemptyset(&none);
+  int rc = posix_spawn_file_actions_addopen(s.actions(), STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  if (rc == 0) rc = posix_spawn_file_actions_adddup2(s.actions(), output, STDOUT_FILENO);
+  if (rc == 0) rc = posix_spawn_file_actions_adddup2(s.actions(), output, STDERR_FILENO);
+  // Default actions and an empty mask for every signal: the command must not
+  // inherit controld's SIG_IGN for SIGPIPE, nor a signal blocked on the loop.
+  if (rc == 0) rc = posix_spawnattr_setsigdefault(s.attr(), &all);
+  if (rc == 0) rc = posix_spawnattr_setsigmask(s.attr(), &none);
+  // setsid(): the command leads a process group of its own that a timeout can
+  // kill as a whole; nothing is killed when it exits normally.
+  if (rc == 0) {
+    rc = posix_spawnattr_setflags(s.attr(), POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+  }
+  if (rc != 0) return rc;
+
+  std::vector<char*> args;
+  for (const auto& arg : argv)
+    args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  // posix_spawnp looks the program up in PATH as execvp does (but runs no
+  // /bin/sh for a script without a #! line).
+  return posix_spawnp(&pid, args[0], s.actions(), s.attr(), args.data(), environ);
+}
+
 OperationOutcome succeeded() {
   OperationOutcome outcome;
   outcome.ok = true;
@@ -155,34 +215,75 @@ std::optional<std::int64_t> processStartUnixMs(pid_t pid) {
   return std::nullopt;
 }
 
+ScopedFd openPidfd(pid_t pid) {
+  return ScopedFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+}
+
 }  // namespace
 
-// One command being run, or followed after a restart: its process (our child)
-// or a pidfd (someone else's), its output file, its deadline and kill timers.
-// Owned by the driver; once abandoned (cancel, driver destroyed) it finishes
-// killing the command on its own and frees itself when the command is gone.
+// One command being run, or followed after a restart: its process (our
+// child, or someone else's), the pidfd watching it, its output file, its
+// deadline and kill timers. Owned by the driver. When the driver lets go of
+// it before the command has exited (cancel, driver destroyed, detach), it
+// becomes an orphan that owns itself: it finishes killing the command if that
+// is why, reaps it if it is our child (nothing else would: a zombie would stay
+// for as long as controld runs) and frees itself when the command is gone.
 struct CommandDriver::Operation {
-  Operation(uv_loop_t* loop, CommandDriver* owner, OperationKind k, Millis t, DoneCallback d)
-      : driver(owner), kind(k), timeout(t), done(std::move(d)), deadline(loop), grace(loop), deferred(loop) {}
+  Operation(uv_loop_t* l, CommandDriver* owner, OperationKind k, Millis t, DoneCallback d)
+      : loop(l),
+        driver(owner),
+        kind(k),
+        timeout(t),
+        done(std::move(d)),
+        deadline(l),
+        grace(l),
+        deferred(l),
+        exitPoll(l) {}
 
-  static void abandon(std::unique_ptr<Operation> op, Millis killGrace) {
+  // Orphans by loop, so that the end of a loop can free those still there.
+  static std::map<uv_loop_t*, std::set<Operation*>>& orphans() {
+    static std::map<uv_loop_t*, std::set<Operation*>> byLoop;
+    return byLoop;
+  }
+
+  // Lets go of `op`: it becomes an orphan while its command runs. Returns it
+  // then, nullptr when it is already gone.
+  static Operation* orphan(std::unique_ptr<Operation> op) {
     op->driver = nullptr;
     op->done = nullptr;
     op->deadline.stop();
     op->deferred.stop();
     op->output.reset();
-    if (!op->running()) return;  // nothing left to kill
-    op->signal(SIGTERM);
+    if (!op->running()) return nullptr;
     Operation* self = op.release();
+    orphans()[self->loop].insert(self);
+    return self;
+  }
+
+  // cancel(): SIGTERM to the command's group, SIGKILL after the grace.
+  static void cancel(std::unique_ptr<Operation> op, Millis killGrace) {
+    Operation* self = orphan(std::move(op));
+    if (!self) return;  // nothing left to kill
+    self->killed = true;
+    self->signal(SIGTERM);
     self->grace.start(killGrace, [self] { self->signal(SIGKILL); });
   }
 
-  bool running() const { return !exited && (process || pidWatch); }
+  // An orphan whose command is gone.
+  void release() {
+    auto& mine = orphans()[loop];
+    mine.erase(this);
+    if (mine.empty()) orphans().erase(loop);
+    delete this;
+  }
+
+  bool running() const { return watching && !exited; }
 
   // The whole process group when the command leads one (it always does when
-  // we spawned it), so helpers it started go too.
+  // we spawned it), so helpers it started go too. Never after our child was
+  // reaped: its pid, the group's id, may be another process's by then.
   void signal(int sig) const {
-    if (pid <= 0) return;
+    if (pid <= 0 || reaped) return;
     if (ownGroup) {
       ::kill(-pid, sig);
     } else if (!exited) {
@@ -190,52 +291,105 @@ struct CommandDriver::Operation {
     }
   }
 
-  // Abandoned and now gone: take whatever of its group survived with it.
-  void reaped() {
-    signal(SIGKILL);
-    delete this;
-  }
-
-  static void onProcessExit(uv_process_t* handle, std::int64_t exitStatus, int termSignal) {
-    auto* op = static_cast<Operation*>(handle->data);
-    if (!op) return;
-    op->exited = true;
-    if (op->driver) {
-      op->driver->onChildExit(exitStatus, termSignal);
-    } else {
-      op->reaped();
+  // Starts watching for the command's exit. A pidfd tells at once; without
+  // one (kernels before 5.3, no fd left) our own child is looked at every
+  // kExitPollInterval instead. False when it cannot be watched at all.
+  bool watch(ScopedFd fd) {
+    if (fd) {
+      auto* poll = new uv_poll_t;
+      if (uv_poll_init(loop, poll, fd.get()) == 0) {
+        poll->data = this;
+        pidWatch.adopt(poll);
+        pidfd = std::move(fd);
+        uv_poll_start(poll, UV_READABLE, &Operation::onPidfdReadable);
+        return watching = true;
+      }
+      delete poll;
     }
+    if (!child) return false;
+    exitPoll.start(kExitPollInterval, [this] { onExitSignalled(); });
+    return watching = true;
   }
 
   static void onPidfdReadable(uv_poll_t* handle, int, int) {
-    auto* op = static_cast<Operation*>(handle->data);
-    if (!op) return;
-    uv_poll_stop(handle);  // a pidfd stays readable once the process has exited
-    op->exited = true;
-    if (op->driver) {
-      op->driver->onResumedExit();
-    } else {
-      op->reaped();
+    if (auto* op = static_cast<Operation*>(handle->data)) op->onExitSignalled();
+  }
+
+  // The pidfd turned readable (the process has exited), or it is time to look
+  // at a child watched without one.
+  void onExitSignalled() {
+    if (child && !childExited()) {
+      if (!pidWatch) exitPoll.start(kExitPollInterval, [this] { onExitSignalled(); });
+      return;
+    }
+    if (pidWatch) uv_poll_stop(pidWatch.get());  // a pidfd stays readable once the process has exited
+    if (child) {
+      // An unreaped child keeps its pid, so the group is still safe to
+      // signal: helpers that outlived the SIGTERM of a timeout or a cancel go.
+      if (timedOut || killed) signal(SIGKILL);
+      reap();
+    }
+    exited = true;
+    if (driver) {
+      driver->onExit();
+      return;
+    }
+    if (killed) signal(SIGKILL);  // a resumed command's group: whatever of it survived
+    release();
+  }
+
+  // Whether our child has exited, without reaping it. A child that is not
+  // there to wait for (only if SIGCHLD were ignored) has exited too.
+  bool childExited() const {
+    siginfo_t info{};
+    int rc;
+    do {
+      rc = ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
+    } while (rc != 0 && errno == EINTR);
+    return rc != 0 || info.si_pid == pid;
+  }
+
+  void reap() {
+    int status = 0;
+    pid_t rc;
+    do {
+      rc = ::waitpid(pid, &status, WNOHANG);
+    } while (rc < 0 && errno == EINTR);
+    reaped = true;
+    if (rc != pid) {
+      statusKnown = false;  // reaped by someone else: only SIGCHLD set to SIG_IGN does that
+    } else if (WIFSIGNALED(status)) {
+      termSignal = WTERMSIG(status);
+    } else if (WIFEXITED(status)) {
+      exitStatus = WEXITSTATUS(status);
     }
   }
 
-  CommandDriver* driver;  // nullptr once abandoned
+  uv_loop_t* loop;
+  CommandDriver* driver;  // nullptr for an orphan
   OperationKind kind;
   Millis timeout;
   DoneCallback done;
   pid_t pid = 0;
+  bool child = false;  // run(): we spawned it, and reap it
   bool ownGroup = false;
+  bool watching = false;
   bool exited = false;
+  bool reaped = false;
   bool timedOut = false;
+  bool killed = false;  // by a cancel
+  bool statusKnown = true;
+  int exitStatus = 0;
+  int termSignal = 0;
 
-  UvHandle<uv_process_t> process;  // run(): our child
-  ScopedFd output;                 // the output file, read-only: the failure reason's tail
-  ScopedFd pidfd;                  // resume(): a process we did not spawn
-  UvHandle<uv_poll_t> pidWatch;    // closed before pidfd (declared after it)
+  ScopedFd output;               // the output file, read-only: the failure reason's tail
+  ScopedFd pidfd;                // the process's exit
+  UvHandle<uv_poll_t> pidWatch;  // closed before pidfd (declared after it)
 
   Timer deadline;
   Timer grace;     // SIGTERM was sent; SIGKILL when this fires
   Timer deferred;  // outcomes known at once still reach `done` from the loop
+  Timer exitPoll;  // a child without a pidfd
 };
 
 CommandDriver::CommandDriver(uv_loop_t* loop, std::vector<std::string> startCommand,
@@ -268,17 +422,31 @@ Millis CommandDriver::timeoutFor(OperationKind kind) const {
 }
 
 void CommandDriver::cancel() {
-  if (op_) Operation::abandon(std::move(op_), killGrace_);
+  if (op_) Operation::cancel(std::move(op_), killGrace_);
 }
 
 void CommandDriver::detach() {
   if (!op_) return;
-  // The command runs in a session of its own, so it survives us; closing our
-  // handles neither signals nor waits for it. The next controld follows its
-  // pid from the persisted OperationRecord.
-  op_->driver = nullptr;
-  op_->done = nullptr;
-  op_.reset();
+  // The command runs in a session of its own and is sent no signal: it
+  // survives us, and the next controld follows its pid from the persisted
+  // OperationRecord. Our own child is still reaped when it exits, should
+  // controld run on (a service removed by a reload); a command we only
+  // followed is not ours to reap.
+  if (op_->child) {
+    Operation::orphan(std::move(op_));
+  } else {
+    op_.reset();
+  }
+}
+
+void CommandDriver::forgetOrphans(uv_loop_t* loop) {
+  auto& orphans = Operation::orphans();
+  const auto it = orphans.find(loop);
+  if (it == orphans.end()) return;
+  const std::set<Operation*> mine = std::move(it->second);
+  orphans.erase(it);
+  for (Operation* op : mine)
+    delete op;
 }
 
 void CommandDriver::run(const OperationRequest& request, ProgressCallback progress, DoneCallback done) {
@@ -313,44 +481,22 @@ void CommandDriver::run(const OperationRequest& request, ProgressCallback progre
   // stderr are write-only as usual.
   op->output.reset(::open(outputPath_.c_str(), O_RDONLY | O_CLOEXEC));
 
-  std::vector<char*> args;
-  for (const auto& arg : argv)
-    args.push_back(const_cast<char*>(arg.c_str()));
-  args.push_back(nullptr);
-
-  uv_stdio_container_t stdio[3];
-  stdio[0].flags = UV_IGNORE;  // libuv points ignored stdio at /dev/null
-  stdio[1].flags = UV_INHERIT_FD;
-  stdio[1].data.fd = outputForCommand.get();
-  stdio[2].flags = UV_INHERIT_FD;
-  stdio[2].data.fd = outputForCommand.get();
-
-  uv_process_options_t options{};
-  options.exit_cb = &Operation::onProcessExit;
-  options.file = args[0];
-  options.args = args.data();
-  options.stdio_count = 3;
-  options.stdio = stdio;
-  // setsid(): the command leads a process group of its own that a timeout can
-  // kill as a whole; nothing is killed when it exits normally.
-  options.flags = UV_PROCESS_DETACHED;
-
-  auto* process = new uv_process_t;
-  const int rc = uv_spawn(loop_, process, &options);
-  op->process.adopt(process);  // closed even when the spawn failed, as libuv requires
-  if (rc != 0) {
-    op->process.reset();
-    finishLater(failed(cannotRun + uv_strerror(rc)));
+  pid_t pid = 0;
+  if (const int rc = spawnCommand(argv, outputForCommand.get(), pid); rc != 0) {
+    finishLater(failed(cannotRun + errorText(rc)));
     return;
   }
-  process->data = op;
-  op->pid = process->pid;
+  op->pid = pid;
+  op->child = true;
   op->ownGroup = true;
+  // Not reaped yet, so the pid is still the child's; a pidfd can be opened on
+  // it even if it has exited already.
+  op->watch(openPidfd(pid));
 
   uv_update_time(loop_);  // timers count from the loop's cached time, which may be stale here
   op->deadline.start(op->timeout, [this] { onTimeout(); });
 
-  record.pid = op->pid;
+  record.pid = pid;
   if (progress) progress(record);  // last: may cancel or destroy the driver
 }
 
@@ -368,28 +514,17 @@ void CommandDriver::resume(const OperationRecord& record, ProgressCallback, Done
     finishLater(succeeded());  // the pid was reused: the command is gone
     return;
   }
-  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (fd < 0) {
-    // ESRCH: already gone. Without pidfds (kernels before 5.3) the command
-    // cannot be watched without polling; the health check takes over.
+  op->pid = pid;
+  op->ownGroup = ::getpgid(pid) == pid;
+  // ESRCH: already gone. Without pidfds (kernels before 5.3) a command that
+  // is not our child cannot be watched without polling; the health check
+  // takes over.
+  if (!op->watch(openPidfd(pid))) {
     finishLater(succeeded());
     return;
   }
-  op->pidfd.reset(fd);
-  op->pid = pid;
   // The command still writes to the file the previous controld opened for it.
   op->output.reset(::open(outputPath_.c_str(), O_RDONLY | O_CLOEXEC));
-  op->ownGroup = ::getpgid(pid) == pid;
-
-  auto* poll = new uv_poll_t;
-  if (uv_poll_init(loop_, poll, fd) != 0) {
-    delete poll;
-    finishLater(succeeded());
-    return;
-  }
-  poll->data = op;
-  op->pidWatch.adopt(poll);
-  uv_poll_start(poll, UV_READABLE, &Operation::onPidfdReadable);
 
   uv_update_time(loop_);
   const auto elapsed = Millis(record.startedAtMs > 0 ? unixMillisNow() - record.startedAtMs : 0);
@@ -405,42 +540,31 @@ void CommandDriver::onTimeout() {
   // outlives the report.
 }
 
-void CommandDriver::onChildExit(std::int64_t exitStatus, int termSignal) {
+void CommandDriver::onExit() {
   Operation& op = *op_;
   op.deadline.stop();
   op.grace.stop();
-  if (op.timedOut) op.signal(SIGKILL);  // helpers that outlived the SIGTERM
+  if (op.timedOut && !op.child) op.signal(SIGKILL);  // a resumed command's helpers (ours went before the reap)
 
   const std::string what = std::string(toString(op.kind)) + " command";
   OperationOutcome outcome;
   if (op.timedOut) {
     outcome.reason = what + " did not finish within " + formatDuration(op.timeout);
-  } else if (termSignal != 0) {
-    outcome.reason = what + " was killed by signal " + std::to_string(termSignal) + " (" + signalName(termSignal) + ")";
-  } else if (exitStatus != 0) {
-    outcome.reason = what + " exited with status " + std::to_string(exitStatus);
+  } else if (!op.child || !op.statusKnown) {
+    // Its exit status went to the controld that spawned it (or, for our own
+    // child, to nobody: SIGCHLD ignored). The health check judges.
+    outcome.ok = true;
+  } else if (op.termSignal != 0) {
+    outcome.reason =
+        what + " was killed by signal " + std::to_string(op.termSignal) + " (" + signalName(op.termSignal) + ")";
+  } else if (op.exitStatus != 0) {
+    outcome.reason = what + " exited with status " + std::to_string(op.exitStatus);
   } else {
     outcome.ok = true;
   }
   if (!outcome.ok) {
     const std::string tail = outputTail(op.output.get());
     if (!tail.empty()) outcome.reason += ": " + tail;
-  }
-  finish(std::move(outcome));
-}
-
-void CommandDriver::onResumedExit() {
-  Operation& op = *op_;
-  op.deadline.stop();
-  op.grace.stop();
-  OperationOutcome outcome;
-  if (op.timedOut) {
-    op.signal(SIGKILL);
-    outcome.reason = std::string(toString(op.kind)) + " command did not finish within " + formatDuration(op.timeout);
-    const std::string tail = outputTail(op.output.get());
-    if (!tail.empty()) outcome.reason += ": " + tail;
-  } else {
-    outcome.ok = true;  // its exit status went to the controld that spawned it
   }
   finish(std::move(outcome));
 }

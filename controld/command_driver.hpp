@@ -13,8 +13,15 @@
 //
 // It runs in a session and process group of its own, so a timeout or a
 // cancel kills whatever it started too (SIGTERM to the group, SIGKILL after a
-// grace). A command that exits normally is left alone, and so is anything it
-// left behind on purpose (a daemon it started, like `systemctl start` does).
+// grace). It starts with every signal at its default action and none blocked,
+// whatever controld's own settings (controld ignores SIGPIPE). A command that
+// exits normally is left alone, and so is anything it left behind on purpose
+// (a daemon it started, like `systemctl start` does).
+//
+// Spawning uses posix_spawn, which holds the event loop only until the exec
+// (a fork would first copy controld's page tables: milliseconds per command,
+// seconds for a burst of starts). Its exit is watched with a pidfd; it is
+// reaped once the pidfd says it has exited, so nothing ever waits.
 //
 // Outcomes, as users read them ("start" or "stop" as the case may be):
 //   exit 0                 -> ok
@@ -65,10 +72,18 @@ class CommandDriver : public Driver {
   // reason ends with the last lines of the output file as usual.
   void resume(const OperationRecord& record, ProgressCallback progress, DoneCallback done) override;
 
+  // The command is killed (its whole group). It is reaped when it has exited,
+  // even if the driver is gone by then.
   void cancel() override;
-  // controld is shutting down: the command keeps running (no signal, its
-  // output still goes to the file), and no callback comes.
+  // controld is shutting down, or the service was removed: the command keeps
+  // running (no signal, its output still goes to the file), and no callback
+  // comes.
   void detach() override;
+
+  // Frees what still follows commands of drivers that are gone (a kill under
+  // way, a child to reap), for a loop about to be closed: those commands are
+  // left to run and to be reaped by whoever inherits them.
+  static void forgetOrphans(uv_loop_t* loop);
 
  private:
   struct Operation;
@@ -78,8 +93,7 @@ class CommandDriver : public Driver {
   void finishLater(OperationOutcome outcome);
   void finish(OperationOutcome outcome);
   void onTimeout();
-  void onChildExit(std::int64_t exitStatus, int termSignal);
-  void onResumedExit();
+  void onExit();
 
   uv_loop_t* loop_;
   std::vector<std::string> startCommand_;

@@ -3,6 +3,7 @@
 #include <unistd.h>
 #include <catch2/catch.hpp>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -116,6 +117,11 @@ pid_t spawnOrphanSleep(const std::string& seconds) {
     pclose(out);
   }
   return static_cast<pid_t>(pid);
+}
+
+// Whether `pid` has been reaped (a zombie still exists as far as kill() knows).
+bool reaped(pid_t pid) {
+  return ::kill(pid, 0) != 0 && errno == ESRCH;
 }
 
 // What a previous controld recorded for a command it spawned.
@@ -293,6 +299,7 @@ TEST_CASE("destroying the driver kills a running command without a callback") {
   CHECK(loop.runUntil([&] { return !processRunning(pid); }, 2000ms));
   CHECK_FALSE(seen.outcome);
   CHECK(loop.close());  // the killed command was reaped and its handles closed
+  CHECK(reaped(pid));
 }
 
 TEST_CASE("the done callback may start the next operation or destroy the driver") {
@@ -472,7 +479,7 @@ TEST_CASE("an output file that cannot be written fails the run with a reason tha
         "/nonexistent-ondemand-dir/notes-app.command.log: no such file or directory");
 }
 
-TEST_CASE("a command detached from the driver keeps writing its output") {
+TEST_CASE("a command detached from the driver keeps writing its output, and is still reaped when it exits") {
   TestLoop loop;
   const std::string output = freshOutputPath();
   TempFile marker;
@@ -498,6 +505,39 @@ TEST_CASE("a command detached from the driver keeps writing its output") {
   CHECK(text.size() > 64 * 1024);
   CHECK(text.ends_with("line 19999\ndone\n"));
   CHECK_FALSE(seen.outcome);
+  CHECK(loop.close());  // the watch on the child ends with it
+  CHECK(reaped(pid));
+}
+
+TEST_CASE("a command starts with every signal at its default action and none blocked") {
+  TestLoop loop;
+  // controld ignores SIGPIPE; a thread may block signals.
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  struct sigaction previous {};
+  ::sigaction(SIGPIPE, &ignore, &previous);
+  sigset_t block;
+  sigset_t previousMask;
+  sigemptyset(&block);
+  sigaddset(&block, SIGUSR1);
+  ::pthread_sigmask(SIG_BLOCK, &block, &previousMask);
+
+  auto driver = startDriver(loop, {"sh", "-c", "grep -E '^Sig(Blk|Ign):' /proc/$$/status; exit 1"});
+  Observed seen;
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+  ::sigaction(SIGPIPE, &previous, nullptr);
+  ::pthread_sigmask(SIG_SETMASK, &previousMask, nullptr);
+
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 5000ms));
+  const std::string& reason = seen.outcome->reason;
+  const std::string prefix = "start command exited with status 1: SigBlk:\t";
+  REQUIRE(reason.rfind(prefix, 0) == 0);
+  const auto ignoredAt = reason.find("\nSigIgn:\t");
+  REQUIRE(ignoredAt != std::string::npos);
+  CHECK(std::stoull(reason.substr(prefix.size(), ignoredAt - prefix.size()), nullptr, 16) == 0);
+  // Signals 1 to 31. glibc's posix_spawn leaves its two internal signals (32
+  // and 33) ignored; programs that use them install their own handlers.
+  CHECK((std::stoull(reason.substr(ignoredAt + 9), nullptr, 16) & 0x7fffffffULL) == 0);
 }
 
 TEST_CASE("a resumed command past its timeout ends its reason with the last lines of its output file") {
