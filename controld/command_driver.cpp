@@ -137,8 +137,8 @@ class SpawnSettings {
   posix_spawn_file_actions_t actions_;
 };
 
-// Spawns argv with stdin on /dev/null and stdout and stderr on `output` (an
-// fd above 2, close-on-exec). Returns 0 and the pid, or an errno.
+// Spawns argv with stdin on /dev/null, stdout and stderr on `output` (an fd
+// above 2) and no other descriptor. Returns 0 and the pid, or an errno.
 int spawnCommand(const std::vector<std::string>& argv, int output, pid_t& pid) {
   SpawnSettings s;
   sigset_t all;
@@ -148,8 +148,14 @@ int spawnCommand(const std::vector<std::string>& argv, int output, pid_t& pid) {
   int rc = posix_spawn_file_actions_addopen(s.actions(), STDIN_FILENO, "/dev/null", O_RDONLY, 0);
   if (rc == 0) rc = posix_spawn_file_actions_adddup2(s.actions(), output, STDOUT_FILENO);
   if (rc == 0) rc = posix_spawn_file_actions_adddup2(s.actions(), output, STDERR_FILENO);
+  // Nothing else: the spawn runs on another thread than the loop, so a
+  // descriptor the loop has just opened may not be close-on-exec yet (curl
+  // marks its sockets so only after creating them), and a command, or a
+  // server it leaves running, must not hold controld's connections open.
+  if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(s.actions(), STDERR_FILENO + 1);
   // Default actions and an empty mask for every signal: the command must not
-  // inherit controld's SIG_IGN for SIGPIPE, nor a signal blocked on the loop.
+  // inherit controld's SIG_IGN for SIGPIPE, nor the mask of the thread that
+  // spawns it.
   if (rc == 0) rc = posix_spawnattr_setsigdefault(s.attr(), &all);
   if (rc == 0) rc = posix_spawnattr_setsigmask(s.attr(), &none);
   // setsid(): the command leads a process group of its own that a timeout can
@@ -229,16 +235,80 @@ ScopedFd openPidfd(pid_t pid) {
 // is why, reaps it if it is our child (nothing else would: a zombie would stay
 // for as long as controld runs) and frees itself when the command is gone.
 struct CommandDriver::Operation {
-  Operation(uv_loop_t* l, CommandDriver* owner, OperationKind k, Millis t, DoneCallback d)
+  // A spawn under way on libuv's thread pool: the vfork-style clone waits for
+  // the exec, milliseconds each on slow machines, which the loop must not.
+  struct Spawn {
+    uv_work_t work{};
+    std::vector<std::string> argv;
+    ScopedFd output;  // the command's stdout and stderr; ours closed once it runs
+    pid_t pid = 0;
+    int error = 0;
+    Operation* op = nullptr;  // nullptr when the operation went first
+  };
+
+  Operation(uv_loop_t* l, CommandDriver* owner, OperationKind k, Millis t, Millis g, DoneCallback d)
       : loop(l),
         driver(owner),
         kind(k),
         timeout(t),
+        killGrace(g),
         done(std::move(d)),
         deadline(l),
         grace(l),
         deferred(l),
         exitPoll(l) {}
+  ~Operation() {
+    if (spawning) spawning->op = nullptr;
+  }
+  Operation(const Operation&) = delete;
+  Operation& operator=(const Operation&) = delete;
+
+  void startSpawn(const std::vector<std::string>& argv, ScopedFd output) {
+    auto* job = new Spawn;
+    job->work.data = job;
+    job->argv = argv;
+    job->output = std::move(output);
+    job->op = this;
+    spawning = job;
+    child = true;
+    ownGroup = true;
+    uv_queue_work(
+        loop, &job->work,
+        [](uv_work_t* w) {
+          auto* j = static_cast<Spawn*>(w->data);
+          j->error = spawnCommand(j->argv, j->output.get(), j->pid);
+          j->output.reset();
+        },
+        [](uv_work_t* w, int) {
+          std::unique_ptr<Spawn> j(static_cast<Spawn*>(w->data));
+          // Nobody follows a command whose operation is gone (controld is
+          // ending): it runs on, like any command a shutdown leaves running.
+          if (j->op) j->op->onSpawned(j->error, j->pid);
+        });
+  }
+
+  void onSpawned(int error, pid_t spawned) {
+    spawning = nullptr;
+    if (error != 0) {
+      if (driver) {
+        driver->onSpawned(error);
+      } else {
+        release();
+      }
+      return;
+    }
+    pid = spawned;
+    // Not reaped yet, so the pid is still the child's; a pidfd can be opened
+    // on it even if it has exited already.
+    watch(openPidfd(pid));
+    if (killed || timedOut) {
+      // Cancelled or timed out while it was being spawned: the SIGTERM sent
+      // then reached nobody.
+      signal(SIGTERM);
+      grace.start(killGrace, [this] { signal(SIGKILL); });
+    }
+    if (driver) driver->onSpawned(0);  // last: may cancel or destroy the driver
+  }
 
   // Orphans by loop, so that the end of a loop can free those still there.
   static std::map<uv_loop_t*, std::set<Operation*>>& orphans() {
@@ -251,6 +321,7 @@ struct CommandDriver::Operation {
   static Operation* orphan(std::unique_ptr<Operation> op) {
     op->driver = nullptr;
     op->done = nullptr;
+    op->progress = nullptr;
     op->deadline.stop();
     op->deferred.stop();
     op->output.reset();
@@ -261,12 +332,12 @@ struct CommandDriver::Operation {
   }
 
   // cancel(): SIGTERM to the command's group, SIGKILL after the grace.
-  static void cancel(std::unique_ptr<Operation> op, Millis killGrace) {
+  static void cancel(std::unique_ptr<Operation> op) {
     Operation* self = orphan(std::move(op));
     if (!self) return;  // nothing left to kill
     self->killed = true;
     self->signal(SIGTERM);
-    self->grace.start(killGrace, [self] { self->signal(SIGKILL); });
+    self->grace.start(self->killGrace, [self] { self->signal(SIGKILL); });
   }
 
   // An orphan whose command is gone.
@@ -277,7 +348,7 @@ struct CommandDriver::Operation {
     delete this;
   }
 
-  bool running() const { return watching && !exited; }
+  bool running() const { return spawning || (watching && !exited); }
 
   // The whole process group when the command leads one (it always does when
   // we spawned it), so helpers it started go too. Never after our child was
@@ -369,7 +440,11 @@ struct CommandDriver::Operation {
   CommandDriver* driver;  // nullptr for an orphan
   OperationKind kind;
   Millis timeout;
+  Millis killGrace;
   DoneCallback done;
+  ProgressCallback progress;  // run(): told the pid once the command runs
+  OperationRecord record;     // run(): what `progress` is told
+  Spawn* spawning = nullptr;
   pid_t pid = 0;
   bool child = false;  // run(): we spawned it, and reap it
   bool ownGroup = false;
@@ -422,7 +497,7 @@ Millis CommandDriver::timeoutFor(OperationKind kind) const {
 }
 
 void CommandDriver::cancel() {
-  if (op_) Operation::cancel(std::move(op_), killGrace_);
+  if (op_) Operation::cancel(std::move(op_));
 }
 
 void CommandDriver::detach() {
@@ -453,56 +528,61 @@ void CommandDriver::run(const OperationRequest& request, ProgressCallback progre
   cancel();
   const auto& argv = commandFor(request.kind);
   const std::string what = std::string(toString(request.kind)) + " command";
-  op_ = std::make_unique<Operation>(loop_, this, request.kind, timeoutFor(request.kind), std::move(done));
+  op_ = std::make_unique<Operation>(loop_, this, request.kind, timeoutFor(request.kind), killGrace_, std::move(done));
   Operation* op = op_.get();
   if (argv.empty()) {
     finishLater(failed("no " + what + " is configured for service " + serviceName_));
     return;
   }
 
-  OperationRecord record;
-  record.kind = request.kind;
-  record.driver = "command";
-  record.startedAtMs = unixMillisNow();
+  op->record.kind = request.kind;
+  op->record.driver = "command";
+  op->record.startedAtMs = unixMillisNow();
   const auto alive = alive_;
   if (progress) {
-    progress(record);
+    progress(op->record);
     if (!*alive || op_.get() != op) return;  // cancelled or destroyed from the callback
   }
+  op->progress = std::move(progress);
 
-  const std::string cannotRun = what + " \"" + argv[0] + "\" could not be run: ";
   int error = 0;
-  const ScopedFd outputForCommand = openOutputForWriting(outputPath_, error);
+  ScopedFd outputForCommand = openOutputForWriting(outputPath_, error);
   if (!outputForCommand) {
-    finishLater(failed(cannotRun + "cannot write its output to " + outputPath_ + ": " + errorText(error)));
+    finishLater(
+        failed(cannotRun(request.kind) + "cannot write its output to " + outputPath_ + ": " + errorText(error)));
     return;
   }
   // Opened by name again rather than O_RDWR, so that the command's stdout and
   // stderr are write-only as usual.
   op->output.reset(::open(outputPath_.c_str(), O_RDONLY | O_CLOEXEC));
-
-  pid_t pid = 0;
-  if (const int rc = spawnCommand(argv, outputForCommand.get(), pid); rc != 0) {
-    finishLater(failed(cannotRun + errorText(rc)));
-    return;
-  }
-  op->pid = pid;
-  op->child = true;
-  op->ownGroup = true;
-  // Not reaped yet, so the pid is still the child's; a pidfd can be opened on
-  // it even if it has exited already.
-  op->watch(openPidfd(pid));
+  // The record reported above may reach the disk before the spawn has run:
+  // after a crash in between, the next controld takes the command for one
+  // that has ended (pid 0) and judges readiness as usual, so a health check
+  // waits in vain until start_timeout. Never a second run, which is what the
+  // record is for.
+  op->startSpawn(argv, std::move(outputForCommand));
 
   uv_update_time(loop_);  // timers count from the loop's cached time, which may be stale here
   op->deadline.start(op->timeout, [this] { onTimeout(); });
+}
 
-  record.pid = pid;
-  if (progress) progress(record);  // last: may cancel or destroy the driver
+void CommandDriver::onSpawned(int error) {
+  Operation& op = *op_;
+  if (error != 0) {
+    finish(failed(cannotRun(op.kind) + errorText(error)));
+    return;
+  }
+  op.record.pid = op.pid;
+  if (op.progress) op.progress(op.record);  // last: may cancel or destroy the driver
+}
+
+std::string CommandDriver::cannotRun(OperationKind kind) const {
+  return std::string(toString(kind)) + " command \"" + commandFor(kind)[0] + "\" could not be run: ";
 }
 
 void CommandDriver::resume(const OperationRecord& record, ProgressCallback, DoneCallback done) {
   cancel();
-  op_ = std::make_unique<Operation>(loop_, this, record.kind, timeoutFor(record.kind), std::move(done));
+  op_ = std::make_unique<Operation>(loop_, this, record.kind, timeoutFor(record.kind), killGrace_, std::move(done));
   Operation* op = op_.get();
   const auto pid = static_cast<pid_t>(record.pid);
   if (pid <= 0) {

@@ -4,12 +4,13 @@
 //
 // A command runs without a shell, argv exactly as configured (the program is
 // looked up in PATH), stdin on /dev/null, stdout and stderr both appended to
-// the service's output file, `<state_dir>/<service>.command.log`. Each run
-// empties the file first, so it holds the last operation's output; the last
-// lines of it become the failure reason. A file rather than a pipe to
-// controld: a command that outlives controld (left running by a restart, or
-// a daemon it started) still has somewhere to write, where a pipe nobody
-// reads any more would kill it with SIGPIPE.
+// the service's output file, `<state_dir>/<service>.command.log`, and no other
+// descriptor of controld's (no connection of its stays open in a server the
+// command leaves running). Each run empties the file first, so it holds the
+// last operation's output; the last lines of it become the failure reason. A
+// file rather than a pipe to controld: a command that outlives controld (left
+// running by a restart, or a daemon it started) still has somewhere to write,
+// where a pipe nobody reads any more would kill it with SIGPIPE.
 //
 // It runs in a session and process group of its own, so a timeout or a
 // cancel kills whatever it started too (SIGTERM to the group, SIGKILL after a
@@ -18,9 +19,10 @@
 // exits normally is left alone, and so is anything it left behind on purpose
 // (a daemon it started, like `systemctl start` does).
 //
-// Spawning uses posix_spawn, which holds the event loop only until the exec
-// (a fork would first copy controld's page tables: milliseconds per command,
-// seconds for a burst of starts). Its exit is watched with a pidfd; it is
+// Spawning uses posix_spawn (no copy of controld's page tables, unlike a
+// fork), on libuv's thread pool: it waits for the exec, which takes
+// milliseconds on some machines, and a burst of hundreds of starts must not
+// hold the event loop for seconds. Its exit is watched with a pidfd; it is
 // reaped once the pidfd says it has exited, so nothing ever waits.
 //
 // Outcomes, as users read them ("start" or "stop" as the case may be):
@@ -56,10 +58,10 @@ class CommandDriver : public Driver {
 
   bool supports(OperationKind kind) const override;
 
-  // Spawns the command. `progress` is called twice, synchronously: before the
-  // spawn (pid 0) and right after it with the child's pid. `done` always runs
-  // later, on the loop. Running an operation while another one is in progress
-  // cancels the other one (no callback for it).
+  // Spawns the command. `progress` is called twice: synchronously before the
+  // spawn (pid 0), and from the loop once the command runs, with its pid.
+  // `done` always runs later, on the loop. Running an operation while another
+  // one is in progress cancels the other one (no callback for it).
   void run(const OperationRequest& request, ProgressCallback progress, DoneCallback done) override;
 
   // Follows a command a previous controld process spawned. That process is
@@ -92,8 +94,10 @@ class CommandDriver : public Driver {
   Millis timeoutFor(OperationKind kind) const;
   void finishLater(OperationOutcome outcome);
   void finish(OperationOutcome outcome);
+  void onSpawned(int error);
   void onTimeout();
   void onExit();
+  std::string cannotRun(OperationKind kind) const;
 
   uv_loop_t* loop_;
   std::vector<std::string> startCommand_;

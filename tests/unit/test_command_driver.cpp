@@ -1,3 +1,4 @@
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -41,6 +42,11 @@ struct Observed {
     };
   }
   pid_t pid() const { return progress.empty() ? 0 : static_cast<pid_t>(progress.back().pid); }
+  // The command's pid, reported from the loop once it runs.
+  pid_t waitForPid(TestLoop& loop) {
+    loop.runUntil([this] { return pid() > 0 || outcome; }, 5000ms);
+    return pid();
+  }
 };
 
 // A directory for the commands' output files, removed when the tests end.
@@ -135,27 +141,34 @@ OperationRecord recordOf(pid_t pid, std::int64_t startedAtMs = unixMillisNow()) 
 
 }  // namespace
 
-TEST_CASE("a start command that exits 0 succeeds, and its pid is reported right after the spawn") {
+TEST_CASE("a start command that exits 0 succeeds, and its pid is reported once it runs, before the outcome") {
   TestLoop loop;
   auto driver = startDriver(loop, {"true"});
   Observed seen;
+  std::size_t progressAtDone = 0;
   const auto before = unixMillisNow();
-  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+  driver->run(startRequest(), seen.onProgress(), [&](OperationOutcome o) {
+    progressAtDone = seen.progress.size();
+    seen.onDone()(std::move(o));
+  });
   const auto after = unixMillisNow();
 
   CHECK_FALSE(seen.outcome);  // never from inside run()
-  REQUIRE(seen.progress.size() == 2);
+  REQUIRE(seen.progress.size() == 1);
   CHECK(seen.progress[0].pid == 0);  // persisted before anything happens
+  CHECK(seen.progress[0].driver == "command");
+
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 5000ms));
+  CHECK(seen.outcome->ok);
+  CHECK(seen.outcome->reason.empty());
+  REQUIRE(seen.progress.size() == 2);
+  CHECK(progressAtDone == 2);
   const OperationRecord& record = seen.progress[1];
   CHECK(record.kind == OperationKind::Start);
   CHECK(record.driver == "command");
   CHECK(record.pid > 0);
   CHECK(record.startedAtMs >= before);
   CHECK(record.startedAtMs <= after);
-
-  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 5000ms));
-  CHECK(seen.outcome->ok);
-  CHECK(seen.outcome->reason.empty());
 }
 
 TEST_CASE("a failing start command reports its status and the last lines of its stderr") {
@@ -218,7 +231,7 @@ TEST_CASE("a start command past its timeout is killed with everything it started
   auto driver = startDriver(loop, {"sh", "-c", "sleep 30 & echo $! > " + helperPid.path() + "; wait"}, 300ms);
   Observed seen;
   driver->run(startRequest(), seen.onProgress(), seen.onDone());
-  const pid_t pid = seen.pid();
+  const pid_t pid = seen.waitForPid(loop);
   REQUIRE(pid > 0);
 
   REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 3000ms));
@@ -237,7 +250,8 @@ TEST_CASE("a command that ignores SIGTERM is killed with SIGKILL after the grace
   auto driver = startDriver(loop, {"sh", "-c", "trap '' TERM; echo stubborn >&2; sleep 30"}, 200ms, 300ms);
   Observed seen;
   driver->run(startRequest(), seen.onProgress(), seen.onDone());
-  const pid_t pid = seen.pid();
+  const pid_t pid = seen.waitForPid(loop);
+  REQUIRE(pid > 0);
 
   REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 3000ms));
   CHECK(*seen.doneAt >= 500ms);  // timeout + grace
@@ -272,7 +286,7 @@ TEST_CASE("a cancelled command is killed and never calls back") {
   auto driver = startDriver(loop, {"sleep", "0.3"});
   Observed seen;
   driver->run(startRequest(), seen.onProgress(), seen.onDone());
-  const pid_t pid = seen.pid();
+  const pid_t pid = seen.waitForPid(loop);
   REQUIRE(pid > 0);
   loop.runFor(50ms);
   REQUIRE(processRunning(pid));
@@ -288,12 +302,50 @@ TEST_CASE("a cancelled command is killed and never calls back") {
   CHECK(seen.outcome->ok);
 }
 
+TEST_CASE("a command cancelled while it is being spawned is killed once it runs") {
+  TestLoop loop;
+  TempFile marker;
+  std::remove(marker.path().c_str());
+  auto driver = startDriver(loop, {"sh", "-c", "sleep 0.3; : > " + marker.path()});
+  Observed seen;
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(seen.pid() == 0);  // the spawn is under way
+  driver->cancel();
+
+  loop.runFor(500ms);  // past the moment it would have written the marker
+  CHECK_FALSE(std::filesystem::exists(marker.path()));
+  CHECK(loop.close());                           // it was killed and reaped
+  CHECK(::waitpid(-1, nullptr, WNOHANG) == -1);  // no child left, running or not
+  CHECK(seen.progress.size() == 1);              // nothing after the cancel
+  CHECK_FALSE(seen.outcome);
+}
+
+TEST_CASE("a command detached while it is being spawned runs to its end and is reaped") {
+  TestLoop loop;
+  TempFile pidFile;
+  auto driver = startDriver(loop, {"sh", "-c", "echo $$ > " + pidFile.path() + "; sleep 0.3"});
+  Observed seen;
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(seen.pid() == 0);  // the spawn is under way
+  driver->detach();
+  driver.reset();
+
+  pid_t pid = 0;
+  REQUIRE(loop.runUntil([&] { return (pid = pidFile.readPid()) > 0; }, 5000ms));
+  loop.runFor(100ms);
+  CHECK(processRunning(pid));  // not killed
+  CHECK(loop.close());         // once it has exited
+  CHECK(reaped(pid));
+  CHECK(seen.progress.size() == 1);
+  CHECK_FALSE(seen.outcome);
+}
+
 TEST_CASE("destroying the driver kills a running command without a callback") {
   TestLoop loop;
   auto driver = startDriver(loop, {"sleep", "30"});
   Observed seen;
   driver->run(startRequest(), seen.onProgress(), seen.onDone());
-  const pid_t pid = seen.pid();
+  const pid_t pid = seen.waitForPid(loop);
   REQUIRE(pid > 0);
   driver.reset();
   CHECK(loop.runUntil([&] { return !processRunning(pid); }, 2000ms));
@@ -494,7 +546,7 @@ TEST_CASE("a command detached from the driver keeps writing its output, and is s
                             10000ms, 5000ms, {}, output);
   Observed seen;
   driver->run(startRequest(), seen.onProgress(), seen.onDone());
-  const pid_t pid = seen.pid();
+  const pid_t pid = seen.waitForPid(loop);
   REQUIRE(pid > 0);
   driver->detach();
   driver.reset();  // and no kill from the destructor either
@@ -538,6 +590,22 @@ TEST_CASE("a command starts with every signal at its default action and none blo
   // Signals 1 to 31. glibc's posix_spawn leaves its two internal signals (32
   // and 33) ignored; programs that use them install their own handlers.
   CHECK((std::stoull(reason.substr(ignoredAt + 9), nullptr, 16) & 0x7fffffffULL) == 0);
+}
+
+TEST_CASE("a command gets stdin, stdout and stderr, and no other descriptor of controld") {
+  TestLoop loop;
+  const int leaked = ::open("/dev/null", O_RDONLY);  // not close-on-exec
+  REQUIRE(leaked > 2);
+  const std::string fd = std::to_string(leaked);
+  auto driver = startDriver(loop, {"sh", "-c",
+                                   "ls -l /proc/$$/fd/0 >/dev/null && [ -e /proc/$$/fd/1 ] && [ -e /proc/$$/fd/2 ] && "
+                                   "echo has 0-2; [ -e /proc/$$/fd/" +
+                                       fd + " ] && echo has " + fd + "; exit 1"});
+  Observed seen;
+  driver->run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 5000ms));
+  ::close(leaked);
+  CHECK(seen.outcome->reason == "start command exited with status 1: has 0-2");
 }
 
 TEST_CASE("a resumed command past its timeout ends its reason with the last lines of its output file") {
