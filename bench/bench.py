@@ -1212,7 +1212,12 @@ plot '%s' using 1:2 with points pt 7 ps 0.5 title 'X / Y', 0.95 with lines dt 2 
                 ("fanout_ms_median", "push of a state change to every subscriber, median", " ms", 3),
                 ("fanout_ms_p99", "the same, p99", " ms", 3),
                 ("duplicate_wakes_per_second", "wakes per second, service already starting", "", 0),
-                ("first_wakes_per_second", "wakes per second, each one a start (state written, fsync)", "", 0)):
+                ("first_wakes_per_second", "wakes per second, each one a start (state written, fsync)", "", 0),
+                ("start_commands_per_second", "start commands per second (`true`: spawned, reaped, end on disk)",
+                 "", 0),
+                ("status_ms_max_while_starting", "longest status round trip while they start", " ms", 3)):
+            if key not in s or key not in b:
+                continue  # results from before the figure existed
             a_, b_ = s[key], b[key]
             if digits == 0:
                 self.w("| %s | %s | %s | %s |" % (label, f"{a_:,}", f"{b_:,}", f"{a_ - b_:+,}"))

@@ -6,7 +6,10 @@ Measures, against the real controld binary:
   - fan-out: time from a `controld start` to the state push reaching every
     subscribed client (median, p99 over repeated wakes);
   - wakes per second: duplicate wakes (service already starting; the message
-    path only) and first wakes (each a transition, persisted with fsync).
+    path only) and first wakes (each a transition, persisted with fsync);
+  - start commands: how long until the start command (`true`) of every first
+    wake has run and its end is on disk, and the longest a status round trip
+    took meanwhile (time spent spawning is time the event loop is held).
 
   bench/controld_scale.py --controld build/controld/controld [--services 1000]
       [--clients 8] [--idle-seconds 60] [--json out.json]
@@ -182,10 +185,12 @@ def main():
         n_dup = 20000
         payload = b"".join((json.dumps({"type": "wake", "service": "svc-%04d" % (i % args.fanout_rounds),
                                         "reason": "GET /"}) + "\n").encode() for i in range(n_dup))
-        def burst(payload, tag):
+        def burst(payload, tag, started=None):
             # Messages of one connection are handled in order, so a status
             # round trip on the same connection marks the end of the burst.
             t0 = time.perf_counter()
+            if started is not None:
+                started.append(t0)
             waker.sock.sendall(payload + (json.dumps({"type": "command", "id": tag, "verb": "status",
                                                       "service": "svc-0000"}) + "\n").encode())
             while waker.read().get("type") != "reply":
@@ -197,7 +202,46 @@ def main():
         first = list(range(args.fanout_rounds, args.services))
         payload = b"".join((json.dumps({"type": "wake", "service": "svc-%04d" % i, "reason": "GET /"}) + "\n").encode()
                            for i in first)
-        first_rate = len(first) / burst(payload, 100000)
+        # A probe measures status round trips while the start commands run.
+        probe = Client(sock_path, role="cli")
+        round_trips = []
+        stop_probing = threading.Event()
+
+        def prober():
+            tag = 200000
+            while not stop_probing.is_set():
+                tag += 1
+                t = time.perf_counter()
+                probe.send({"type": "command", "id": tag, "verb": "status", "service": "svc-0000"})
+                while probe.read().get("type") != "reply":
+                    pass
+                round_trips.append((time.perf_counter() - t) * 1000.0)
+                time.sleep(0.002)
+
+        pt = threading.Thread(target=prober)
+        pt.start()
+        burst_started = []
+        first_rate = len(first) / burst(payload, 100000, burst_started)
+
+        # 4. Start commands: done when every woken service's state file holds
+        # the start's end (written after the command was reaped).
+        pending = set(os.path.join(work, "state", "services", "svc-%04d.json" % i) for i in first)
+        deadline = time.monotonic() + 300
+        while pending and time.monotonic() < deadline:
+            for path in list(pending):
+                try:
+                    with open(path) as f:
+                        if '"last_operation"' in f.read():
+                            pending.discard(path)
+                except OSError:
+                    pass
+            if pending:
+                time.sleep(0.01)
+        commands_seconds = time.perf_counter() - burst_started[0]
+        stop_probing.set()
+        pt.join()
+        if pending:
+            raise RuntimeError("%d start commands did not end within 300 s" % len(pending))
         stop_draining.set()
         dt.join()
 
@@ -211,6 +255,11 @@ def main():
             "fanout_ms_p99": round(percentile(latencies, 99), 3),
             "duplicate_wakes_per_second": int(dup_rate),
             "first_wakes_per_second": int(first_rate),
+            "start_commands": len(first),
+            "start_commands_seconds": round(commands_seconds, 3),
+            "start_commands_per_second": int(len(first) / commands_seconds),
+            "status_ms_max_while_starting": round(max(round_trips or [0]), 3),
+            "status_ms_p99_while_starting": round(percentile(round_trips or [0], 99), 3),
         }
         print(json.dumps(result, indent=2))
         if args.json:

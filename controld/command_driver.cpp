@@ -1,17 +1,25 @@
 #include "controld/command_driver.hpp"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
-#include <array>
 
+#include <algorithm>
 #include <cerrno>
-#include <cstring>
+#include <cstring>  // sigabbrev_np
 #include <deque>
 #include <fstream>
+#include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <utility>
+
+#include "controld/fd.hpp"
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -20,15 +28,8 @@
 namespace ondemand::controld {
 
 namespace {
-// One buffer for every driver: reads happen on the loop's thread and are
-// consumed before the callback returns, so a buffer per service (1,000
-// services, 16 KiB each) would only cost memory.
-thread_local std::array<char, 16384> stderrReadBuffer;
-}  // namespace
 
-namespace {
-
-// How much of a command's stderr a failure reason keeps.
+// How much of a command's output a failure reason keeps.
 constexpr std::size_t kTailBytes = 4096;
 constexpr std::size_t kTailLines = 20;
 
@@ -37,72 +38,141 @@ constexpr std::size_t kTailLines = 20;
 // coarse clocks involved (boot time is known to the second).
 constexpr std::int64_t kStartTimeSlackMs = 5000;
 
-// The last few KiB a command wrote to stderr.
-class OutputTail {
- public:
-  void append(const char* data, std::size_t n) {
-    raw_.append(data, n);
-    if (raw_.size() > 2 * kTailBytes) {
-      raw_.erase(0, raw_.size() - kTailBytes);
-      cut_ = true;
-    }
-  }
+// How often a child is looked at when no pidfd can watch it.
+constexpr Millis kExitPollInterval{100};
 
-  // At most kTailLines non-blank lines, without a line cut in half at the front.
-  std::string text() const {
-    std::string_view view(raw_);
-    bool cut = cut_;
-    if (view.size() > kTailBytes) {
-      view.remove_prefix(view.size() - kTailBytes);
-      cut = true;
-    }
-    if (cut) {
-      const auto nl = view.find('\n');
-      if (nl != std::string_view::npos) view.remove_prefix(nl + 1);
-    }
-    std::deque<std::string> lines;
-    while (!view.empty()) {
-      const auto nl = view.find('\n');
-      std::string line(view.substr(0, nl));
-      view.remove_prefix(nl == std::string_view::npos ? view.size() : nl + 1);
-      std::erase(line, '\r');
-      while (!line.empty() && (line.back() == ' ' || line.back() == '\t'))
-        line.pop_back();
-      if (line.find_first_not_of(" \t") == std::string::npos) continue;
-      lines.push_back(std::move(line));
-      if (lines.size() > kTailLines) lines.pop_front();
-    }
-    std::string out;
-    for (const auto& line : lines) {
-      if (!out.empty()) out += '\n';
-      out += line;
-    }
-    return out;
+// The last lines of the output file open at `fd`: at most kTailLines
+// non-blank lines out of its last kTailBytes, without a line cut in half at
+// the front.
+std::string outputTail(int fd) {
+  struct stat st {};
+  if (fd < 0 || ::fstat(fd, &st) != 0 || st.st_size <= 0) return {};
+  const auto size = static_cast<std::size_t>(st.st_size);
+  const std::size_t want = std::min(size, kTailBytes);
+  std::string raw(want, '\0');
+  std::size_t got = 0;
+  while (got < want) {
+    const ssize_t n = ::pread(fd, raw.data() + got, want - got, static_cast<off_t>(size - want + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
   }
+  raw.resize(got);
+
+  std::string_view view(raw);
+  if (size > want) {
+    const auto nl = view.find('\n');
+    if (nl != std::string_view::npos) view.remove_prefix(nl + 1);
+  }
+  std::deque<std::string> lines;
+  while (!view.empty()) {
+    const auto nl = view.find('\n');
+    std::string line(view.substr(0, nl));
+    view.remove_prefix(nl == std::string_view::npos ? view.size() : nl + 1);
+    std::erase(line, '\r');
+    while (!line.empty() && (line.back() == ' ' || line.back() == '\t'))
+      line.pop_back();
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    lines.push_back(std::move(line));
+    if (lines.size() > kTailLines) lines.pop_front();
+  }
+  std::string out;
+  for (const auto& line : lines) {
+    if (!out.empty()) out += '\n';
+    out += line;
+  }
+  return out;
+}
+
+// libuv's wording for an errno ("no such file or directory"), which reasons
+// have always used.
+std::string errorText(int err) {
+  return uv_strerror(uv_translate_sys_error(err));
+}
+
+// Opens the output file for a new run, emptied: it holds the last operation's
+// output. O_APPEND because others may still write to it: a daemon an earlier
+// command left behind writes at the current end too, instead of at its own
+// offset past the new end (which would leave a hole of NUL bytes).
+// On failure, `error` is the errno.
+ScopedFd openOutputForWriting(const std::string& path, int& error) {
+  ScopedFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0640));
+  if (!fd) {
+    error = errno;
+    return fd;
+  }
+  if (fd.get() <= STDERR_FILENO) {
+    // controld was started without some of fds 0-2: the spawn sets those up
+    // and would overwrite this one first.
+    ScopedFd higher(::fcntl(fd.get(), F_DUPFD_CLOEXEC, STDERR_FILENO + 1));
+    if (!higher) {
+      error = errno;
+      return higher;
+    }
+    fd = std::move(higher);
+  }
+  error = 0;
+  return fd;
+}
+
+// posix_spawn's settings, released on every path.
+class SpawnSettings {
+ public:
+  SpawnSettings() {
+    posix_spawnattr_init(&attr_);
+    posix_spawn_file_actions_init(&actions_);
+  }
+  ~SpawnSettings() {
+    posix_spawn_file_actions_destroy(&actions_);
+    posix_spawnattr_destroy(&attr_);
+  }
+  SpawnSettings(const SpawnSettings&) = delete;
+  SpawnSettings& operator=(const SpawnSettings&) = delete;
+
+  posix_spawnattr_t* attr() { return &attr_; }
+  posix_spawn_file_actions_t* actions() { return &actions_; }
 
  private:
-  std::string raw_;
-  bool cut_ = false;
+  posix_spawnattr_t attr_;
+  posix_spawn_file_actions_t actions_;
 };
 
-class ScopedFd {
- public:
-  ScopedFd() = default;
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  ~ScopedFd() {
-    if (fd_ >= 0) ::close(fd_);
+// Spawns argv with stdin on /dev/null, stdout and stderr on `output` (an fd
+// above 2) and no other descriptor. Returns 0 and the pid, or an errno.
+int spawnCommand(const std::vector<std::string>& argv, int output, pid_t& pid) {
+  SpawnSettings s;
+  sigset_t all;
+  sigset_t none;
+  sigfillset(&all);
+  sigemptyset(&none);
+  int rc = posix_spawn_file_actions_addopen(s.actions(), STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  if (rc == 0) rc = posix_spawn_file_actions_adddup2(s.actions(), output, STDOUT_FILENO);
+  if (rc == 0) rc = posix_spawn_file_actions_adddup2(s.actions(), output, STDERR_FILENO);
+  // Nothing else: the spawn runs on another thread than the loop, so a
+  // descriptor the loop has just opened may not be close-on-exec yet (curl
+  // marks its sockets so only after creating them), and a command, or a
+  // server it leaves running, must not hold controld's connections open.
+  if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(s.actions(), STDERR_FILENO + 1);
+  // Default actions and an empty mask for every signal: the command must not
+  // inherit controld's SIG_IGN for SIGPIPE, nor the mask of the thread that
+  // spawns it.
+  if (rc == 0) rc = posix_spawnattr_setsigdefault(s.attr(), &all);
+  if (rc == 0) rc = posix_spawnattr_setsigmask(s.attr(), &none);
+  // setsid(): the command leads a process group of its own that a timeout can
+  // kill as a whole; nothing is killed when it exits normally.
+  if (rc == 0) {
+    rc = posix_spawnattr_setflags(s.attr(), POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
   }
-  int get() const { return fd_; }
-  void reset(int fd) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
+  if (rc != 0) return rc;
 
- private:
-  int fd_ = -1;
-};
+  std::vector<char*> args;
+  for (const auto& arg : argv)
+    args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  // posix_spawnp looks the program up in PATH as execvp does (but runs no
+  // /bin/sh for a script without a #! line).
+  return posix_spawnp(&pid, args[0], s.actions(), s.attr(), args.data(), environ);
+}
 
 OperationOutcome succeeded() {
   OperationOutcome outcome;
@@ -151,34 +221,140 @@ std::optional<std::int64_t> processStartUnixMs(pid_t pid) {
   return std::nullopt;
 }
 
+ScopedFd openPidfd(pid_t pid) {
+  return ScopedFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+}
+
 }  // namespace
 
-// One command being run, or followed after a restart: its process (our child)
-// or a pidfd (someone else's), its stderr, its deadline and kill timers.
-// Owned by the driver; once abandoned (cancel, driver destroyed) it finishes
-// killing the command on its own and frees itself when the command is gone.
+// One command being run, or followed after a restart: its process (our
+// child, or someone else's), the pidfd watching it, its output file, its
+// deadline and kill timers. Owned by the driver. When the driver lets go of
+// it before the command has exited (cancel, driver destroyed, detach), it
+// becomes an orphan that owns itself: it finishes killing the command if that
+// is why, reaps it if it is our child (nothing else would: a zombie would stay
+// for as long as controld runs) and frees itself when the command is gone.
 struct CommandDriver::Operation {
-  Operation(uv_loop_t* loop, CommandDriver* owner, OperationKind k, Millis t, DoneCallback d)
-      : driver(owner), kind(k), timeout(t), done(std::move(d)), deadline(loop), grace(loop), deferred(loop) {}
+  // A spawn under way on libuv's thread pool: the vfork-style clone waits for
+  // the exec, milliseconds each on slow machines, which the loop must not.
+  struct Spawn {
+    uv_work_t work{};
+    std::vector<std::string> argv;
+    ScopedFd output;  // the command's stdout and stderr; ours closed once it runs
+    pid_t pid = 0;
+    int error = 0;
+    Operation* op = nullptr;  // nullptr when the operation went first
+  };
 
-  static void abandon(std::unique_ptr<Operation> op, Millis killGrace) {
-    op->driver = nullptr;
-    op->done = nullptr;
-    op->deadline.stop();
-    op->deferred.stop();
-    op->stderrPipe.reset();
-    if (!op->running()) return;  // nothing left to kill
-    op->signal(SIGTERM);
-    Operation* self = op.release();
-    self->grace.start(killGrace, [self] { self->signal(SIGKILL); });
+  Operation(uv_loop_t* l, CommandDriver* owner, OperationKind k, Millis t, Millis g, DoneCallback d)
+      : loop(l),
+        driver(owner),
+        kind(k),
+        timeout(t),
+        killGrace(g),
+        done(std::move(d)),
+        deadline(l),
+        grace(l),
+        deferred(l),
+        exitPoll(l) {}
+  ~Operation() {
+    if (spawning) spawning->op = nullptr;
+  }
+  Operation(const Operation&) = delete;
+  Operation& operator=(const Operation&) = delete;
+
+  void startSpawn(const std::vector<std::string>& argv, ScopedFd output) {
+    auto* job = new Spawn;
+    job->work.data = job;
+    job->argv = argv;
+    job->output = std::move(output);
+    job->op = this;
+    spawning = job;
+    child = true;
+    ownGroup = true;
+    uv_queue_work(
+        loop, &job->work,
+        [](uv_work_t* w) {
+          auto* j = static_cast<Spawn*>(w->data);
+          j->error = spawnCommand(j->argv, j->output.get(), j->pid);
+          j->output.reset();
+        },
+        [](uv_work_t* w, int) {
+          std::unique_ptr<Spawn> j(static_cast<Spawn*>(w->data));
+          // Nobody follows a command whose operation is gone (controld is
+          // ending): it runs on, like any command a shutdown leaves running.
+          if (j->op) j->op->onSpawned(j->error, j->pid);
+        });
   }
 
-  bool running() const { return !exited && (process || pidWatch); }
+  void onSpawned(int error, pid_t spawned) {
+    spawning = nullptr;
+    if (error != 0) {
+      if (driver) {
+        driver->onSpawned(error);
+      } else {
+        release();
+      }
+      return;
+    }
+    pid = spawned;
+    // Not reaped yet, so the pid is still the child's; a pidfd can be opened
+    // on it even if it has exited already.
+    watch(openPidfd(pid));
+    if (killed || timedOut) {
+      // Cancelled or timed out while it was being spawned: the SIGTERM sent
+      // then reached nobody.
+      signal(SIGTERM);
+      grace.start(killGrace, [this] { signal(SIGKILL); });
+    }
+    if (driver) driver->onSpawned(0);  // last: may cancel or destroy the driver
+  }
+
+  // Orphans by loop, so that the end of a loop can free those still there.
+  static std::map<uv_loop_t*, std::set<Operation*>>& orphans() {
+    static std::map<uv_loop_t*, std::set<Operation*>> byLoop;
+    return byLoop;
+  }
+
+  // Lets go of `op`: it becomes an orphan while its command runs. Returns it
+  // then, nullptr when it is already gone.
+  static Operation* orphan(std::unique_ptr<Operation> op) {
+    op->driver = nullptr;
+    op->done = nullptr;
+    op->progress = nullptr;
+    op->deadline.stop();
+    op->deferred.stop();
+    op->output.reset();
+    if (!op->running()) return nullptr;
+    Operation* self = op.release();
+    orphans()[self->loop].insert(self);
+    return self;
+  }
+
+  // cancel(): SIGTERM to the command's group, SIGKILL after the grace.
+  static void cancel(std::unique_ptr<Operation> op) {
+    Operation* self = orphan(std::move(op));
+    if (!self) return;  // nothing left to kill
+    self->killed = true;
+    self->signal(SIGTERM);
+    self->grace.start(self->killGrace, [self] { self->signal(SIGKILL); });
+  }
+
+  // An orphan whose command is gone.
+  void release() {
+    auto& mine = orphans()[loop];
+    mine.erase(this);
+    if (mine.empty()) orphans().erase(loop);
+    delete this;
+  }
+
+  bool running() const { return spawning || (watching && !exited); }
 
   // The whole process group when the command leads one (it always does when
-  // we spawned it), so helpers it started go too.
+  // we spawned it), so helpers it started go too. Never after our child was
+  // reaped: its pid, the group's id, may be another process's by then.
   void signal(int sig) const {
-    if (pid <= 0) return;
+    if (pid <= 0 || reaped) return;
     if (ownGroup) {
       ::kill(-pid, sig);
     } else if (!exited) {
@@ -186,70 +362,126 @@ struct CommandDriver::Operation {
     }
   }
 
-  // Abandoned and now gone: take whatever of its group survived with it.
-  void reaped() {
-    signal(SIGKILL);
-    delete this;
-  }
-
-  static void onProcessExit(uv_process_t* handle, std::int64_t exitStatus, int termSignal) {
-    auto* op = static_cast<Operation*>(handle->data);
-    if (!op) return;
-    op->exited = true;
-    if (op->driver) {
-      op->driver->onChildExit(exitStatus, termSignal);
-    } else {
-      op->reaped();
+  // Starts watching for the command's exit. A pidfd tells at once; without
+  // one (kernels before 5.3, no fd left) our own child is looked at every
+  // kExitPollInterval instead. False when it cannot be watched at all.
+  bool watch(ScopedFd fd) {
+    if (fd) {
+      auto* poll = new uv_poll_t;
+      if (uv_poll_init(loop, poll, fd.get()) == 0) {
+        poll->data = this;
+        pidWatch.adopt(poll);
+        pidfd = std::move(fd);
+        uv_poll_start(poll, UV_READABLE, &Operation::onPidfdReadable);
+        return watching = true;
+      }
+      delete poll;
     }
+    if (!child) return false;
+    exitPoll.start(kExitPollInterval, [this] { onExitSignalled(); });
+    return watching = true;
   }
 
   static void onPidfdReadable(uv_poll_t* handle, int, int) {
-    auto* op = static_cast<Operation*>(handle->data);
-    if (!op) return;
-    uv_poll_stop(handle);  // a pidfd stays readable once the process has exited
-    op->exited = true;
-    if (op->driver) {
-      op->driver->onResumedExit();
-    } else {
-      op->reaped();
+    if (auto* op = static_cast<Operation*>(handle->data)) op->onExitSignalled();
+  }
+
+  // The pidfd turned readable (the process has exited), or it is time to look
+  // at a child watched without one.
+  void onExitSignalled() {
+    if (child && !childExited()) {
+      if (!pidWatch) exitPoll.start(kExitPollInterval, [this] { onExitSignalled(); });
+      return;
+    }
+    if (pidWatch) uv_poll_stop(pidWatch.get());  // a pidfd stays readable once the process has exited
+    if (child) {
+      // An unreaped child keeps its pid, so the group is still safe to
+      // signal: helpers that outlived the SIGTERM of a timeout or a cancel go.
+      if (timedOut || killed) signal(SIGKILL);
+      reap();
+    }
+    exited = true;
+    if (driver) {
+      driver->onExit();
+      return;
+    }
+    if (killed) signal(SIGKILL);  // a resumed command's group: whatever of it survived
+    release();
+  }
+
+  // Whether our child has exited, without reaping it. A child that is not
+  // there to wait for (only if SIGCHLD were ignored) has exited too.
+  bool childExited() const {
+    siginfo_t info{};
+    int rc;
+    do {
+      rc = ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
+    } while (rc != 0 && errno == EINTR);
+    return rc != 0 || info.si_pid == pid;
+  }
+
+  void reap() {
+    int status = 0;
+    pid_t rc;
+    do {
+      rc = ::waitpid(pid, &status, WNOHANG);
+    } while (rc < 0 && errno == EINTR);
+    reaped = true;
+    if (rc != pid) {
+      statusKnown = false;  // reaped by someone else: only SIGCHLD set to SIG_IGN does that
+    } else if (WIFSIGNALED(status)) {
+      termSignal = WTERMSIG(status);
+    } else if (WIFEXITED(status)) {
+      exitStatus = WEXITSTATUS(status);
     }
   }
 
-  CommandDriver* driver;  // nullptr once abandoned
+  uv_loop_t* loop;
+  CommandDriver* driver;  // nullptr for an orphan
   OperationKind kind;
   Millis timeout;
+  Millis killGrace;
   DoneCallback done;
+  ProgressCallback progress;  // run(): told the pid once the command runs
+  OperationRecord record;     // run(): what `progress` is told
+  Spawn* spawning = nullptr;
   pid_t pid = 0;
+  bool child = false;  // run(): we spawned it, and reap it
   bool ownGroup = false;
+  bool watching = false;
   bool exited = false;
+  bool reaped = false;
   bool timedOut = false;
+  bool killed = false;  // by a cancel
+  bool statusKnown = true;
+  int exitStatus = 0;
+  int termSignal = 0;
 
-  UvHandle<uv_process_t> process;  // run(): our child
-  UvHandle<uv_pipe_t> stderrPipe;
-  OutputTail stderrTail;
-  ScopedFd pidfd;                // resume(): a process we did not spawn
+  ScopedFd output;               // the output file, read-only: the failure reason's tail
+  ScopedFd pidfd;                // the process's exit
   UvHandle<uv_poll_t> pidWatch;  // closed before pidfd (declared after it)
 
   Timer deadline;
   Timer grace;     // SIGTERM was sent; SIGKILL when this fires
   Timer deferred;  // outcomes known at once still reach `done` from the loop
+  Timer exitPoll;  // a child without a pidfd
 };
 
 CommandDriver::CommandDriver(uv_loop_t* loop, std::vector<std::string> startCommand,
                              std::vector<std::string> stopCommand, Millis startTimeout, Millis stopTimeout,
-                             std::string serviceName, Millis killGrace)
+                             std::string serviceName, std::string outputPath, Millis killGrace)
     : loop_(loop),
       startCommand_(std::move(startCommand)),
       stopCommand_(std::move(stopCommand)),
       startTimeout_(startTimeout),
       stopTimeout_(stopTimeout),
       serviceName_(std::move(serviceName)),
+      outputPath_(std::move(outputPath)),
       killGrace_(killGrace) {}
 
 CommandDriver::~CommandDriver() {
   *alive_ = false;
   cancel();
-  drains_.clear();
 }
 
 bool CommandDriver::supports(OperationKind kind) const {
@@ -265,106 +497,92 @@ Millis CommandDriver::timeoutFor(OperationKind kind) const {
 }
 
 void CommandDriver::cancel() {
-  if (op_) Operation::abandon(std::move(op_), killGrace_);
+  if (op_) Operation::cancel(std::move(op_));
 }
 
 void CommandDriver::detach() {
   if (!op_) return;
-  // The command runs in a session of its own, so it survives us; closing our
-  // handles neither signals nor waits for it. The next controld follows its
-  // pid from the persisted OperationRecord.
-  op_->driver = nullptr;
-  op_->done = nullptr;
-  op_.reset();
+  // The command runs in a session of its own and is sent no signal: it
+  // survives us, and the next controld follows its pid from the persisted
+  // OperationRecord. Our own child is still reaped when it exits, should
+  // controld run on (a service removed by a reload); a command we only
+  // followed is not ours to reap.
+  if (op_->child) {
+    Operation::orphan(std::move(op_));
+  } else {
+    op_.reset();
+  }
+}
+
+void CommandDriver::forgetOrphans(uv_loop_t* loop) {
+  auto& orphans = Operation::orphans();
+  const auto it = orphans.find(loop);
+  if (it == orphans.end()) return;
+  const std::set<Operation*> mine = std::move(it->second);
+  orphans.erase(it);
+  for (Operation* op : mine)
+    delete op;
 }
 
 void CommandDriver::run(const OperationRequest& request, ProgressCallback progress, DoneCallback done) {
   cancel();
   const auto& argv = commandFor(request.kind);
   const std::string what = std::string(toString(request.kind)) + " command";
-  op_ = std::make_unique<Operation>(loop_, this, request.kind, timeoutFor(request.kind), std::move(done));
+  op_ = std::make_unique<Operation>(loop_, this, request.kind, timeoutFor(request.kind), killGrace_, std::move(done));
   Operation* op = op_.get();
   if (argv.empty()) {
     finishLater(failed("no " + what + " is configured for service " + serviceName_));
     return;
   }
 
-  OperationRecord record;
-  record.kind = request.kind;
-  record.driver = "command";
-  record.startedAtMs = unixMillisNow();
+  op->record.kind = request.kind;
+  op->record.driver = "command";
+  op->record.startedAtMs = unixMillisNow();
   const auto alive = alive_;
   if (progress) {
-    progress(record);
+    progress(op->record);
     if (!*alive || op_.get() != op) return;  // cancelled or destroyed from the callback
   }
+  op->progress = std::move(progress);
 
-  std::vector<char*> args;
-  for (const auto& arg : argv)
-    args.push_back(const_cast<char*>(arg.c_str()));
-  args.push_back(nullptr);
-
-  auto* pipe = new uv_pipe_t;
-  uv_pipe_init(loop_, pipe, 0);
-  op->stderrPipe.adopt(pipe);
-
-  uv_stdio_container_t stdio[3];
-  stdio[0].flags = UV_IGNORE;  // libuv points ignored stdio at /dev/null
-  stdio[1].flags = UV_IGNORE;
-  stdio[2].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
-  stdio[2].data.stream = reinterpret_cast<uv_stream_t*>(pipe);
-
-  uv_process_options_t options{};
-  options.exit_cb = &Operation::onProcessExit;
-  options.file = args[0];
-  options.args = args.data();
-  options.stdio_count = 3;
-  options.stdio = stdio;
-  // setsid(): the command leads a process group of its own that a timeout can
-  // kill as a whole; nothing is killed when it exits normally.
-  options.flags = UV_PROCESS_DETACHED;
-
-  auto* process = new uv_process_t;
-  const int rc = uv_spawn(loop_, process, &options);
-  op->process.adopt(process);  // closed even when the spawn failed, as libuv requires
-  if (rc != 0) {
-    op->process.reset();
-    op->stderrPipe.reset();
-    finishLater(failed(what + " \"" + argv[0] + "\" could not be run: " + uv_strerror(rc)));
+  int error = 0;
+  ScopedFd outputForCommand = openOutputForWriting(outputPath_, error);
+  if (!outputForCommand) {
+    finishLater(
+        failed(cannotRun(request.kind) + "cannot write its output to " + outputPath_ + ": " + errorText(error)));
     return;
   }
-  process->data = op;
-  op->pid = process->pid;
-  op->ownGroup = true;
-
-  pipe->data = op;
-  uv_read_start(
-      reinterpret_cast<uv_stream_t*>(pipe),
-      [](uv_handle_t* h, size_t, uv_buf_t* buf) {
-        static thread_local char buffer[4096];
-        (void)h;
-        *buf = uv_buf_init(buffer, sizeof buffer);
-      },
-      [](uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
-        auto* o = static_cast<Operation*>(s->data);
-        if (!o) return;
-        if (nread > 0) {
-          o->stderrTail.append(buf->base, static_cast<std::size_t>(nread));
-        } else if (nread < 0) {
-          uv_read_stop(s);  // EOF: everything holding the write end is gone
-        }
-      });
+  // Opened by name again rather than O_RDWR, so that the command's stdout and
+  // stderr are write-only as usual.
+  op->output.reset(::open(outputPath_.c_str(), O_RDONLY | O_CLOEXEC));
+  // The record reported above may reach the disk before the spawn has run:
+  // after a crash in between, the next controld takes the command for one
+  // that has ended (pid 0) and judges readiness as usual, so a health check
+  // waits in vain until start_timeout. Never a second run, which is what the
+  // record is for.
+  op->startSpawn(argv, std::move(outputForCommand));
 
   uv_update_time(loop_);  // timers count from the loop's cached time, which may be stale here
   op->deadline.start(op->timeout, [this] { onTimeout(); });
+}
 
-  record.pid = op->pid;
-  if (progress) progress(record);  // last: may cancel or destroy the driver
+void CommandDriver::onSpawned(int error) {
+  Operation& op = *op_;
+  if (error != 0) {
+    finish(failed(cannotRun(op.kind) + errorText(error)));
+    return;
+  }
+  op.record.pid = op.pid;
+  if (op.progress) op.progress(op.record);  // last: may cancel or destroy the driver
+}
+
+std::string CommandDriver::cannotRun(OperationKind kind) const {
+  return std::string(toString(kind)) + " command \"" + commandFor(kind)[0] + "\" could not be run: ";
 }
 
 void CommandDriver::resume(const OperationRecord& record, ProgressCallback, DoneCallback done) {
   cancel();
-  op_ = std::make_unique<Operation>(loop_, this, record.kind, timeoutFor(record.kind), std::move(done));
+  op_ = std::make_unique<Operation>(loop_, this, record.kind, timeoutFor(record.kind), killGrace_, std::move(done));
   Operation* op = op_.get();
   const auto pid = static_cast<pid_t>(record.pid);
   if (pid <= 0) {
@@ -376,26 +594,17 @@ void CommandDriver::resume(const OperationRecord& record, ProgressCallback, Done
     finishLater(succeeded());  // the pid was reused: the command is gone
     return;
   }
-  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (fd < 0) {
-    // ESRCH: already gone. Without pidfds (kernels before 5.3) the command
-    // cannot be watched without polling; the health check takes over.
-    finishLater(succeeded());
-    return;
-  }
-  op->pidfd.reset(fd);
   op->pid = pid;
   op->ownGroup = ::getpgid(pid) == pid;
-
-  auto* poll = new uv_poll_t;
-  if (uv_poll_init(loop_, poll, fd) != 0) {
-    delete poll;
+  // ESRCH: already gone. Without pidfds (kernels before 5.3) a command that
+  // is not our child cannot be watched without polling; the health check
+  // takes over.
+  if (!op->watch(openPidfd(pid))) {
     finishLater(succeeded());
     return;
   }
-  poll->data = op;
-  op->pidWatch.adopt(poll);
-  uv_poll_start(poll, UV_READABLE, &Operation::onPidfdReadable);
+  // The command still writes to the file the previous controld opened for it.
+  op->output.reset(::open(outputPath_.c_str(), O_RDONLY | O_CLOEXEC));
 
   uv_update_time(loop_);
   const auto elapsed = Millis(record.startedAtMs > 0 ? unixMillisNow() - record.startedAtMs : 0);
@@ -411,86 +620,33 @@ void CommandDriver::onTimeout() {
   // outlives the report.
 }
 
-void CommandDriver::onChildExit(std::int64_t exitStatus, int termSignal) {
+void CommandDriver::onExit() {
   Operation& op = *op_;
   op.deadline.stop();
   op.grace.stop();
-  if (op.timedOut) op.signal(SIGKILL);  // helpers that outlived the SIGTERM
-  drainStderrNow();
+  if (op.timedOut && !op.child) op.signal(SIGKILL);  // a resumed command's helpers (ours went before the reap)
 
   const std::string what = std::string(toString(op.kind)) + " command";
   OperationOutcome outcome;
   if (op.timedOut) {
     outcome.reason = what + " did not finish within " + formatDuration(op.timeout);
-  } else if (termSignal != 0) {
-    outcome.reason = what + " was killed by signal " + std::to_string(termSignal) + " (" + signalName(termSignal) + ")";
-  } else if (exitStatus != 0) {
-    outcome.reason = what + " exited with status " + std::to_string(exitStatus);
+  } else if (!op.child || !op.statusKnown) {
+    // Its exit status went to the controld that spawned it (or, for our own
+    // child, to nobody: SIGCHLD ignored). The health check judges.
+    outcome.ok = true;
+  } else if (op.termSignal != 0) {
+    outcome.reason =
+        what + " was killed by signal " + std::to_string(op.termSignal) + " (" + signalName(op.termSignal) + ")";
+  } else if (op.exitStatus != 0) {
+    outcome.reason = what + " exited with status " + std::to_string(op.exitStatus);
   } else {
     outcome.ok = true;
   }
   if (!outcome.ok) {
-    const std::string tail = op.stderrTail.text();
+    const std::string tail = outputTail(op.output.get());
     if (!tail.empty()) outcome.reason += ": " + tail;
   }
   finish(std::move(outcome));
-}
-
-void CommandDriver::onResumedExit() {
-  Operation& op = *op_;
-  op.deadline.stop();
-  op.grace.stop();
-  OperationOutcome outcome;
-  if (op.timedOut) {
-    op.signal(SIGKILL);
-    outcome.reason = std::string(toString(op.kind)) + " command did not finish within " + formatDuration(op.timeout);
-  } else {
-    outcome.ok = true;  // its exit status went to the controld that spawned it
-  }
-  finish(std::move(outcome));
-}
-
-// The child has exited; what it wrote before that is in the pipe. Read it now
-// rather than waiting for EOF, which never comes while something it left
-// behind keeps the write end.
-void CommandDriver::drainStderrNow() {
-  Operation& op = *op_;
-  if (!op.stderrPipe) return;
-  uv_os_fd_t fd = -1;
-  bool eof = uv_fileno(reinterpret_cast<uv_handle_t*>(op.stderrPipe.get()), &fd) != 0 ||
-             !uv_is_active(reinterpret_cast<uv_handle_t*>(op.stderrPipe.get()));
-  while (!eof) {
-    const ssize_t n = ::read(fd, stderrReadBuffer.data(), stderrReadBuffer.size());
-    if (n > 0) {
-      op.stderrTail.append(stderrReadBuffer.data(), static_cast<std::size_t>(n));
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else {
-      eof = n == 0 || errno != EAGAIN;
-      break;
-    }
-  }
-  if (eof) {
-    op.stderrPipe.reset();
-  } else {
-    keepDraining(std::move(op.stderrPipe));
-  }
-}
-
-void CommandDriver::keepDraining(UvHandle<uv_pipe_t> pipe) {
-  auto* stream = reinterpret_cast<uv_stream_t*>(pipe.get());
-  uv_read_stop(stream);
-  stream->data = this;
-  uv_read_start(
-      stream,
-      [](uv_handle_t*, size_t, uv_buf_t* buf) {
-        *buf = uv_buf_init(stderrReadBuffer.data(), static_cast<unsigned>(stderrReadBuffer.size()));
-      },
-      [](uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
-        auto* self = static_cast<CommandDriver*>(s->data);
-        if (self && nread < 0) self->drains_.erase(reinterpret_cast<uv_pipe_t*>(s));
-      });
-  drains_.emplace(pipe.get(), std::move(pipe));
 }
 
 void CommandDriver::finishLater(OperationOutcome outcome) {

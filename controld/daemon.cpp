@@ -87,7 +87,8 @@ Daemon::~Daemon() {
   shuttingDown_ = true;
   writer_.reset();  // every state write finishes before anything goes
   services_.clear();
-  semaphore_.reset();  // its live-updates thread and handles go while the loop is still open
+  CommandDriver::forgetOrphans(loop_);  // commands still followed go on without us
+  semaphore_.reset();                   // its live-updates thread and handles go while the loop is still open
   server_.reset();
   http_.reset();
   sigterm_.reset();
@@ -109,7 +110,7 @@ std::unique_ptr<Driver> Daemon::makeDriver(const ServiceConfig& c) {
   switch (c.driverKind()) {
     case ServiceConfig::DriverKind::Command:
       return std::make_unique<CommandDriver>(loop_, c.startCommand, c.stopCommand, c.startTimeout, c.stopTimeout,
-                                             c.name);
+                                             c.name, store_.commandOutputPath(c.name));
     case ServiceConfig::DriverKind::Semaphore:
       return makeSemaphoreDriver(c);
     case ServiceConfig::DriverKind::None:
@@ -664,6 +665,9 @@ int Daemon::run() {
     if (h->data) static_cast<Daemon*>(h->data)->reload();
   });
   ::signal(SIGPIPE, SIG_IGN);
+  // An ignored SIGCHLD, inherited from whoever started us, would have the
+  // kernel reap start commands before their exit status is read.
+  ::signal(SIGCHLD, SIG_DFL);
   if (auto error = server_->listen(config_.socketPath, config_.socketMode, config_.socketGroup)) {
     LogLine(LogLevel::Error, "startup_failed").kv("why", *error);
     return 1;

@@ -34,7 +34,7 @@ struct OperationRecord {
 
 struct OperationOutcome {
   bool ok = false;
-  std::string reason;       // on failure: what a user reads ("start command exited with status 1: <stderr tail>")
+  std::string reason;       // on failure: what a user reads ("start command exited with status 1: <output tail>")
   std::int64_t taskId = 0;  // Semaphore: the task that ran
   std::string taskStatus;   // Semaphore: its final status ("success", "error", "stopped")
 };

@@ -4,6 +4,12 @@
 // fsync it, rename it over the old one, fsync the directory. A crash at any
 // point leaves either the old or the new file, never a torn one.
 //
+// state_dir also holds the output of each service's start and stop commands,
+// `<state_dir>/<name>.command.log` (see CommandDriver). Service names are
+// plain file names that never start with a dot (isValidServiceName), so these
+// paths stay inside state_dir and meet neither `services/` nor the dot files
+// of the controld user's home, which state_dir is when packaged.
+//
 // StateStore itself is synchronous; inside the daemon, StateWriter runs its
 // writes on libuv's thread pool so an fsync never stalls the event loop, and
 // tells the caller when a snapshot is durable — the record of an operation
@@ -41,6 +47,7 @@ class StateStore {
   Loaded loadAll() const;
 
   const std::string& directory() const { return dir_; }
+  std::string commandOutputPath(const std::string& service) const { return dir_ + "/" + service + ".command.log"; }
 
  private:
   std::string servicesDir() const { return dir_ + "/services"; }

@@ -156,6 +156,17 @@ class ControldTest(OndemandTestCase):
         self.assertIn("failed", table.stdout)
         self.assertIn("cannot open /dev/nvidia0", table.stdout)
 
+    def test_command_output_goes_to_its_file_in_state_dir(self):
+        self.start_controld(self.config("""  broken:
+    health_url: http://127.0.0.1:{port}/healthz
+    start_command: ["sh", "-c", "echo checking the GPU; echo 'cannot open /dev/nvidia0' >&2; exit 1"]
+""".format(port=free_port())))
+        self.assertEqual(self.cli("start", "broken", "--wait").returncode, 1)
+        with open(self.path("state", "broken.command.log")) as f:
+            self.assertEqual(f.read(), "checking the GPU\ncannot open /dev/nvidia0\n")
+        self.assertEqual(self.status("broken")["services"][0]["reason"],
+                         "start command exited with status 1: checking the GPU\ncannot open /dev/nvidia0")
+
     def test_sigkill_while_warm_then_restart_stays_warm_without_second_start(self):
         port = free_port()
         counter = self.path("starts")
@@ -177,12 +188,15 @@ class ControldTest(OndemandTestCase):
         history = self.status("notes")["services"][0]["history"]
         self.assertEqual(history[-1]["to"], "warm")
 
-    def test_sigkill_during_start_resumes_instead_of_repeating(self):
-        port = free_port()
+    def start_slow_service(self, port, before_launch, *args):
+        """controld with service "slow", whose start command counts its runs
+        in the file "starts", runs the shell code `before_launch` (with
+        `args` as $1...), then launches the sample service. Starts it, and
+        returns once its start command runs."""
         counter = self.path("starts")
         start, stop = self.sample_commands("slow", port)
-        # A start command that takes 2 s before it launches the service.
-        slow_start = ["sh", "-c", 'echo x >> "$0"; sleep 2; exec "$@"', counter] + start
+        slow_start = (["sh", "-c", 'echo x >> "$0"; %s; shift %d; exec "$@"' % (before_launch, len(args)), counter]
+                      + list(args) + start)
         self.start_controld(self.config("""  slow:
     health_url: http://127.0.0.1:{port}/healthz
     start_timeout: 30s
@@ -191,14 +205,37 @@ class ControldTest(OndemandTestCase):
 """.format(port=port, start=command_yaml(slow_start), stop=command_yaml(stop))))
         self.assertEqual(self.cli("start", "slow").returncode, 0)
         wait_until(lambda: os.path.exists(counter), 5, message="start command running")
-        self.controld.kill9()
-        self.restart_controld()
+
+    def assert_slow_service_warm_after_one_start(self, port):
         out = self.cli("start", "slow", "--wait")
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
-        with open(counter) as f:
+        with open(self.path("starts")) as f:
             self.assertEqual(len(f.readlines()), 1, "the start command ran twice")
         self.assertEqual(http_request(port, "/")[0], 200)
         self.assertIn("operation_resumed", self.controld.output())
+
+    def test_sigkill_during_start_resumes_instead_of_repeating(self):
+        port = free_port()
+        # A start command that takes 2 s before it launches the service.
+        self.start_slow_service(port, "sleep 2")
+        self.controld.kill9()
+        self.restart_controld()
+        self.assert_slow_service_warm_after_one_start(port)
+
+    def test_start_command_writing_after_sigterm_runs_on_and_the_next_controld_sees_it_warm(self):
+        port = free_port()
+        marker = self.path("wrote-everything")
+        # Writes well over a pipe's worth to stdout and stderr once controld
+        # has gone, then launches the service.
+        self.start_slow_service(port, 'sleep 1; i=0; while [ $i -lt 5000 ]; do echo "progress $i"; '
+                                'echo "warning $i" >&2; i=$((i+1)); done; : > "$1"', marker)
+        self.assertEqual(self.controld.stop(signal.SIGTERM), 0)
+        # No controld runs now: the command's writes must not kill it.
+        wait_until(lambda: os.path.exists(marker), 15, message="the start command wrote everything")
+        self.restart_controld()
+        self.assert_slow_service_warm_after_one_start(port)
+        with open(self.path("state", "slow.command.log")) as f:
+            self.assertIn("progress 4999\nwarning 4999\n", f.read())
 
     def test_check_config_names_every_mistake_with_file_and_line(self):
         path = self.write("bad.yaml", """\
