@@ -5,6 +5,8 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <random>
 #include <utility>
 
 #include "controld/log.hpp"
@@ -22,6 +24,8 @@ constexpr std::size_t kMaxOutputBytes = 2500;
 constexpr Millis kFirstPoll{100};
 // How long the live-updates connection stays open after the last watched task.
 constexpr Millis kLiveLinger{30'000};
+// The environment key that carries the operation id.
+constexpr std::string_view kOperationKey = "ondemand_operation";
 
 using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
@@ -52,6 +56,16 @@ bool isFinished(const std::string& status) {
 // {"force": false} is the only stop controld sends: a forced stop would leave
 // the task "stopped" instead of "error" and skip Ansible's own cleanup.
 constexpr const char* kStopBody = R"({"force":false})";
+
+// "<service>-<unix ms>-<8 hex digits>". The random part tells apart two
+// operations begun in the same millisecond, and the services of two controlds
+// that share a Semaphore project and a service name.
+std::string newOperationId(const std::string& service, std::int64_t nowMs) {
+  std::random_device random;
+  char suffix[9];
+  std::snprintf(suffix, sizeof suffix, "%08x", static_cast<unsigned>(random()));
+  return service + "-" + std::to_string(nowMs) + "-" + suffix;
+}
 
 }  // namespace
 
@@ -386,6 +400,7 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
   OperationRecord record;
   ProgressCallback progress;
   DoneCallback done;
+  std::string body;  // of the task's POST
 
   Phase phase = Phase::Creating;
   bool active = true;
@@ -407,7 +422,7 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
   std::string taskPath() const { return client.projectPath() + "/tasks/" + std::to_string(record.taskId); }
   std::string taskName() const { return "Semaphore task " + std::to_string(record.taskId); }
 
-  void create(const std::string& body) {
+  void create() {
     phase = Phase::Creating;
     request = client.send("POST", client.projectPath() + "/tasks", body,
                           [self = shared_from_this()](SemaphoreReply reply) { self->onCreated(std::move(reply)); });
@@ -679,7 +694,7 @@ bool SemaphoreDriver::supports(OperationKind kind) const {
   return kind == OperationKind::Start ? settings_.startTemplateId != 0 : settings_.stopTemplateId != 0;
 }
 
-std::string SemaphoreDriver::taskEnvironment(OperationKind kind) const {
+std::string SemaphoreDriver::taskEnvironment(OperationKind kind, const std::string& operationId) const {
   rapidjson::StringBuffer buffer;
   JsonWriter writer(buffer);
   writer.StartObject();
@@ -689,12 +704,15 @@ std::string SemaphoreDriver::taskEnvironment(OperationKind kind) const {
   writer.String(settings_.machineId);
   writer.Key("action");
   writer.String(toString(kind));
+  writer.Key(kOperationKey.data(), static_cast<rapidjson::SizeType>(kOperationKey.size()));
+  writer.String(operationId);
   rapidjson::Document extra;
   extra.Parse(settings_.extraVarsJson.data(), settings_.extraVarsJson.size());
   if (!extra.HasParseError() && extra.IsObject()) {
     for (const auto& member : extra.GetObject()) {
       const std::string_view name(member.name.GetString(), member.name.GetStringLength());
-      if (name == "service_id" || name == "machine_id" || name == "action") continue;  // controld's own say
+      if (name == "service_id" || name == "machine_id" || name == "action" || name == kOperationKey)
+        continue;  // controld's own say
       writer.Key(member.name.GetString(), member.name.GetStringLength());
       member.value.Accept(writer);
     }
@@ -715,45 +733,51 @@ std::shared_ptr<SemaphoreDriver::Operation> SemaphoreDriver::begin(OperationKind
   return op_;
 }
 
-void SemaphoreDriver::run(const OperationRequest& request, ProgressCallback progress, DoneCallback done) {
-  const auto op = begin(request.kind, std::move(progress), std::move(done));
-  op->record.startedAtMs = unixMillisNow();
-  if (!supports(request.kind)) {
-    op->report();
-    if (op->active) op->failSoon("service " + serviceId_ + " has no Semaphore " + toString(request.kind) + " template");
-    return;
-  }
+std::string SemaphoreDriver::cannotRun(OperationKind kind) const {
+  if (!supports(kind)) return "service " + serviceId_ + " has no Semaphore " + toString(kind) + " template";
   if (!settings_.extraVarsJson.empty()) {
     rapidjson::Document extra;
     extra.Parse(settings_.extraVarsJson.data(), settings_.extraVarsJson.size());
-    if (extra.HasParseError() || !extra.IsObject()) {
-      op->report();
-      if (op->active) op->failSoon("extra_vars of service " + serviceId_ + " is not a JSON object");
-      return;
-    }
+    if (extra.HasParseError() || !extra.IsObject())
+      return "extra_vars of service " + serviceId_ + " is not a JSON object";
   }
+  return {};
+}
 
+std::string SemaphoreDriver::taskBody(OperationKind kind, const std::string& operationId,
+                                      const std::string& why) const {
   rapidjson::StringBuffer buffer;
   JsonWriter writer(buffer);
   writer.StartObject();
   writer.Key("template_id");
-  writer.Int64(op->templateId);
+  writer.Int64(kind == OperationKind::Start ? settings_.startTemplateId : settings_.stopTemplateId);
   writer.Key("environment");  // a string holding JSON, not an object: Semaphore answers 400 to an object
-  writer.String(taskEnvironment(request.kind));
+  writer.String(taskEnvironment(kind, operationId));
   if (!settings_.machineId.empty()) {
     writer.Key("limit");
     writer.String(settings_.machineId);
   }
   writer.Key("message");
-  std::string message = "ondemand: " + std::string(toString(request.kind)) + " " + serviceId_;
-  if (!request.why.empty()) message += " (" + request.why + ")";
+  std::string message = "ondemand: " + std::string(toString(kind)) + " " + serviceId_;
+  if (!why.empty()) message += " (" + why + ")";
   writer.String(message);
   writer.EndObject();
-  const std::string body = jsonText(buffer);
+  return jsonText(buffer);
+}
 
+void SemaphoreDriver::run(const OperationRequest& request, ProgressCallback progress, DoneCallback done) {
+  const auto op = begin(request.kind, std::move(progress), std::move(done));
+  op->record.startedAtMs = unixMillisNow();
+  if (std::string problem = cannotRun(request.kind); !problem.empty()) {
+    op->report();
+    if (op->active) op->failSoon(std::move(problem));
+    return;
+  }
+  op->record.operationId = newOperationId(serviceId_, op->record.startedAtMs);
+  op->body = taskBody(request.kind, op->record.operationId, request.why);
   op->report();  // persisted before Semaphore hears of it
   if (!op->active) return;
-  op->create(body);
+  op->create();
 }
 
 void SemaphoreDriver::resume(const OperationRecord& record, ProgressCallback progress, DoneCallback done) {

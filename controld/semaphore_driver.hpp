@@ -117,8 +117,8 @@ class SemaphoreClient {
 
 // Runs one service's start and stop templates. Start sends a task of
 // start_template_id, stop one of stop_template_id (unsupported when 0); the
-// task's environment holds service_id, machine_id, action and the service's
-// extra_vars.
+// task's environment holds service_id, machine_id, action, the operation's id
+// (ondemand_operation) and the service's extra_vars.
 class SemaphoreDriver : public Driver {
  public:
   SemaphoreDriver(std::shared_ptr<SemaphoreClient> client, std::string serviceId, SemaphoreServiceSettings settings);
@@ -136,11 +136,14 @@ class SemaphoreDriver : public Driver {
   void detach() override;
 
   // The environment string sent with a task: a JSON object text.
-  std::string taskEnvironment(OperationKind kind) const;
+  std::string taskEnvironment(OperationKind kind, const std::string& operationId) const;
 
  private:
   struct Operation;
   std::shared_ptr<Operation> begin(OperationKind kind, ProgressCallback progress, DoneCallback done);
+  // Why a task of this kind cannot be sent at all; empty when it can.
+  std::string cannotRun(OperationKind kind) const;
+  std::string taskBody(OperationKind kind, const std::string& operationId, const std::string& why) const;
 
   std::shared_ptr<SemaphoreClient> client_;
   std::string serviceId_;

@@ -6,6 +6,7 @@ templates that start and stop a real process."""
 import datetime
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from test_controld import WorkerClient
 
 RED, RESET = "\x1b[0;31m", "\x1b[0m"
 TASKS = "/api/project/1/tasks"
+OPERATION_ID = re.compile(r"^gpu-\d{13}-[0-9a-f]{8}$")
 
 
 class HealthServer:
@@ -59,6 +61,12 @@ def iso_seconds(text):
     """Semaphore's "2024-10-25T08:00:00.123Z" as unix seconds."""
     t = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
     return t.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def task_environment(post):
+    """A task POST's environment, decoded, without the operation id (checked apart)."""
+    env = json.loads(post["json"]["environment"])
+    return {k: v for k, v in env.items() if k != "ondemand_operation"}, env.get("ondemand_operation")
 
 
 def read_state(worker, service, states, timeout=15.0):
@@ -159,9 +167,12 @@ class WakeTest(SemaphoreControldTest):
         self.assertEqual(sorted(body), ["environment", "limit", "message", "template_id"])
         self.assertEqual(body["template_id"], 22)
         self.assertIsInstance(body["environment"], str)  # a string holding JSON, not an object
-        self.assertEqual(json.loads(body["environment"]),
-                         {"service_id": "gpu", "machine_id": "gpu-01", "action": "start", "model_name": "sdxl",
-                          "gpus": 2})
+        environment = json.loads(body["environment"])
+        self.assertEqual(list(environment), ["service_id", "machine_id", "action", "ondemand_operation",
+                                             "model_name", "gpus"])
+        self.assertRegex(environment.pop("ondemand_operation"), OPERATION_ID)
+        self.assertEqual(environment, {"service_id": "gpu", "machine_id": "gpu-01", "action": "start",
+                                       "model_name": "sdxl", "gpus": 2})
         self.assertEqual(body["limit"], "gpu-01")
         self.assertEqual(body["message"], "ondemand: start gpu (GET /api/generate)")
         self.assertEqual(task["message"], body["message"])
@@ -438,8 +449,11 @@ class IdleStopTest(SemaphoreControldTest):
         self.assertEqual(len(stop_posts), 1, stop_posts)
         self.assertEqual(len(self.posts()), 2)
         body = stop_posts[0]["json"]
-        self.assertEqual(json.loads(body["environment"]),
-                         {"service_id": "gpu", "machine_id": "gpu-01", "action": "stop", "model_name": "sdxl"})
+        environment, operation = task_environment(stop_posts[0])
+        self.assertEqual(environment, {"service_id": "gpu", "machine_id": "gpu-01", "action": "stop",
+                                       "model_name": "sdxl"})
+        self.assertRegex(operation, OPERATION_ID)
+        self.assertNotEqual(operation, task_environment(self.posts(22)[0])[1])  # one id per operation
         self.assertEqual(body["limit"], "gpu-01")
         self.assertEqual(body["message"], "ondemand: stop gpu (idle for 1s)")
         svc = self.svc()
@@ -569,8 +583,9 @@ class HestiaTest(SemaphoreControldTest):
         posts = self.posts()
         self.assertEqual([p["json"]["template_id"] for p in posts], [1, 2])
         for post, action in zip(posts, ("start", "stop")):
-            self.assertEqual(json.loads(post["json"]["environment"]),
-                             {"service_id": "gpu", "machine_id": "gpu-01", "action": action})
+            environment, operation = task_environment(post)
+            self.assertEqual(environment, {"service_id": "gpu", "machine_id": "gpu-01", "action": action})
+            self.assertRegex(operation, OPERATION_ID)
             self.assertEqual(post["json"]["limit"], "gpu-01")
         self.assertEqual(posts[0]["json"]["message"], "ondemand: start gpu (GET /)")
         svc = self.svc()

@@ -306,12 +306,16 @@ TEST_CASE("a start sends one task whose environment is a JSON string, then follo
   CHECK(seen.progress[0].driver == "semaphore");
   CHECK(seen.progress[0].kind == OperationKind::Start);
   CHECK(seen.progress[0].startedAtMs > 0);
+  const std::string operationId = seen.progress[0].operationId;
+  CHECK(operationId.rfind("comfyui-" + std::to_string(seen.progress[0].startedAtMs) + "-", 0) == 0);
+  CHECK(operationId.size() == std::string("comfyui-").size() + std::to_string(seen.progress[0].startedAtMs).size() + 9);
 
   REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
   CHECK(seen.outcome->ok);
   CHECK(seen.outcome->taskStatus == "success");
   REQUIRE(seen.progress.size() == 2);
   CHECK(seen.progress[1].taskId == seen.outcome->taskId);
+  CHECK(seen.progress[1].operationId == operationId);
   CHECK(seen.outcome->taskId > 0);
 
   const auto posts = semaphore.requests("POST", "/api/project/1/tasks");
@@ -330,9 +334,10 @@ TEST_CASE("a start sends one task whose environment is a JSON string, then follo
   CHECK(std::string(env["service_id"].GetString()) == "comfyui");
   CHECK(std::string(env["machine_id"].GetString()) == "gpu-01");
   CHECK(std::string(env["action"].GetString()) == "start");
+  CHECK(std::string(env["ondemand_operation"].GetString()) == operationId);
   CHECK(std::string(env["model_name"].GetString()) == "sdxl");
   CHECK(env["gpus"].IsArray());
-  CHECK(env.MemberCount() == 5);
+  CHECK(env.MemberCount() == 6);
 
   const auto polls = semaphore.requests("GET", "/api/project/1/tasks/" + std::to_string(seen.outcome->taskId));
   CHECK(polls.size() >= 2);
