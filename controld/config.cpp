@@ -361,7 +361,7 @@ void readMapping(Problems& problems, const YAML::Node& map, const std::string& p
 
 // ---------------------------------------------------------------- extra_vars
 
-constexpr std::string_view kReservedExtraVars[] = {"service_id", "machine_id", "action"};
+constexpr std::string_view kReservedExtraVars[] = {"service_id", "machine_id", "action", "ondemand_operation"};
 
 bool isPlainInteger(std::string_view s) {
   if (!s.empty() && (s.front() == '-' || s.front() == '+')) s.remove_prefix(1);
@@ -816,9 +816,9 @@ void Loader::readExtraVars(const Setting& s, std::string& out) {
   bool reserved = false;
   for (auto it = s.node.begin(); it != s.node.end(); ++it) {
     if (it->first.IsScalar() && contains(kReservedExtraVars, it->first.Scalar())) {
-      problems_.error(
-          keyLine(it->first), s.key + "." + it->first.Scalar(),
-          "controld sets " + it->first.Scalar() + " itself (service_id, machine_id and action are reserved)");
+      problems_.error(keyLine(it->first), s.key + "." + it->first.Scalar(),
+                      "controld sets " + it->first.Scalar() +
+                          " itself (service_id, machine_id, action and ondemand_operation are reserved)");
       reserved = true;
     }
   }

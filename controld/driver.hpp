@@ -30,6 +30,10 @@ struct OperationRecord {
   std::int64_t taskId = 0;       // Semaphore task id, 0 until the task exists
   std::int64_t pid = 0;          // command driver: the child's pid
   std::int64_t startedAtMs = 0;  // unix ms
+  // Semaphore: unique to this operation and sent with its task, so that a
+  // restarted controld can find a task whose id it never learnt. Empty in
+  // records written by an older controld.
+  std::string operationId;
 };
 
 struct OperationOutcome {

@@ -5,6 +5,9 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
 #include <utility>
 
 #include "controld/log.hpp"
@@ -22,6 +25,15 @@ constexpr std::size_t kMaxOutputBytes = 2500;
 constexpr Millis kFirstPoll{100};
 // How long the live-updates connection stays open after the last watched task.
 constexpr Millis kLiveLinger{30'000};
+// How many tasks GET …/tasks/last lists at most.
+constexpr std::size_t kLastTasks = 200;
+// How far Semaphore's clock may be from controld's when telling whether a
+// full list of the last tasks reaches back to when a task was sent.
+constexpr Millis kClockSlack{5 * 60'000};
+// The environment key that carries the operation id.
+constexpr std::string_view kOperationKey = "ondemand_operation";
+// Why a task is sent by a resume (its message says it).
+constexpr const char* kSentAgain = "sent again after a restart of controld: the first request created no task";
 
 using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
@@ -52,6 +64,16 @@ bool isFinished(const std::string& status) {
 // {"force": false} is the only stop controld sends: a forced stop would leave
 // the task "stopped" instead of "error" and skip Ansible's own cleanup.
 constexpr const char* kStopBody = R"({"force":false})";
+
+// "<service>-<unix ms>-<8 hex digits>". The random part tells apart two
+// operations begun in the same millisecond, and the services of two controlds
+// that share a Semaphore project and a service name.
+std::string newOperationId(const std::string& service, std::int64_t nowMs) {
+  std::random_device random;
+  char suffix[9];
+  std::snprintf(suffix, sizeof suffix, "%08x", static_cast<unsigned>(random()));
+  return service + "-" + std::to_string(nowMs) + "-" + suffix;
+}
 
 }  // namespace
 
@@ -113,6 +135,98 @@ std::optional<std::vector<std::string>> lastOutputLines(std::string_view body, s
   }
   if (lines.size() > maxLines) lines.erase(lines.begin(), lines.end() - static_cast<std::ptrdiff_t>(maxLines));
   return lines;
+}
+
+// --- finding the task of an operation ---------------------------------------
+
+std::optional<std::int64_t> rfc3339Millis(std::string_view text) {
+  const auto digits = [text](std::size_t at, std::size_t count) -> std::optional<int> {
+    if (at + count > text.size()) return std::nullopt;
+    int value = 0;
+    for (std::size_t i = at; i < at + count; ++i) {
+      if (text[i] < '0' || text[i] > '9') return std::nullopt;
+      value = value * 10 + (text[i] - '0');
+    }
+    return value;
+  };
+  if (text.size() < 20 || text[4] != '-' || text[7] != '-' || (text[10] != 'T' && text[10] != 't') || text[13] != ':' ||
+      text[16] != ':')
+    return std::nullopt;
+  const auto year = digits(0, 4), month = digits(5, 2), day = digits(8, 2);
+  const auto hour = digits(11, 2), minute = digits(14, 2), second = digits(17, 2);
+  if (!year || !month || !day || !hour || !minute || !second || *hour > 23 || *minute > 59 || *second > 60)
+    return std::nullopt;
+  std::size_t i = 19;
+  std::int64_t millis = 0;
+  if (text[i] == '.') {
+    int scale = 100;
+    for (++i; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i, scale /= 10)
+      millis += (text[i] - '0') * scale;
+  }
+  std::int64_t offsetMinutes = 0;  // the zone is required: a local time would be off by hours
+  if (i + 1 == text.size() && (text[i] == 'Z' || text[i] == 'z')) {
+    // UTC
+  } else if (i + 6 == text.size() && (text[i] == '+' || text[i] == '-') && text[i + 3] == ':') {
+    const auto hours = digits(i + 1, 2), minutes = digits(i + 4, 2);
+    if (!hours || !minutes) return std::nullopt;
+    offsetMinutes = (text[i] == '-' ? -1 : 1) * (*hours * 60 + *minutes);
+  } else {
+    return std::nullopt;
+  }
+  const std::chrono::year_month_day date{std::chrono::year(*year), std::chrono::month(static_cast<unsigned>(*month)),
+                                         std::chrono::day(static_cast<unsigned>(*day))};
+  if (!date.ok()) return std::nullopt;
+  const std::int64_t days = std::chrono::sys_days(date).time_since_epoch().count();
+  const std::int64_t minutes = (days * 24 + *hour) * 60 + *minute - offsetMinutes;
+  return minutes * 60'000 + *second * 1000 + millis;
+}
+
+std::optional<TaskSearch> searchTaskList(std::string_view body, std::string_view operationId) {
+  rapidjson::Document doc;
+  doc.Parse(body.data(), body.size());
+  if (doc.HasParseError() || !doc.IsArray()) return std::nullopt;
+  TaskSearch search;
+  bool createdKnown = true;
+  for (const auto& task : doc.GetArray()) {
+    if (!task.IsObject()) return std::nullopt;
+    ++search.listed;
+    // Semaphore lists the newest first, its API description says otherwise:
+    // the order is not relied upon.
+    const auto created = task.FindMember("created");
+    std::optional<std::int64_t> createdMs;
+    if (created != task.MemberEnd() && created->value.IsString())
+      createdMs = rfc3339Millis(std::string_view(created->value.GetString(), created->value.GetStringLength()));
+    if (!createdMs) {
+      createdKnown = false;
+    } else if (search.oldestCreatedMs == 0 || *createdMs < search.oldestCreatedMs) {
+      search.oldestCreatedMs = *createdMs;
+    }
+
+    const auto id = task.FindMember("id");
+    const auto environment = task.FindMember("environment");
+    if (id == task.MemberEnd() || !id->value.IsInt64() || environment == task.MemberEnd() ||
+        !environment->value.IsString())
+      continue;
+    rapidjson::Document vars;
+    vars.Parse(environment->value.GetString(), environment->value.GetStringLength());
+    if (vars.HasParseError() || !vars.IsObject()) continue;
+    const auto key = vars.FindMember(rapidjson::StringRef(kOperationKey.data(), kOperationKey.size()));
+    if (key == vars.MemberEnd() || !key->value.IsString() ||
+        std::string_view(key->value.GetString(), key->value.GetStringLength()) != operationId)
+      continue;
+    // Several only if someone ran it again from Semaphore's task history: the
+    // first one is the task controld sent. The template is not compared: the
+    // id alone names the operation, and a new configuration may have changed
+    // the template since.
+    if (search.taskId != 0 && id->value.GetInt64() > search.taskId) continue;
+    search.taskId = id->value.GetInt64();
+    const auto status = task.FindMember("status");
+    search.status = status != task.MemberEnd() && status->value.IsString()
+                        ? std::string(status->value.GetString(), status->value.GetStringLength())
+                        : std::string();
+  }
+  if (!createdKnown) search.oldestCreatedMs = 0;
+  return search;
 }
 
 // --- SemaphoreClient ---------------------------------------------------------
@@ -367,7 +481,7 @@ void SemaphoreClient::onLiveEvent(const SemaphoreLiveUpdates::Event& event) {
 // Its code runs either while the driver (and so the client) exists, or from a
 // callback of the client: the plain reference to the client is always valid.
 struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
-  enum class Phase { Creating, Following, ReadingOutput, Stopping, Over };
+  enum class Phase { LookingUp, Creating, Following, ReadingOutput, Stopping, Over };
 
   Operation(SemaphoreClient& c, OperationKind k, std::int64_t templ, Millis timeout, Millis interval)
       : client(c),
@@ -383,13 +497,17 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
   std::int64_t templateId;
   Millis taskTimeout;
   Millis pollInterval;
+  std::string serviceId;
   OperationRecord record;
   ProgressCallback progress;
   DoneCallback done;
+  std::string body;        // of the task's POST
+  std::string cannotPost;  // why the task cannot be sent (when `body` is empty)
 
   Phase phase = Phase::Creating;
   bool active = true;
-  bool stopWhenCreated = false;  // cancelled while Semaphore had not answered the creation yet
+  bool stopWhenCreated = false;  // cancelled while Semaphore had not answered the creation (or look-up) yet
+  bool secondLook = false;       // the look-up for an unconfirmed task is being repeated (onLookedUp)
   bool deadlinePassed = false;
   std::string lastStatus;       // as last read from Semaphore
   std::string lastPollProblem;  // why the last poll could not read the status
@@ -407,7 +525,7 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
   std::string taskPath() const { return client.projectPath() + "/tasks/" + std::to_string(record.taskId); }
   std::string taskName() const { return "Semaphore task " + std::to_string(record.taskId); }
 
-  void create(const std::string& body) {
+  void create() {
     phase = Phase::Creating;
     request = client.send("POST", client.projectPath() + "/tasks", body,
                           [self = shared_from_this()](SemaphoreReply reply) { self->onCreated(std::move(reply)); });
@@ -454,6 +572,94 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
     report();
     if (!active) return;
     follow(false);
+  }
+
+  // --- resuming an operation whose task id never reached the record ---------
+
+  std::string lastTasksPath() const { return client.projectPath() + "/tasks/last"; }
+  std::string unconfirmed() const {
+    return "controld restarted before Semaphore confirmed the " + std::string(toString(kind)) + " task of service " +
+           serviceId;
+  }
+
+  // Semaphore got the POST or not; its task list says which. The task carries
+  // the operation id in its environment (taskEnvironment).
+  void lookUp() {
+    phase = Phase::LookingUp;
+    request = client.send("GET", lastTasksPath(), "",
+                          [self = shared_from_this()](SemaphoreReply reply) { self->onLookedUp(std::move(reply)); });
+  }
+
+  void onLookedUp(SemaphoreReply reply) {
+    request = 0;
+    std::optional<TaskSearch> search;
+    if (reply.refused.empty() && reply.http.ok()) search = searchTaskList(reply.http.body, record.operationId);
+    if (!active) {
+      // Cancelled meanwhile: stop the task found, as one whose creation is
+      // answered after a cancel is.
+      if (stopWhenCreated && search && search->taskId && !isFinished(search->status)) {
+        record.taskId = search->taskId;
+        client.send("POST", taskPath() + "/stop", kStopBody, [](SemaphoreReply) {});
+      }
+      return;
+    }
+    if (!search) {
+      const std::string why =
+          !reply.refused.empty()   ? reply.refused
+          : reply.http.status == 0 ? "could not reach Semaphore at " + url() + ": " + reply.http.error
+          : reply.http.ok()        ? "Semaphore at " + url() + " answered no task list: " + excerpt(reply.http.body)
+                                   : "Semaphore at " + url() + " answered HTTP " + std::to_string(reply.http.status);
+      return fail(unconfirmed() + ", and could not look for it in Semaphore's task history (GET " + lastTasksPath() +
+                  "): " + why + "; not running a second one");
+    }
+    if (search->taskId) {
+      LogLine(LogLevel::Info, "semaphore_task_found")
+          .kv("service", serviceId)
+          .kv("operation_id", record.operationId)
+          .kv("task_id", search->taskId)
+          .kv("status", search->status);
+      record.taskId = search->taskId;
+      report();
+      if (!active) return;
+      return follow(true);
+    }
+    if (!secondLook) {
+      // Not listed yet does not mean never: a POST the previous controld sent
+      // just before it went away may still be on its way through Semaphore.
+      // That controld would have waited http_timeout for the answer, and no
+      // longer; so look once more when that much time has passed since now.
+      secondLook = true;
+      timer.start(client.settings().httpTimeout, [this] {
+        auto self = shared_from_this();
+        lookUp();
+      });
+      return;
+    }
+    // Semaphore lists only its last tasks: with a full list, the absence of
+    // the task means something only if the list reaches back to when it was
+    // sent (with room for the two clocks to differ).
+    const bool reachesBack =
+        search->oldestCreatedMs > 0 && search->oldestCreatedMs <= record.startedAtMs - kClockSlack.count();
+    if (search->listed >= kLastTasks && !reachesBack)
+      return fail(unconfirmed() + ", and Semaphore's last " + std::to_string(search->listed) + " tasks of project " +
+                  std::to_string(client.settings().projectId) +
+                  " do not reach back to when it was sent; not running a second one (check Semaphore's task history)");
+    if (body.empty()) return fail(cannotPost);
+    // Sending the task now cannot make a second one: any task of this
+    // operation carries its id, which no other operation has, and Semaphore
+    // lists none, in a list that holds every task created since before the
+    // first POST (all of the project's, or the last ones reaching back that
+    // far), read http_timeout after the previous controld could last have
+    // sent anything. The task goes with the same id, recorded first, so a
+    // restart during this POST looks for it the same way.
+    LogLine(LogLevel::Info, "semaphore_task_not_found")
+        .kv("service", serviceId)
+        .kv("operation_id", record.operationId)
+        .kv("then", "sending it now");
+    record.startedAtMs = unixMillisNow();  // task_timeout counts from this POST, the one that creates the task
+    report();
+    if (!active) return;
+    create();
   }
 
   // Polls the task until it finishes; with `now`, the first poll goes at once.
@@ -645,6 +851,7 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
     progress = nullptr;
     done = nullptr;
     switch (phase) {
+      case Phase::LookingUp:  // as Creating: a look-up under way may still name a task to stop
       case Phase::Creating:
         if (stopTask) {
           stopWhenCreated = true;  // the POST goes on; its answer names the task to stop
@@ -679,7 +886,7 @@ bool SemaphoreDriver::supports(OperationKind kind) const {
   return kind == OperationKind::Start ? settings_.startTemplateId != 0 : settings_.stopTemplateId != 0;
 }
 
-std::string SemaphoreDriver::taskEnvironment(OperationKind kind) const {
+std::string SemaphoreDriver::taskEnvironment(OperationKind kind, const std::string& operationId) const {
   rapidjson::StringBuffer buffer;
   JsonWriter writer(buffer);
   writer.StartObject();
@@ -689,12 +896,15 @@ std::string SemaphoreDriver::taskEnvironment(OperationKind kind) const {
   writer.String(settings_.machineId);
   writer.Key("action");
   writer.String(toString(kind));
+  writer.Key(kOperationKey.data(), static_cast<rapidjson::SizeType>(kOperationKey.size()));
+  writer.String(operationId);
   rapidjson::Document extra;
   extra.Parse(settings_.extraVarsJson.data(), settings_.extraVarsJson.size());
   if (!extra.HasParseError() && extra.IsObject()) {
     for (const auto& member : extra.GetObject()) {
       const std::string_view name(member.name.GetString(), member.name.GetStringLength());
-      if (name == "service_id" || name == "machine_id" || name == "action") continue;  // controld's own say
+      if (name == "service_id" || name == "machine_id" || name == "action" || name == kOperationKey)
+        continue;  // controld's own say
       writer.Key(member.name.GetString(), member.name.GetStringLength());
       member.value.Accept(writer);
     }
@@ -708,6 +918,7 @@ std::shared_ptr<SemaphoreDriver::Operation> SemaphoreDriver::begin(OperationKind
   if (op_) cancel();  // one operation at a time: a new one replaces (and stops) the old
   const std::int64_t templateId = kind == OperationKind::Start ? settings_.startTemplateId : settings_.stopTemplateId;
   op_ = std::make_shared<Operation>(*client_, kind, templateId, settings_.taskTimeout, settings_.pollInterval);
+  op_->serviceId = serviceId_;
   op_->progress = std::move(progress);
   op_->done = std::move(done);
   op_->record.kind = kind;
@@ -715,60 +926,74 @@ std::shared_ptr<SemaphoreDriver::Operation> SemaphoreDriver::begin(OperationKind
   return op_;
 }
 
-void SemaphoreDriver::run(const OperationRequest& request, ProgressCallback progress, DoneCallback done) {
-  const auto op = begin(request.kind, std::move(progress), std::move(done));
-  op->record.startedAtMs = unixMillisNow();
-  if (!supports(request.kind)) {
-    op->report();
-    if (op->active) op->failSoon("service " + serviceId_ + " has no Semaphore " + toString(request.kind) + " template");
-    return;
-  }
+std::string SemaphoreDriver::cannotRun(OperationKind kind) const {
+  if (!supports(kind)) return "service " + serviceId_ + " has no Semaphore " + toString(kind) + " template";
   if (!settings_.extraVarsJson.empty()) {
     rapidjson::Document extra;
     extra.Parse(settings_.extraVarsJson.data(), settings_.extraVarsJson.size());
-    if (extra.HasParseError() || !extra.IsObject()) {
-      op->report();
-      if (op->active) op->failSoon("extra_vars of service " + serviceId_ + " is not a JSON object");
-      return;
-    }
+    if (extra.HasParseError() || !extra.IsObject())
+      return "extra_vars of service " + serviceId_ + " is not a JSON object";
   }
+  return {};
+}
 
+std::string SemaphoreDriver::taskBody(OperationKind kind, const std::string& operationId,
+                                      const std::string& why) const {
   rapidjson::StringBuffer buffer;
   JsonWriter writer(buffer);
   writer.StartObject();
   writer.Key("template_id");
-  writer.Int64(op->templateId);
+  writer.Int64(kind == OperationKind::Start ? settings_.startTemplateId : settings_.stopTemplateId);
   writer.Key("environment");  // a string holding JSON, not an object: Semaphore answers 400 to an object
-  writer.String(taskEnvironment(request.kind));
+  writer.String(taskEnvironment(kind, operationId));
   if (!settings_.machineId.empty()) {
     writer.Key("limit");
     writer.String(settings_.machineId);
   }
   writer.Key("message");
-  std::string message = "ondemand: " + std::string(toString(request.kind)) + " " + serviceId_;
-  if (!request.why.empty()) message += " (" + request.why + ")";
+  std::string message = "ondemand: " + std::string(toString(kind)) + " " + serviceId_;
+  if (!why.empty()) message += " (" + why + ")";
   writer.String(message);
   writer.EndObject();
-  const std::string body = jsonText(buffer);
+  return jsonText(buffer);
+}
 
+void SemaphoreDriver::run(const OperationRequest& request, ProgressCallback progress, DoneCallback done) {
+  const auto op = begin(request.kind, std::move(progress), std::move(done));
+  op->record.startedAtMs = unixMillisNow();
+  if (std::string problem = cannotRun(request.kind); !problem.empty()) {
+    op->report();
+    if (op->active) op->failSoon(std::move(problem));
+    return;
+  }
+  op->record.operationId = newOperationId(serviceId_, op->record.startedAtMs);
+  op->body = taskBody(request.kind, op->record.operationId, request.why);
   op->report();  // persisted before Semaphore hears of it
   if (!op->active) return;
-  op->create(body);
+  op->create();
 }
 
 void SemaphoreDriver::resume(const OperationRecord& record, ProgressCallback progress, DoneCallback done) {
   const auto op = begin(record.kind, std::move(progress), std::move(done));
   op->record = record;
   op->record.driver = "semaphore";
-  if (record.taskId <= 0) {
-    // The previous controld stopped before Semaphore answered the POST: there
-    // may or may not be a task, and starting another could run it twice.
-    op->failSoon("controld restarted before Semaphore confirmed the " + std::string(toString(record.kind)) +
-                 " task of service " + serviceId_ + "; not running a second one (check Semaphore's task history)");
+  if (record.startedAtMs <= 0) op->record.startedAtMs = unixMillisNow();
+  if (record.taskId > 0) {
+    op->follow(true);
     return;
   }
-  if (record.startedAtMs <= 0) op->record.startedAtMs = unixMillisNow();
-  op->follow(true);
+  if (record.operationId.empty()) {
+    // Recorded by a controld that sent no operation id with its tasks: a task
+    // of this operation, if there is one, cannot be told from any other, and
+    // starting another could run the playbook twice.
+    op->failSoon(op->unconfirmed() + "; not running a second one (check Semaphore's task history)");
+    return;
+  }
+  // The previous controld stopped between sending the task and recording
+  // Semaphore's answer: the task may or may not exist. Look for it.
+  op->cannotPost = cannotRun(record.kind);
+  if (op->cannotPost.empty()) op->body = taskBody(record.kind, record.operationId, kSentAgain);
+  op->lookUp();
 }
 
 void SemaphoreDriver::cancel() {

@@ -117,8 +117,13 @@ class SemaphoreClient {
 
 // Runs one service's start and stop templates. Start sends a task of
 // start_template_id, stop one of stop_template_id (unsupported when 0); the
-// task's environment holds service_id, machine_id, action and the service's
-// extra_vars.
+// task's environment holds service_id, machine_id, action, the operation's id
+// (ondemand_operation) and the service's extra_vars.
+//
+// resume() of an operation whose task id never reached the record (controld
+// went away between sending the task and reading Semaphore's answer) looks for
+// the task by its operation id in GET …/tasks/last and follows it; only when
+// Semaphore certainly has no such task does it send the task again.
 class SemaphoreDriver : public Driver {
  public:
   SemaphoreDriver(std::shared_ptr<SemaphoreClient> client, std::string serviceId, SemaphoreServiceSettings settings);
@@ -136,11 +141,14 @@ class SemaphoreDriver : public Driver {
   void detach() override;
 
   // The environment string sent with a task: a JSON object text.
-  std::string taskEnvironment(OperationKind kind) const;
+  std::string taskEnvironment(OperationKind kind, const std::string& operationId) const;
 
  private:
   struct Operation;
   std::shared_ptr<Operation> begin(OperationKind kind, ProgressCallback progress, DoneCallback done);
+  // Why a task of this kind cannot be sent at all; empty when it can.
+  std::string cannotRun(OperationKind kind) const;
+  std::string taskBody(OperationKind kind, const std::string& operationId, const std::string& why) const;
 
   std::shared_ptr<SemaphoreClient> client_;
   std::string serviceId_;
@@ -156,5 +164,20 @@ std::string stripAnsi(std::string_view text);
 // array of {"output": …} objects, or null), ANSI removed. nullopt when the
 // body is not such an answer.
 std::optional<std::vector<std::string>> lastOutputLines(std::string_view body, std::size_t maxLines);
+
+// What a GET …/tasks/last answer says about the task of one operation: the
+// task whose environment (a JSON object text) has "ondemand_operation" equal
+// to `operationId`. nullopt when the body is not a list of tasks.
+struct TaskSearch {
+  std::int64_t taskId = 0;  // 0: none listed; of several, the first created
+  std::string status;
+  std::size_t listed = 0;            // how many tasks the answer holds
+  std::int64_t oldestCreatedMs = 0;  // when the oldest of them was created (unix ms), 0 if unknown
+};
+std::optional<TaskSearch> searchTaskList(std::string_view body, std::string_view operationId);
+
+// Semaphore's timestamps ("2024-10-25T08:00:00.123Z", RFC 3339 with any
+// fraction and Z or an offset) as unix ms; nullopt for anything else.
+std::optional<std::int64_t> rfc3339Millis(std::string_view text);
 
 }  // namespace ondemand::controld

@@ -39,6 +39,7 @@ void writeOperation(Writer& w, const OperationRecord& op) {
   w.Int64(op.pid);
   w.Key("started_at");
   w.Int64(op.startedAtMs);
+  writeString(w, "operation_id", op.operationId);
   w.EndObject();
 }
 
@@ -173,6 +174,7 @@ std::optional<MachineSnapshot> snapshotFromJson(const std::string& text, std::st
     r.taskId = int64Of(*op, "task_id");
     r.pid = int64Of(*op, "pid");
     r.startedAtMs = int64Of(*op, "started_at");
+    r.operationId = stringOf(*op, "operation_id");  // absent in files of an older controld
     s.operation = r;
   }
   if (const auto* op = member(doc, "last_operation"); op && op->IsObject()) {

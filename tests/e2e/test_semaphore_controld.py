@@ -6,6 +6,7 @@ templates that start and stop a real process."""
 import datetime
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from test_controld import WorkerClient
 
 RED, RESET = "\x1b[0;31m", "\x1b[0m"
 TASKS = "/api/project/1/tasks"
+OPERATION_ID = re.compile(r"^gpu-\d{13}-[0-9a-f]{8}$")
 
 
 class HealthServer:
@@ -59,6 +61,12 @@ def iso_seconds(text):
     """Semaphore's "2024-10-25T08:00:00.123Z" as unix seconds."""
     t = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
     return t.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def task_environment(post):
+    """A task POST's environment, decoded, without the operation id (checked apart)."""
+    env = json.loads(post["json"]["environment"])
+    return {k: v for k, v in env.items() if k != "ondemand_operation"}, env.get("ondemand_operation")
 
 
 def read_state(worker, service, states, timeout=15.0):
@@ -159,9 +167,12 @@ class WakeTest(SemaphoreControldTest):
         self.assertEqual(sorted(body), ["environment", "limit", "message", "template_id"])
         self.assertEqual(body["template_id"], 22)
         self.assertIsInstance(body["environment"], str)  # a string holding JSON, not an object
-        self.assertEqual(json.loads(body["environment"]),
-                         {"service_id": "gpu", "machine_id": "gpu-01", "action": "start", "model_name": "sdxl",
-                          "gpus": 2})
+        environment = json.loads(body["environment"])
+        self.assertEqual(list(environment), ["service_id", "machine_id", "action", "ondemand_operation",
+                                             "model_name", "gpus"])
+        self.assertRegex(environment.pop("ondemand_operation"), OPERATION_ID)
+        self.assertEqual(environment, {"service_id": "gpu", "machine_id": "gpu-01", "action": "start",
+                                       "model_name": "sdxl", "gpus": 2})
         self.assertEqual(body["limit"], "gpu-01")
         self.assertEqual(body["message"], "ondemand: start gpu (GET /api/generate)")
         self.assertEqual(task["message"], body["message"])
@@ -356,25 +367,80 @@ class RestartTest(SemaphoreControldTest):
         self.assertEqual((svc["last_operation"]["task_id"], svc["last_operation"]["task_status"]), (1, "success"))
         self.assertEqual(svc["history"][-1]["to"], "warm")
 
-    def test_sigkill_before_semaphore_answered_the_post_never_posts_a_second_task(self):
-        # The task may exist although controld never learnt its id: running
-        # the start template again could run the playbook twice.
+    def recorded_operation(self):
+        """The operation in gpu's state file, or {}."""
+        try:
+            with open(self.path("state", "services", "gpu.json")) as f:
+                return json.load(f).get("operation") or {}
+        except (OSError, ValueError):
+            return {}
+
+    def kill_between_post_and_answer(self, http_timeout, **double_config):
+        """Starts gpu with the double configured so (a delay, a drop), then kills
+        controld once the POST reached the double and the driver's record, with
+        its operation id, is on disk. Returns that operation id."""
         self.health.up = True
-        self.double.configure(response_delay_ms=1500)
-        self.start_controld(self.config(self.service(task_timeout="20s")))
+        self.double.configure(**double_config)
+        self.start_controld(self.config(self.service(task_timeout="20s"), {"http_timeout": http_timeout}))
         self.assertEqual(self.cli("start", "gpu").returncode, 0)
-        wait_until(lambda: self.posts(), 5, message="the task POST")
-        time.sleep(0.3)  # the driver's record is on disk; the POST still unanswered
-        self.assertIsNone(self.posts()[0]["status"])
+        wait_until(lambda: self.posts() and self.recorded_operation().get("operation_id"), 5,
+                   message="the task POST and its record")
+        self.assertIsNone(self.posts()[0]["status"])  # not answered yet
+        operation = self.recorded_operation()
+        self.assertEqual(operation["task_id"], 0)
+        self.assertEqual(task_environment(self.posts()[0])[1], operation["operation_id"])
         self.controld.kill9()
-        self.double.configure(response_delay_ms=0)
+        self.double.configure(response_delay_ms=0, answer_delay_ms=0, drop_task_posts=False)
+        return operation["operation_id"]
+
+    def assert_followed_to_warm(self, task_id):
+        self.wait_state("gpu", "warm", timeout=15)
+        svc = self.svc()
+        self.assertEqual((svc["last_operation"]["task_id"], svc["last_operation"]["task_status"]), (task_id, "success"))
+        self.assertEqual(svc["history"][-1]["to"], "warm")
+        self.assertEqual(self.stops(), [])
+
+    def test_sigkill_before_semaphore_answered_the_post_follows_the_task_it_created(self):
+        # Semaphore created the task at once; its answer never reached controld.
+        operation_id = self.kill_between_post_and_answer("5s", answer_delay_ms=3000)
+        self.assertEqual(len(self.double.all_tasks()), 1)
         self.restart_controld()
-        self.wait_state("gpu", "failed", timeout=5)
-        self.assertTrue(self.svc()["reason"].startswith(
-            "controld restarted before Semaphore confirmed the start task of service gpu; not running a second one"),
-            self.svc()["reason"])
-        time.sleep(0.5)
+        self.assert_followed_to_warm(1)
         self.assertEqual(len(self.posts()), 1)
+        self.assertEqual(len(self.double.all_tasks()), 1)
+        self.assertEqual(len(self.double.requests(TASKS + "/last")), 1)
+        self.assertIn("event=semaphore_task_found service=gpu operation_id=%s task_id=1" % operation_id,
+                      self.controld.output())
+
+    def test_sigkill_while_semaphore_was_slow_to_create_the_task_finds_it_on_the_second_look(self):
+        # Semaphore creates the task only 1.5 s after the POST arrived: after
+        # the restarted controld first looked, before http_timeout passed.
+        self.kill_between_post_and_answer("3s", response_delay_ms=1500)
+        self.assertEqual(self.double.all_tasks(), [])
+        self.restart_controld()
+        self.assert_followed_to_warm(1)
+        self.assertEqual(len(self.posts()), 1)
+        self.assertEqual(len(self.double.all_tasks()), 1)
+        self.assertEqual(len(self.double.requests(TASKS + "/last")), 2)
+
+    def test_sigkill_before_the_post_reached_semaphore_sends_it_once_after_the_restart(self):
+        # The POST is lost on its way: Semaphore never creates the task.
+        operation_id = self.kill_between_post_and_answer("2s", response_delay_ms=1000, drop_task_posts=True)
+        wait_until(lambda: self.double.requests(TASKS)[0]["time"] + 1.2 < time.time(), 5, message="the drop")
+        self.assertEqual(self.double.all_tasks(), [])
+        self.restart_controld()
+        self.assert_followed_to_warm(1)
+        posts = self.posts()
+        self.assertEqual(len(posts), 2, posts)  # the lost one, and one after the restart
+        self.assertEqual(posts[1]["status"], 201)
+        self.assertEqual(task_environment(posts[1])[1], operation_id)
+        self.assertEqual(len(self.double.all_tasks()), 1)
+        self.assertIn("event=semaphore_task_not_found service=gpu operation_id=%s" % operation_id,
+                      self.controld.output())
+        looks = [r["time"] for r in self.double.requests(TASKS + "/last")]
+        self.assertEqual(len(looks), 2)
+        self.assertGreaterEqual(looks[1] - looks[0], 1.9)  # http_timeout apart
+        self.assertLess(looks[1], posts[1]["time"])
 
 
 class MachineTest(SemaphoreControldTest):
@@ -438,8 +504,11 @@ class IdleStopTest(SemaphoreControldTest):
         self.assertEqual(len(stop_posts), 1, stop_posts)
         self.assertEqual(len(self.posts()), 2)
         body = stop_posts[0]["json"]
-        self.assertEqual(json.loads(body["environment"]),
-                         {"service_id": "gpu", "machine_id": "gpu-01", "action": "stop", "model_name": "sdxl"})
+        environment, operation = task_environment(stop_posts[0])
+        self.assertEqual(environment, {"service_id": "gpu", "machine_id": "gpu-01", "action": "stop",
+                                       "model_name": "sdxl"})
+        self.assertRegex(operation, OPERATION_ID)
+        self.assertNotEqual(operation, task_environment(self.posts(22)[0])[1])  # one id per operation
         self.assertEqual(body["limit"], "gpu-01")
         self.assertEqual(body["message"], "ondemand: stop gpu (idle for 1s)")
         svc = self.svc()
@@ -569,8 +638,9 @@ class HestiaTest(SemaphoreControldTest):
         posts = self.posts()
         self.assertEqual([p["json"]["template_id"] for p in posts], [1, 2])
         for post, action in zip(posts, ("start", "stop")):
-            self.assertEqual(json.loads(post["json"]["environment"]),
-                             {"service_id": "gpu", "machine_id": "gpu-01", "action": action})
+            environment, operation = task_environment(post)
+            self.assertEqual(environment, {"service_id": "gpu", "machine_id": "gpu-01", "action": action})
+            self.assertRegex(operation, OPERATION_ID)
             self.assertEqual(post["json"]["limit"], "gpu-01")
         self.assertEqual(posts[0]["json"]["message"], "ondemand: start gpu (GET /)")
         svc = self.svc()

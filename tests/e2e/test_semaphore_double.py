@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -238,6 +239,60 @@ class FollowTaskTest(DoubleTestCase):
         self.assertGreaterEqual(second["start"], first["end"])
 
 
+class TaskListTest(DoubleTestCase):
+    def test_the_last_tasks_are_listed_newest_first_with_environment_message_and_template_fields(self):
+        env = json.dumps({"service_id": "comfyui", "ondemand_operation": "comfyui-1-0badf00d"})
+        first = self.run_task(22, environment=env, message="ondemand: start comfyui")
+        second = self.run_task(23)
+        status, _, body = self.call("GET", "/api/project/1/tasks/last")
+        self.assertEqual(status, 200)
+        tasks = json.loads(body)
+        self.assertEqual([t["id"] for t in tasks], [second["id"], first["id"]])
+        listed = tasks[1]
+        self.assertEqual((listed["environment"], listed["message"], listed["template_id"]),
+                         (env, "ondemand: start comfyui", 22))
+        self.assertEqual((listed["tpl_alias"], listed["tpl_app"], listed["user_name"]), ("start comfyui", "ansible",
+                                                                                        "admin"))
+        for key in first:  # every field of the task object, and the status as it is now
+            self.assertIn(key, listed)
+        self.assertEqual(self.call("GET", "/api/project/2/tasks/last")[::2], (200, b"[]"))
+        self.assertEqual(self.call("GET", "/api/project/1/tasks/last", auth=False)[::2], (401, b""))
+
+    def test_the_last_tasks_are_at_most_200_all_tasks_at_most_1000(self):
+        ids = self.double.add_history(22, count=1001, created="2024-10-25T08:00:00.000Z")
+        status, _, body = self.call("GET", "/api/project/1/tasks/last")
+        self.assertEqual([t["id"] for t in json.loads(body)], ids[::-1][:200])
+        status, _, body = self.call("GET", "/api/project/1/tasks")
+        self.assertEqual([t["id"] for t in json.loads(body)], ids[::-1][:1000])
+        self.assertEqual(json.loads(body)[0]["created"], "2024-10-25T08:00:00.000Z")
+        self.assertEqual(json.loads(body)[0]["status"], "success")
+
+
+class LostAnswerTest(DoubleTestCase):
+    def test_an_answer_delay_holds_the_answer_after_the_task_was_created(self):
+        self.double.configure(answer_delay_ms=600)
+        started = time.monotonic()
+        result = {}
+        thread = threading.Thread(target=lambda: result.update(task=self.run_task(22)))
+        thread.start()
+        wait_until(lambda: self.double.all_tasks(), 2, message="the task created")
+        self.assertLess(time.monotonic() - started, 0.5)
+        self.assertIsNone(self.double.requests("/api/project/1/tasks")[0]["status"])  # not answered yet
+        thread.join(5)
+        self.assertGreaterEqual(time.monotonic() - started, 0.6)
+        self.assertEqual(result["task"]["id"], 1)
+
+    def test_a_dropped_task_post_creates_nothing_and_gets_no_answer(self):
+        self.double.configure(drop_task_posts=True)
+        with self.assertRaises(http.client.RemoteDisconnected):
+            self.call("POST", "/api/project/1/tasks", {"template_id": 22})
+        self.assertEqual(self.double.all_tasks(), [])
+        self.assertIsNone(self.double.requests()[0]["status"])
+        self.assertEqual(self.call("GET", "/api/project/1/tasks/last")[::2], (200, b"[]"))  # only POSTs are dropped
+        self.double.configure(drop_task_posts=False)
+        self.assertEqual(self.run_task(22)["id"], 1)
+
+
 class StopTaskTest(DoubleTestCase):
     def stop(self, task_id, body):
         return self.call("POST", "/api/project/1/tasks/%d/stop" % task_id, body)
@@ -355,6 +410,12 @@ class SeparateProcessTest(OndemandTestCase):
 
         wait_until(lambda: json.loads(call(port, "GET", "/__double/tasks", auth=False)[2])[0]["status"] == "success",
                    10, message="task success")
+        status, _, body = call(port, "POST", "/__double/tasks", {"template_id": 5, "count": 2, "status": "error"},
+                               auth=False)
+        self.assertEqual((status, json.loads(body)), (200, [task_id + 1, task_id + 2]))
+        self.assertEqual(call(port, "POST", "/__double/tasks", {"template_id": 99}, auth=False)[0], 400)
+        self.assertEqual(call(port, "POST", "/__double/config", {"answer_delay_ms": 0, "drop_task_posts": False},
+                              auth=False)[0], 204)
         self.assertEqual(call(port, "POST", "/__double/config", {"tokens": []}, auth=False)[0], 204)
         self.assertEqual(call(port, "GET", "/api/info", headers=auth, auth=False)[0], 401)
         self.assertEqual(proc.stop(), 0)

@@ -9,6 +9,11 @@ an unknown task id is a 400, 401/403 carry no body, `stop` needs a
 `{"force": ...}` body, stopping a finished task overwrites its status with
 `stopped`, and one template never runs two tasks at once.
 
+Task lists (GET /api/project/{pid}/tasks, at most 1000, and .../tasks/last, at
+most 200) hold the task objects with the template's tpl_playbook, tpl_alias,
+tpl_type, tpl_app and the user_name, newest first: Semaphore sorts them by id
+descending, although its API description calls the order chronological.
+
 Live updates: GET /api/ws (Bearer token or session cookie) upgrades to a
 WebSocket on which every status change of every task is announced as
 {"type": "update", "task_id", "status", "project_id", "template_id", "start",
@@ -24,6 +29,7 @@ Command line (for tests that run it as a separate process):
                       [--token TOKEN]... [--user NAME:PASSWORD[:ROLE]]...
                       [--project ID]... [--template JSON]...
                       [--queue-delay-ms 200] [--response-delay-ms 0]
+                      [--answer-delay-ms 0]
 
   --port 0 picks a free port; the port is written to --port-file (atomically,
   so a reader never sees a partial file) and the line
@@ -31,6 +37,11 @@ Command line (for tests that run it as a separate process):
   Without --token and --user, the token DEFAULT_TOKEN below is accepted.
   ROLE is owner (default), manager, task_runner or guest (read only).
   Templates are JSON objects, see "Templates" below. SIGTERM/SIGINT stop it.
+
+  --response-delay-ms holds every /api request that long before it is
+  handled (a slow Semaphore: a task is created only after the delay).
+  --answer-delay-ms holds the answer to a task-creating POST that long after
+  the task was created (an answer slow on its way back).
 
 In-process (unittest):
 
@@ -81,12 +92,24 @@ Admin endpoints (JSON; not recorded in the request log, no auth):
   GET    /__double/requests          the request log (list, oldest first)
   DELETE /__double/requests          clears it
   GET    /__double/tasks             every task, with an extra "output" list
+  POST   /__double/tasks             adds finished tasks to the history without
+                                      running them: {"template_id", "count"
+                                      (default 1), "status" (default
+                                      "success"), "created" (default now),
+                                      "environment", "message"}
   PUT    /__double/templates/ID      creates or replaces a template (body as above)
   DELETE /__double/templates/ID      removes it
   POST   /__double/config            {"queue_delay_ms", "response_delay_ms",
-                                      "tokens": [...], "users": {"name":
-                                      {"password", "role"}}, "websocket":
-                                      true/false} (any subset)
+                                      "answer_delay_ms", "drop_task_posts":
+                                      true/false, "tokens": [...], "users":
+                                      {"name": {"password", "role"}},
+                                      "websocket": true/false} (any subset)
+                                      drop_task_posts: a task-creating POST
+                                      creates nothing and its connection is
+                                      closed without an answer (after the
+                                      response delay): a request lost on the
+                                      way. Delays and dropping apply to the
+                                      requests that arrive afterwards.
   POST   /__double/sessions/expire   forgets every login session (the next
                                       call with a cookie gets 401)
   GET    /__double/websockets        {"connections", "pings", "pongs"}: live-
@@ -97,7 +120,8 @@ Admin endpoints (JSON; not recorded in the request log, no auth):
   POST   /__double/websockets/ping   pings every live-update connection
 
 A request log entry: {"method", "path" (with the query), "headers" (names
-lower-cased), "body" (text), "status" (what the double answered), "time"}.
+lower-cased), "body" (text), "status" (what the double answered; null while
+it has not, or when it dropped the request), "time"}.
 """
 import argparse
 import base64
@@ -326,11 +350,12 @@ class Reply:
 
 
 EMPTY_400, EMPTY_401, EMPTY_403, EMPTY_404, EMPTY_500 = (Reply(s) for s in (400, 401, 403, 404, 500))
+DROP = Reply(0)  # no answer: the connection is closed
 
 
 class SemaphoreDouble:
     def __init__(self, host="127.0.0.1", port=0, tokens=None, users=None, projects=(1,), templates=(),
-                 queue_delay_ms=200, response_delay_ms=0):
+                 queue_delay_ms=200, response_delay_ms=0, answer_delay_ms=0):
         self.host = host
         self._requested_port = port
         self._cond = threading.Condition()
@@ -348,6 +373,8 @@ class SemaphoreDouble:
         self.tasks = {}
         self.queue_delay = queue_delay_ms / 1000.0
         self.response_delay = response_delay_ms / 1000.0
+        self.answer_delay = answer_delay_ms / 1000.0
+        self.drop_task_posts = False
         self._log = []
         self._task_ids = itertools.count(1)
         self._running_templates = set()
@@ -419,8 +446,13 @@ class SemaphoreDouble:
         with self._cond:
             self.sessions.clear()
 
-    def configure(self, queue_delay_ms=None, response_delay_ms=None, tokens=None, users=None, websocket=None):
+    def configure(self, queue_delay_ms=None, response_delay_ms=None, tokens=None, users=None, websocket=None,
+                  answer_delay_ms=None, drop_task_posts=None):
         with self._cond:
+            if answer_delay_ms is not None:
+                self.answer_delay = answer_delay_ms / 1000.0
+            if drop_task_posts is not None:
+                self.drop_task_posts = bool(drop_task_posts)
             if websocket is not None:
                 self.websocket_enabled = bool(websocket)
             if queue_delay_ms is not None:
@@ -452,6 +484,24 @@ class SemaphoreDouble:
     def clear_requests(self):
         with self._cond:
             self._log.clear()
+
+    def add_history(self, template_id, count=1, status="success", created=None, environment="", message=""):
+        """Adds `count` finished tasks without running them; returns their ids."""
+        if status not in FINISHED:
+            raise ValueError("status must be one of %s" % ", ".join(FINISHED))
+        with self._cond:
+            template = self.templates.get(template_id)
+            if not template:
+                raise ValueError("no template %r" % template_id)
+            ids = []
+            for _ in range(count):
+                task = Task(next(self._task_ids), template, {"environment": environment, "message": message}, 1)
+                task._status = status
+                task.created = task.start = task.end = created or now_iso()
+                self.tasks[task.id] = task
+                ids.append(task.id)
+            self._cond.notify_all()
+            return ids
 
     def task(self, task_id):
         with self._cond:
@@ -490,16 +540,25 @@ class SemaphoreDouble:
             return self._admin(method, path, body)
         entry = {"method": method, "path": path, "headers": headers, "body": body.decode("utf-8", "replace"),
                  "time": time.time(), "status": None}
+        creates_task = method == "POST" and re.fullmatch(r"/api/project/[^/]+/tasks/?", path.split("?", 1)[0])
         with self._cond:
             self._log.append(entry)
+            # What holds when the request arrives holds for it, whatever a
+            # test configures while it is being handled.
             delay = self.response_delay
+            answer_delay = self.answer_delay if creates_task else 0
+            drop = self.drop_task_posts and creates_task
         if delay and path.startswith("/api/"):
             time.sleep(delay)
+        if drop:
+            return DROP
         try:
             reply = self._api(method, path.split("?", 1)[0], headers, body)
         except Exception as e:  # a bug in the double must show, not hang the client
             sys.stderr.write("semaphore double: %s %s: %r\n" % (method, path, e))
             reply = Reply(500, "double failure: %r" % e, "text/plain")
+        if answer_delay and reply.status == 201:
+            time.sleep(answer_delay)
         with self._cond:
             entry["status"] = reply.status
         return reply
@@ -514,8 +573,8 @@ class SemaphoreDouble:
         ("GET", r"/api/project/([^/]+)", "_project", True),
         ("GET", r"/api/project/([^/]+)/templates", "_templates", True),
         ("GET", r"/api/project/([^/]+)/templates/([^/]+)", "_template", True),
-        ("GET", r"/api/project/([^/]+)/tasks", "_tasks", True),
-        ("GET", r"/api/project/([^/]+)/tasks/last", "_tasks", True),
+        ("GET", r"/api/project/([^/]+)/tasks", "_all_tasks", True),
+        ("GET", r"/api/project/([^/]+)/tasks/last", "_last_tasks", True),
         ("POST", r"/api/project/([^/]+)/tasks", "_create_task", True),
         ("GET", r"/api/project/([^/]+)/tasks/([^/]+)", "_get_task", True),
         ("GET", r"/api/project/([^/]+)/tasks/([^/]+)/output", "_task_output", True),
@@ -625,11 +684,19 @@ class SemaphoreDouble:
                 return EMPTY_404
             return Reply(200, t.to_api())
 
-    def _tasks(self, user, body, pid):
+    def _task_list(self, pid, limit):
         with self._cond:
-            tasks = [t.to_api() for t in self.tasks.values() if t.project_id == pid]
-        tasks.reverse()  # newest first, as Semaphore lists them
-        return Reply(200, tasks[:200])
+            tasks = sorted((t for t in self.tasks.values() if t.project_id == pid), key=lambda t: t.id, reverse=True)
+            users = {info["id"]: name for name, info in self.users.items()}
+            return Reply(200, [dict(t.to_api(), tpl_playbook=t.template.to_api()["playbook"], tpl_alias=t.template.name,
+                                    tpl_type="", tpl_app="ansible", user_name=users.get(t.user_id))
+                               for t in tasks[:limit]])
+
+    def _all_tasks(self, user, body, pid):
+        return self._task_list(pid, 1000)
+
+    def _last_tasks(self, user, body, pid):
+        return self._task_list(pid, 200)
 
     def _create_task(self, user, body, pid):
         if self._role(user) == "guest":
@@ -962,6 +1029,8 @@ class SemaphoreDouble:
                 return Reply(204)
             if route == "tasks" and method == "GET":
                 return Reply(200, self.all_tasks())
+            if route == "tasks" and method == "POST":
+                return Reply(200, self.add_history(**data))
             if m and method == "PUT":
                 spec = dict(data, id=int(m.group(1)))
                 return Reply(200, self.add_template(spec).to_api())
@@ -969,8 +1038,8 @@ class SemaphoreDouble:
                 self.remove_template(int(m.group(1)))
                 return Reply(204)
             if route == "config" and method == "POST":
-                self.configure(**{k: data[k] for k in ("queue_delay_ms", "response_delay_ms", "tokens", "users",
-                                                       "websocket") if k in data})
+                self.configure(**{k: data[k] for k in ("queue_delay_ms", "response_delay_ms", "answer_delay_ms",
+                                                       "drop_task_posts", "tokens", "users", "websocket") if k in data})
                 return Reply(204)
             if route == "sessions/expire" and method == "POST":
                 self.expire_sessions()
@@ -1081,6 +1150,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
         reply = self.server.double.handle(self.command, self.path, headers, body)
+        if reply is DROP:
+            self.close_connection = True
+            return
         self.send_response(reply.status)
         for name, value in reply.headers:
             self.send_header(name, value)
@@ -1125,11 +1197,13 @@ def main():
     parser.add_argument("--template", action="append", type=parse_template, default=[])
     parser.add_argument("--queue-delay-ms", type=int, default=200)
     parser.add_argument("--response-delay-ms", type=int, default=0)
+    parser.add_argument("--answer-delay-ms", type=int, default=0)
     args = parser.parse_args()
 
     double = SemaphoreDouble(host=args.host, port=args.port, tokens=args.token, users=dict(args.user),
                              projects=args.project or (1,), templates=args.template,
-                             queue_delay_ms=args.queue_delay_ms, response_delay_ms=args.response_delay_ms)
+                             queue_delay_ms=args.queue_delay_ms, response_delay_ms=args.response_delay_ms,
+                             answer_delay_ms=args.answer_delay_ms)
     double.start()
 
     done = threading.Event()

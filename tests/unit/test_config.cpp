@@ -640,11 +640,12 @@ services:
     health_url: http://vm/
     semaphore:
       start_template_id: 1
-      extra_vars: { service_id: other }
+      extra_vars: { service_id: other, ondemand_operation: mine }
 )");
-  REQUIRE(l->result.errors.size() == 1);
+  REQUIRE(l->result.errors.size() == 2);
   CHECK(l->result.errors[0].key == "services.vm.semaphore.extra_vars.service_id");
   CHECK(l->result.errors[0].where.line == 7);
+  CHECK(l->result.errors[1].key == "services.vm.semaphore.extra_vars.ondemand_operation");
 }
 
 TEST_CASE("formatProblem leaves out what it does not know") {

@@ -306,12 +306,16 @@ TEST_CASE("a start sends one task whose environment is a JSON string, then follo
   CHECK(seen.progress[0].driver == "semaphore");
   CHECK(seen.progress[0].kind == OperationKind::Start);
   CHECK(seen.progress[0].startedAtMs > 0);
+  const std::string operationId = seen.progress[0].operationId;
+  CHECK(operationId.rfind("comfyui-" + std::to_string(seen.progress[0].startedAtMs) + "-", 0) == 0);
+  CHECK(operationId.size() == std::string("comfyui-").size() + std::to_string(seen.progress[0].startedAtMs).size() + 9);
 
   REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
   CHECK(seen.outcome->ok);
   CHECK(seen.outcome->taskStatus == "success");
   REQUIRE(seen.progress.size() == 2);
   CHECK(seen.progress[1].taskId == seen.outcome->taskId);
+  CHECK(seen.progress[1].operationId == operationId);
   CHECK(seen.outcome->taskId > 0);
 
   const auto posts = semaphore.requests("POST", "/api/project/1/tasks");
@@ -330,9 +334,10 @@ TEST_CASE("a start sends one task whose environment is a JSON string, then follo
   CHECK(std::string(env["service_id"].GetString()) == "comfyui");
   CHECK(std::string(env["machine_id"].GetString()) == "gpu-01");
   CHECK(std::string(env["action"].GetString()) == "start");
+  CHECK(std::string(env["ondemand_operation"].GetString()) == operationId);
   CHECK(std::string(env["model_name"].GetString()) == "sdxl");
   CHECK(env["gpus"].IsArray());
-  CHECK(env.MemberCount() == 5);
+  CHECK(env.MemberCount() == 6);
 
   const auto polls = semaphore.requests("GET", "/api/project/1/tasks/" + std::to_string(seen.outcome->taskId));
   CHECK(polls.size() >= 2);
@@ -613,7 +618,9 @@ TEST_CASE("after a restart, resume follows the recorded task instead of creating
   CHECK(semaphore.requests("POST", "/api/project/1/tasks/" + std::to_string(recorded->taskId) + "/stop").empty());
 }
 
-TEST_CASE("resume of a record without a task id refuses to run a second task") {
+TEST_CASE("resume of a Semaphore record without a task id or operation id refuses to run a second task") {
+  // Written by a controld that sent no operation id: a task, if any, cannot
+  // be told from another.
   SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22})"});
   Daemon daemon(tokenSettings(semaphore));
   SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
@@ -624,8 +631,222 @@ TEST_CASE("resume of a record without a task id refuses to run a second task") {
   driver.resume(record, seen.onProgress(), seen.onDone());
   REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
   CHECK_FALSE(seen.outcome->ok);
-  CHECK(seen.outcome->reason.find("not running a second one") != std::string::npos);
+  CHECK(seen.outcome->reason ==
+        "controld restarted before Semaphore confirmed the start task of service comfyui; not running a second one "
+        "(check Semaphore's task history)");
   CHECK(semaphore.requests().empty());
+}
+
+namespace {
+
+// The record a controld leaves behind when it goes away after sending the
+// task and before reading Semaphore's answer: the POST went (the double has
+// logged it), the driver is destroyed without hearing back.
+OperationRecord sentButNotAnswered(Daemon& daemon, SemaphoreDouble& semaphore, const std::function<bool()>& killWhen) {
+  auto first = std::make_unique<SemaphoreDriver>(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  first->run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(seen.progress.size() == 1);
+  REQUIRE(daemon.runUntil([&] { return !semaphore.requests("POST", "/api/project/1/tasks").empty() && killWhen(); }));
+  first.reset();
+  REQUIRE(seen.progress.size() == 1);  // the task id never reached the record
+  CHECK(seen.progress[0].taskId == 0);
+  CHECK_FALSE(seen.progress[0].operationId.empty());
+  return seen.progress[0];
+}
+
+OperationRecord unsentRecord(const std::string& operationId) {
+  OperationRecord record;
+  record.driver = "semaphore";
+  record.startedAtMs = unixMillisNow();
+  record.operationId = operationId;
+  return record;
+}
+
+// A new driver resumes `record`, as the next controld would, up to the outcome.
+Observed resumeToEnd(Daemon& daemon, const OperationRecord& record) {
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  driver.resume(record, seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  return seen;
+}
+
+std::string environmentOf(const LoggedRequest& post) {
+  const auto body = parse(post.body);
+  const auto env = parse(body["environment"].GetString());
+  return env["ondemand_operation"].GetString();
+}
+
+}  // namespace
+
+TEST_CASE("a Semaphore task whose creation was never confirmed is found by its operation id and followed") {
+  // Semaphore created the task at once; its answer is slow on the way back.
+  SemaphoreDouble semaphore(
+      {"--token", kToken, "--answer-delay-ms", "2000", "--template", R"({"id": 22, "after_ms": 300})"});
+  Daemon daemon(tokenSettings(semaphore));
+  const OperationRecord record = sentButNotAnswered(daemon, semaphore, [&] { return semaphore.taskStatus(1) != ""; });
+
+  const Observed after = resumeToEnd(daemon, record);
+  CHECK(after.outcome->ok);
+  CHECK(after.outcome->taskId == 1);
+  CHECK(after.outcome->taskStatus == "success");
+  REQUIRE_FALSE(after.progress.empty());
+  CHECK(after.progress[0].taskId == 1);  // recorded before it is followed
+  CHECK(after.progress[0].operationId == record.operationId);
+  CHECK(after.progress[0].startedAtMs == record.startedAtMs);  // task_timeout counts from the first POST
+  CHECK(semaphore.requests("GET", "/api/project/1/tasks/last").size() == 1);
+  CHECK(semaphore.requests("POST", "/api/project/1/tasks").size() == 1);
+  CHECK(semaphore.requests("GET", "/api/project/1/tasks/1").size() >= 1);
+}
+
+TEST_CASE("a Semaphore task created only after the restart is found by the second look, not sent twice") {
+  // Semaphore is slow: it creates the task 700 ms after the POST arrived,
+  // after the first look of the restarted controld.
+  SemaphoreDouble semaphore(
+      {"--token", kToken, "--response-delay-ms", "700", "--template", R"({"id": 22, "after_ms": 100})"});
+  Daemon daemon(tokenSettings(semaphore, 1500ms));
+  const OperationRecord record = sentButNotAnswered(daemon, semaphore, [] { return true; });
+  adminCall(semaphore.port(), "POST", "/__double/config", R"({"response_delay_ms": 0})");  // for what follows
+
+  const Observed after = resumeToEnd(daemon, record);
+  CHECK(after.outcome->ok);
+  CHECK(after.outcome->taskId == 1);
+  CHECK(semaphore.requests("GET", "/api/project/1/tasks/last").size() == 2);
+  CHECK(semaphore.requests("POST", "/api/project/1/tasks").size() == 1);
+}
+
+TEST_CASE("a Semaphore task that was never created is sent once after the restart, with the same operation id") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "after_ms": 50})"});
+  Daemon daemon(tokenSettings(semaphore, 500ms));
+  // Another service's task of the same template is not taken for it.
+  SemaphoreDriver other(daemon.client, "ollama", serviceSettings(22));
+  Observed otherSeen;
+  other.run(startRequest(), otherSeen.onProgress(), otherSeen.onDone());
+  REQUIRE(daemon.runUntil([&] { return otherSeen.outcome.has_value(); }));
+  REQUIRE(otherSeen.outcome->taskId == 1);
+
+  const OperationRecord record = unsentRecord("comfyui-" + std::to_string(unixMillisNow()) + "-0badf00d");
+  const auto began = std::chrono::steady_clock::now();
+  const Observed seen = resumeToEnd(daemon, record);
+  CHECK(std::chrono::steady_clock::now() - began >= 500ms);  // looked twice, http_timeout apart
+  CHECK(seen.outcome->ok);
+  CHECK(seen.outcome->taskId == 2);
+  CHECK(semaphore.requests("GET", "/api/project/1/tasks/last").size() == 2);
+
+  const auto posts = semaphore.requests("POST", "/api/project/1/tasks");
+  REQUIRE(posts.size() == 2);  // the other service's, then this one, once
+  CHECK(environmentOf(posts[1]) == record.operationId);
+  CHECK(std::string(parse(posts[1].body)["message"].GetString()) ==
+        "ondemand: start comfyui (sent again after a restart of controld: the first request created no task)");
+  REQUIRE(seen.progress.size() == 2);
+  CHECK(seen.progress[0].taskId == 0);  // persisted before the POST
+  CHECK(seen.progress[0].operationId == record.operationId);
+  CHECK(seen.progress[0].startedAtMs >= record.startedAtMs);
+  CHECK(seen.progress[1].taskId == 2);
+}
+
+TEST_CASE("an unconfirmed Semaphore task is not sent again when the look-up fails") {
+  const std::string id = "comfyui-" + std::to_string(unixMillisNow()) + "-0badf00d";
+  const std::string start =
+      "controld restarted before Semaphore confirmed the start task of service comfyui, and "
+      "could not look for it in Semaphore's task history (GET /api/project/1/tasks/last): ";
+  const std::string end = "; not running a second one";
+  auto endsWith = [](const std::string& text, const std::string& tail) {
+    return text.size() >= tail.size() && text.compare(text.size() - tail.size(), tail.size(), tail) == 0;
+  };
+
+  SECTION("Semaphore cannot be reached") {
+    SemaphoreSettings settings;
+    settings.baseUrl = "http://127.0.0.1:" + std::to_string(closedPort());
+    settings.projectId = 1;
+    settings.apiToken = kToken;
+    settings.httpTimeout = 2s;
+    Daemon daemon(settings);
+    const Observed seen = resumeToEnd(daemon, unsentRecord(id));
+    CHECK_FALSE(seen.outcome->ok);
+    INFO(seen.outcome->reason);
+    CHECK(seen.outcome->reason.rfind(start + "could not reach Semaphore at " + settings.baseUrl + ": ", 0) == 0);
+    CHECK(seen.outcome->reason.find("Connection refused") != std::string::npos);
+    CHECK(endsWith(seen.outcome->reason, end));
+  }
+  SECTION("Semaphore refuses the token") {
+    SemaphoreDouble semaphore({"--token", "another-token", "--template", R"({"id": 22})"});
+    Daemon daemon(tokenSettings(semaphore));
+    const Observed seen = resumeToEnd(daemon, unsentRecord(id));
+    CHECK(seen.outcome->reason == start + "Semaphore at " + semaphore.url() +
+                                      " refused the API token (HTTP 401): check semaphore api_token" + end);
+    CHECK(semaphore.requests("POST", "/api/project/1/tasks").empty());
+    CHECK(seen.progress.empty());
+  }
+}
+
+TEST_CASE("a full list of Semaphore's last tasks proves nothing unless it reaches back to the first POST") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "after_ms": 50})"});
+  Daemon daemon(tokenSettings(semaphore, 300ms));
+  const OperationRecord record = unsentRecord("comfyui-" + std::to_string(unixMillisNow()) + "-0badf00d");
+  // 200 finished tasks of another operation, all created at `created`.
+  const auto resumeAfter200 = [&](const std::string& created) {
+    adminCall(semaphore.port(), "POST", "/__double/tasks",
+              R"({"template_id": 22, "count": 200, "created": ")" + created + R"("})");
+    return resumeToEnd(daemon, record);
+  };
+
+  SECTION("all created since: the task may be older than all of them") {
+    const Observed seen = resumeAfter200("2999-01-01T00:00:00.000Z");
+    CHECK_FALSE(seen.outcome->ok);
+    CHECK(seen.outcome->reason ==
+          "controld restarted before Semaphore confirmed the start task of service comfyui, and Semaphore's last 200 "
+          "tasks of project 1 do not reach back to when it was sent; not running a second one (check Semaphore's "
+          "task history)");
+    CHECK(semaphore.requests("POST", "/api/project/1/tasks").empty());
+  }
+  SECTION("reaching back far enough: the task was never created") {
+    const Observed seen = resumeAfter200("2001-01-01T00:00:00.000Z");
+    CHECK(seen.outcome->ok);
+    CHECK(seen.outcome->taskId == 201);
+    CHECK(semaphore.requests("POST", "/api/project/1/tasks").size() == 1);
+  }
+}
+
+TEST_CASE("Semaphore task lists are searched by the operation id in each task's environment") {
+  const std::string body = R"([
+    {"id": 9, "template_id": 22, "status": "running", "created": "2024-10-25T08:00:02Z",
+     "environment": "{\"ondemand_operation\": \"gpu-1-0badf00d\"}"},
+    {"id": 8, "template_id": 22, "status": "success", "created": "2024-10-25T08:00:01.5Z",
+     "environment": "{\"ondemand_operation\": \"gpu-1-00000000\"}"},
+    {"id": 7, "template_id": 23, "status": "waiting", "created": "2024-10-25T10:00:00.123+02:00",
+     "environment": "{\"service_id\": \"gpu\", \"ondemand_operation\": \"gpu-1-0badf00d\"}"},
+    {"id": 6, "template_id": 22, "status": "error", "created": "2024-10-25T08:00:03Z", "environment": "not json"},
+    {"id": 5, "template_id": 22, "status": "error", "created": "2024-10-25T08:00:04Z", "environment": ""}
+  ])";
+  const auto found = searchTaskList(body, "gpu-1-0badf00d");
+  REQUIRE(found);
+  CHECK(found->taskId == 7);  // of two, the first created: the other was run again by hand
+  CHECK(found->status == "waiting");
+  CHECK(found->listed == 5);
+  CHECK(found->oldestCreatedMs == 1729843200123);
+
+  const auto missing = searchTaskList(body, "gpu-1-0badf00");
+  REQUIRE(missing);
+  CHECK(missing->taskId == 0);
+  CHECK(searchTaskList("[]", "x")->listed == 0);
+  CHECK(searchTaskList(R"([{"id": 1}])", "x")->oldestCreatedMs == 0);  // no date: the list's reach is unknown
+  CHECK_FALSE(searchTaskList(R"({"id": 1})", "x"));
+  CHECK_FALSE(searchTaskList("", "x"));
+
+  CHECK(rfc3339Millis("1970-01-01T00:00:00Z") == 0);
+  CHECK(rfc3339Millis("2024-10-25T08:00:00.123Z") == 1729843200123);
+  CHECK(rfc3339Millis("2024-10-25T08:00:00.123456789Z") == 1729843200123);
+  CHECK(rfc3339Millis("2024-02-29T23:59:59Z") == 1709251199000);
+  CHECK(rfc3339Millis("2024-10-25T06:30:00.123-01:30") == 1729843200123);
+  CHECK_FALSE(rfc3339Millis("2023-02-29T00:00:00Z"));
+  CHECK_FALSE(rfc3339Millis("2024-10-25 08:00:00Z"));
+  CHECK_FALSE(rfc3339Millis("2024-10-25T08:00:00"));
+  CHECK_FALSE(rfc3339Millis("2024-10-25T08:00:00.123"));  // no zone
+  CHECK_FALSE(rfc3339Millis("2024-10-25T08:00:00.123+0200"));
+  CHECK_FALSE(rfc3339Millis("2024-10-25T08:00:00Zjunk"));
+  CHECK_FALSE(rfc3339Millis(""));
 }
 
 TEST_CASE("resume of a task whose timeout passed while controld was down looks before stopping it") {

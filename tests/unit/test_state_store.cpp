@@ -39,7 +39,7 @@ TEST_CASE("a snapshot written to state_dir reads back the same, operation and hi
   s.startsOk = 7;
   s.startsFailed = 2;
   s.lastStartMs = 41'250;
-  s.operation = OperationRecord{OperationKind::Start, "semaphore", 42, 0, 950};
+  s.operation = OperationRecord{OperationKind::Start, "semaphore", 42, 0, 950, "comfyui-950-0badf00d"};
   s.lastOperation = OperationSummary{OperationKind::Stop, 10, 20, false, "stop failed: \"x\"", 41, "error"};
   s.history.push_back(Transition{900, ServiceState::Cold, ServiceState::Starting, Cause::Request, "GET /", 0, ""});
   REQUIRE_FALSE(store.save("comfyui", s));
@@ -58,6 +58,7 @@ TEST_CASE("a snapshot written to state_dir reads back the same, operation and hi
   REQUIRE(back.operation);
   CHECK(back.operation->driver == "semaphore");
   CHECK(back.operation->taskId == 42);
+  CHECK(back.operation->operationId == "comfyui-950-0badf00d");
   REQUIRE(back.lastOperation);
   CHECK(back.lastOperation->reason == "stop failed: \"x\"");
   CHECK(back.lastOperation->taskStatus == "error");
@@ -66,6 +67,22 @@ TEST_CASE("a snapshot written to state_dir reads back the same, operation and hi
 
   // No temp file is left behind.
   CHECK_FALSE(std::filesystem::exists(dir.path + "/state/services/comfyui.json.tmp"));
+}
+
+TEST_CASE("an operation recorded by a controld without operation ids still loads") {
+  TempDir dir;
+  StateStore store(dir.path);
+  REQUIRE_FALSE(store.prepare());
+  std::ofstream(dir.path + "/services/comfyui.json")
+      << R"({"format":1,"state":"starting","phase":"driver","epoch":3,"operation":)"
+      << R"({"kind":"start","driver":"semaphore","task_id":0,"pid":0,"started_at":950}})";
+  const auto loaded = store.loadAll();
+  REQUIRE(loaded.errors.empty());
+  const auto& back = loaded.services.at("comfyui");
+  REQUIRE(back.operation);
+  CHECK(back.operation->driver == "semaphore");
+  CHECK(back.operation->startedAtMs == 950);
+  CHECK(back.operation->operationId.empty());
 }
 
 TEST_CASE("a damaged state file is reported and skipped, not fatal") {
