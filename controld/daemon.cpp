@@ -181,6 +181,17 @@ void Daemon::apply(Service& s, Effects e, const std::string& why) {
   // never make a restarted controld launch it a second time.
   if (e.stateChanged) publish(s);
   const bool launch = e.runStartDriver || e.runStopDriver || e.resumeDriver;
+  if ((e.runStartDriver || e.runStopDriver) && s.machine.snapshot().operation) {
+    // The operation's id goes into the record that must be on disk before
+    // the driver runs: a restarted controld can then always find what a
+    // driver sent under it (a Semaphore task whose creation was never
+    // confirmed), however early the crash.
+    OperationRecord record = *s.machine.snapshot().operation;
+    if (record.operationId.empty()) {
+      record.operationId = newOperationId(name, record.startedAtMs);
+      s.machine.operationProgress(record);
+    }
+  }
   if (e.persist || launch) {
     std::function<void()> whenDurable;
     if (launch) {
@@ -230,6 +241,7 @@ void Daemon::runOperation(Service& s, OperationKind kind, const std::string& why
   OperationRequest request;
   request.kind = kind;
   request.why = !why.empty() ? why : (history.empty() ? std::string() : history.back().detail);
+  if (const auto& op = s.machine.snapshot().operation) request.operationId = op->operationId;
   s.holdsMachine = true;
   machineQueue_.enqueue(s.config.machine, s.config.name, [this, &s, request] {
     LogLine(LogLevel::Info, "operation_begin")

@@ -46,7 +46,15 @@ struct OperationOutcome {
 struct OperationRequest {
   OperationKind kind = OperationKind::Start;
   std::string why;  // "GET /api/generate", "controld start (cli)", "idle for 15m" — logs and task messages
+  // The operation's id, already on disk in its record when run() is called
+  // (the daemon assigns it); a driver makes one up when it is empty.
+  std::string operationId;
 };
+
+// "<service>-<unix ms>-<8 hex digits>". The random part tells apart two
+// operations begun in the same millisecond, and the services of two controlds
+// that share a Semaphore project and a service name.
+std::string newOperationId(const std::string& service, std::int64_t nowMs);
 
 class Driver {
  public:

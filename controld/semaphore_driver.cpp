@@ -65,16 +65,6 @@ bool isFinished(const std::string& status) {
 // the task "stopped" instead of "error" and skip Ansible's own cleanup.
 constexpr const char* kStopBody = R"({"force":false})";
 
-// "<service>-<unix ms>-<8 hex digits>". The random part tells apart two
-// operations begun in the same millisecond, and the services of two controlds
-// that share a Semaphore project and a service name.
-std::string newOperationId(const std::string& service, std::int64_t nowMs) {
-  std::random_device random;
-  char suffix[9];
-  std::snprintf(suffix, sizeof suffix, "%08x", static_cast<unsigned>(random()));
-  return service + "-" + std::to_string(nowMs) + "-" + suffix;
-}
-
 }  // namespace
 
 // --- output handling ---------------------------------------------------------
@@ -966,7 +956,8 @@ void SemaphoreDriver::run(const OperationRequest& request, ProgressCallback prog
     if (op->active) op->failSoon(std::move(problem));
     return;
   }
-  op->record.operationId = newOperationId(serviceId_, op->record.startedAtMs);
+  op->record.operationId =
+      request.operationId.empty() ? newOperationId(serviceId_, op->record.startedAtMs) : request.operationId;
   op->body = taskBody(request.kind, op->record.operationId, request.why);
   op->report();  // persisted before Semaphore hears of it
   if (!op->active) return;

@@ -87,7 +87,7 @@ std::unique_ptr<CommandDriver> startDriver(TestLoop& loop, Argv start, Millis ti
 }
 
 OperationRequest startRequest() {
-  return {OperationKind::Start, "GET /notes"};
+  return {OperationKind::Start, "GET /notes", {}};
 }
 
 // A file for a shell command to leave a pid in.
@@ -360,7 +360,7 @@ TEST_CASE("the done callback may start the next operation or destroy the driver"
   std::optional<OperationOutcome> stopOutcome;
   driver->run(startRequest(), {}, [&](OperationOutcome start) {
     CHECK(start.ok);
-    driver->run({OperationKind::Stop, "idle for 15m"}, {}, [&](OperationOutcome stop) {
+    driver->run({OperationKind::Stop, "idle for 15m", {}}, {}, [&](OperationOutcome stop) {
       stopOutcome = std::move(stop);
       driver.reset();
     });
@@ -379,7 +379,7 @@ TEST_CASE("stopping needs a stop command") {
   CHECK(both->supports(OperationKind::Stop));
 
   Observed seen;
-  startOnly->run({OperationKind::Stop, "idle"}, seen.onProgress(), seen.onDone());
+  startOnly->run({OperationKind::Stop, "idle", {}}, seen.onProgress(), seen.onDone());
   REQUIRE(loop.runUntil([&] { return seen.outcome.has_value(); }, 1000ms));
   CHECK_FALSE(seen.outcome->ok);
   CHECK(seen.outcome->reason == "no stop command is configured for service notes-app");
@@ -491,7 +491,7 @@ TEST_CASE("each run empties the output file first: it holds the last operation's
   CHECK(readFile(output) == "first run\nmore of it\n");
 
   outcome.reset();
-  driver->run({OperationKind::Stop, "idle"}, {}, [&](OperationOutcome o) { outcome = std::move(o); });
+  driver->run({OperationKind::Stop, "idle", {}}, {}, [&](OperationOutcome o) { outcome = std::move(o); });
   REQUIRE(loop.runUntil([&] { return outcome.has_value(); }, 5000ms));
   CHECK(outcome->ok);
   CHECK(readFile(output) == "stopping\n");
@@ -510,7 +510,7 @@ TEST_CASE("a daemon an earlier command left behind writes at the end of the empt
   driver->run(startRequest(), {}, [&](OperationOutcome o) { outcome = std::move(o); });
   REQUIRE(loop.runUntil([&] { return outcome.has_value(); }, 5000ms));
   outcome.reset();
-  driver->run({OperationKind::Stop, "idle"}, {}, [&](OperationOutcome o) { outcome = std::move(o); });
+  driver->run({OperationKind::Stop, "idle", {}}, {}, [&](OperationOutcome o) { outcome = std::move(o); });
   REQUIRE(loop.runUntil([&] { return outcome.has_value(); }, 5000ms));
   REQUIRE(readFile(output) == "second\n");  // before the daemon's line
 

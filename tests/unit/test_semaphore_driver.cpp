@@ -280,7 +280,7 @@ struct Observed {
 };
 
 OperationRequest startRequest(std::string why = "GET /api/generate") {
-  return OperationRequest{OperationKind::Start, std::move(why)};
+  return OperationRequest{OperationKind::Start, std::move(why), {}};
 }
 
 rapidjson::Document parse(const std::string& text) {
@@ -353,7 +353,7 @@ TEST_CASE("a machine-less service sends no limit, and the stop template gets act
   CHECK(driver.supports(OperationKind::Stop));
 
   Observed seen;
-  driver.run(OperationRequest{OperationKind::Stop, "idle for 15m"}, seen.onProgress(), seen.onDone());
+  driver.run(OperationRequest{OperationKind::Stop, "idle for 15m", {}}, seen.onProgress(), seen.onDone());
   REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
   CHECK(seen.outcome->ok);
   const auto posts = semaphore.requests("POST", "/api/project/1/tasks");
@@ -367,6 +367,21 @@ TEST_CASE("a machine-less service sends no limit, and the stop template gets act
   CHECK(std::string(env["machine_id"].GetString()).empty());
 }
 
+TEST_CASE("the operation id the daemon recorded before the run is the one sent with the task") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "run": "succeed", "after_ms": 0})"});
+  Daemon daemon(tokenSettings(semaphore));
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22, 23));
+  Observed seen;
+  driver.run(OperationRequest{OperationKind::Start, "GET /", "comfyui-1700000000000-0badf00d"}, seen.onProgress(),
+             seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
+  CHECK(seen.progress.at(0).operationId == "comfyui-1700000000000-0badf00d");
+  const auto posts = semaphore.requests("POST", "/api/project/1/tasks");
+  REQUIRE(posts.size() == 1);
+  const auto env = parse(parse(posts[0].body)["environment"].GetString());
+  CHECK(std::string(env["ondemand_operation"].GetString()) == "comfyui-1700000000000-0badf00d");
+}
+
 TEST_CASE("without a stop template the driver cannot stop, and says so when asked") {
   SemaphoreDouble semaphore({"--token", kToken});
   Daemon daemon(tokenSettings(semaphore));
@@ -375,7 +390,7 @@ TEST_CASE("without a stop template the driver cannot stop, and says so when aske
   CHECK_FALSE(driver.supports(OperationKind::Stop));
 
   Observed seen;
-  driver.run(OperationRequest{OperationKind::Stop, "cli"}, seen.onProgress(), seen.onDone());
+  driver.run(OperationRequest{OperationKind::Stop, "cli", {}}, seen.onProgress(), seen.onDone());
   CHECK_FALSE(seen.outcome);  // never from inside run()
   REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }));
   CHECK_FALSE(seen.outcome->ok);
