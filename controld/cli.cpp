@@ -18,6 +18,7 @@
 #include "controld/config.hpp"
 #include "controld/daemon.hpp"
 #include "controld/fd.hpp"
+#include "controld/json_fields.hpp"
 #include "controld/log.hpp"
 #include "controld/metrics.hpp"
 #include "controld/semaphore_check.hpp"
@@ -111,18 +112,6 @@ class ControlClient {
   std::int64_t nextId_ = 1;
 };
 
-std::string str(const rapidjson::Value& o, const char* k) {
-  if (!o.IsObject()) return {};
-  auto it = o.FindMember(k);
-  return it != o.MemberEnd() && it->value.IsString() ? it->value.GetString() : std::string();
-}
-
-std::int64_t num(const rapidjson::Value& o, const char* k) {
-  if (!o.IsObject()) return 0;
-  auto it = o.FindMember(k);
-  return it != o.MemberEnd() && it->value.IsInt64() ? it->value.GetInt64() : 0;
-}
-
 std::string clockTime(std::int64_t unixMs) {
   const std::time_t secs = unixMs / 1000;
   std::tm tm{};
@@ -145,26 +134,26 @@ std::string describeOperation(const rapidjson::Value& service, std::int64_t now)
   const auto it = service.FindMember("operation");
   if (it != service.MemberEnd() && it->value.IsObject()) {
     const auto& op = it->value;
-    std::string out = str(op, "kind") + " running for " + ago(now, num(op, "started_at"));
-    if (num(op, "task_id")) out += " (task " + std::to_string(num(op, "task_id")) + ")";
+    std::string out = jsonString(op, "kind") + " running for " + ago(now, jsonInt64(op, "started_at"));
+    if (jsonInt64(op, "task_id")) out += " (task " + std::to_string(jsonInt64(op, "task_id")) + ")";
     return out;
   }
   const auto last = service.FindMember("last_operation");
   if (last == service.MemberEnd() || !last->value.IsObject()) return "-";
   const auto& op = last->value;
   const bool ok = op.HasMember("ok") && op["ok"].IsBool() && op["ok"].GetBool();
-  std::string out = str(op, "kind") + (ok ? " ok" : " failed");
-  if (num(op, "task_id")) {
-    out += " (task " + std::to_string(num(op, "task_id"));
-    if (!str(op, "task_status").empty()) out += " " + str(op, "task_status");
+  std::string out = jsonString(op, "kind") + (ok ? " ok" : " failed");
+  if (jsonInt64(op, "task_id")) {
+    out += " (task " + std::to_string(jsonInt64(op, "task_id"));
+    if (!jsonString(op, "task_status").empty()) out += " " + jsonString(op, "task_status");
     out += ")";
   }
-  out += ", " + ago(now, num(op, "ended_at")) + " ago";
+  out += ", " + ago(now, jsonInt64(op, "ended_at")) + " ago";
   return out;
 }
 
 void printTable(const rapidjson::Document& reply) {
-  const std::int64_t now = num(reply, "now");
+  const std::int64_t now = jsonInt64(reply, "now");
   std::cout << padRight("SERVICE", 20) << padRight("STATE", 10) << padRight("SINCE", 10) << padRight("IDLE-STOP IN", 14)
             << padRight("IN FLIGHT", 11) << "LAST OPERATION\n";
   std::vector<std::string> reasons;
@@ -173,56 +162,60 @@ void printTable(const rapidjson::Document& reply) {
     if (s.HasMember("idle_stop_at") && s["idle_stop_at"].IsInt64()) {
       idle = formatDuration(Millis(std::max<std::int64_t>(0, s["idle_stop_at"].GetInt64() - now)));
     }
-    std::string state = str(s, "state");
+    std::string state = jsonString(s, "state");
     if (s.HasMember("queued") && s["queued"].IsBool() && s["queued"].GetBool()) state += "*";
-    std::cout << padRight(str(s, "name"), 20) << padRight(state, 10) << padRight(ago(now, num(s, "since")), 10)
-              << padRight(idle, 14) << padRight(std::to_string(num(s, "in_flight")), 11) << describeOperation(s, now)
-              << "\n";
-    if (!str(s, "reason").empty()) reasons.push_back(str(s, "name") + ": " + str(s, "reason"));
+    std::cout << padRight(jsonString(s, "name"), 20) << padRight(state, 10)
+              << padRight(ago(now, jsonInt64(s, "since")), 10) << padRight(idle, 14)
+              << padRight(std::to_string(jsonInt64(s, "in_flight")), 11) << describeOperation(s, now) << "\n";
+    if (!jsonString(s, "reason").empty()) reasons.push_back(jsonString(s, "name") + ": " + jsonString(s, "reason"));
   }
   for (const auto& r : reasons)
     std::cout << "\n" << r << "\n";
 }
 
 void printDetail(const rapidjson::Document& reply) {
-  const std::int64_t now = num(reply, "now");
+  const std::int64_t now = jsonInt64(reply, "now");
   for (const auto& s : reply["services"].GetArray()) {
-    std::cout << "service:        " << str(s, "name") << "\n"
-              << "state:          " << str(s, "state") << " since " << clockTime(num(s, "since")) << " ("
-              << ago(now, num(s, "since")) << " ago, cause " << str(s, "cause") << ")\n";
-    if (!str(s, "reason").empty()) std::cout << "reason:         " << str(s, "reason") << "\n";
-    if (num(s, "starting_since")) std::cout << "starting for:   " << ago(now, num(s, "starting_since")) << "\n";
-    if (num(s, "retry_at") > now) {
-      std::cout << "next try:       requests wait " << formatDuration(Millis(num(s, "retry_at") - now))
+    std::cout << "service:        " << jsonString(s, "name") << "\n"
+              << "state:          " << jsonString(s, "state") << " since " << clockTime(jsonInt64(s, "since")) << " ("
+              << ago(now, jsonInt64(s, "since")) << " ago, cause " << jsonString(s, "cause") << ")\n";
+    if (!jsonString(s, "reason").empty()) std::cout << "reason:         " << jsonString(s, "reason") << "\n";
+    if (jsonInt64(s, "starting_since"))
+      std::cout << "starting for:   " << ago(now, jsonInt64(s, "starting_since")) << "\n";
+    if (jsonInt64(s, "retry_at") > now) {
+      std::cout << "next try:       requests wait " << formatDuration(Millis(jsonInt64(s, "retry_at") - now))
                 << " (failure_backoff) before waking it again\n";
     }
-    if (num(s, "starts_ok") + num(s, "starts_failed") > 0) {
-      std::cout << "starts:         " << num(s, "starts_ok") << " ok, " << num(s, "starts_failed") << " failed";
-      if (num(s, "starts_ok") > 0) std::cout << "; the last took " << formatDuration(Millis(num(s, "last_start_ms")));
+    if (jsonInt64(s, "starts_ok") + jsonInt64(s, "starts_failed") > 0) {
+      std::cout << "starts:         " << jsonInt64(s, "starts_ok") << " ok, " << jsonInt64(s, "starts_failed")
+                << " failed";
+      if (jsonInt64(s, "starts_ok") > 0)
+        std::cout << "; the last took " << formatDuration(Millis(jsonInt64(s, "last_start_ms")));
       std::cout << "\n";
     }
-    std::cout << "driver:         " << str(s, "driver") << "\n";
-    if (!str(s, "machine").empty()) std::cout << "machine:        " << str(s, "machine") << "\n";
-    if (!str(s, "health_url").empty()) std::cout << "health:         " << str(s, "health_url") << "\n";
-    std::cout << "in flight:      " << num(s, "in_flight") << " (requests started: " << num(s, "started_total")
-              << ")\n";
+    std::cout << "driver:         " << jsonString(s, "driver") << "\n";
+    if (!jsonString(s, "machine").empty()) std::cout << "machine:        " << jsonString(s, "machine") << "\n";
+    if (!jsonString(s, "health_url").empty()) std::cout << "health:         " << jsonString(s, "health_url") << "\n";
+    std::cout << "in flight:      " << jsonInt64(s, "in_flight")
+              << " (requests started: " << jsonInt64(s, "started_total") << ")\n";
     if (s.HasMember("idle_stop_at") && s["idle_stop_at"].IsInt64()) {
       std::cout << "idle stop in:   "
                 << formatDuration(Millis(std::max<std::int64_t>(0, s["idle_stop_at"].GetInt64() - now))) << "\n";
     }
     std::cout << "operation:      " << describeOperation(s, now) << "\n";
     const auto& last = s["last_operation"];
-    if (last.IsObject() && !str(last, "reason").empty()) std::cout << "last reason:    " << str(last, "reason") << "\n";
+    if (last.IsObject() && !jsonString(last, "reason").empty())
+      std::cout << "last reason:    " << jsonString(last, "reason") << "\n";
     std::cout << "history:\n";
     if (s["history"].IsArray()) {
       const auto& history = s["history"].GetArray();
       for (auto it = history.End(); it != history.Begin();) {
         --it;
-        std::string line = "  " + clockTime(num(*it, "at")) + "  " + str(*it, "from") + " -> " + str(*it, "to") +
-                           "  (" + str(*it, "cause");
-        if (!str(*it, "detail").empty()) line += ": " + str(*it, "detail");
+        std::string line = "  " + clockTime(jsonInt64(*it, "at")) + "  " + jsonString(*it, "from") + " -> " +
+                           jsonString(*it, "to") + "  (" + jsonString(*it, "cause");
+        if (!jsonString(*it, "detail").empty()) line += ": " + jsonString(*it, "detail");
         line += ")";
-        if (num(*it, "task_id")) line += " task " + std::to_string(num(*it, "task_id"));
+        if (jsonInt64(*it, "task_id")) line += " task " + std::to_string(jsonInt64(*it, "task_id"));
         std::cout << line << "\n";
       }
     }
@@ -264,11 +257,11 @@ int startOrStop(const std::string& socket, const std::string& verb, const std::s
   auto reply = client.command(verb, service);
   if (!reply) return unreachable(socket, "connection closed");
   if (!(*reply)["ok"].GetBool()) {
-    std::cerr << "controld " << verb << ": " << str(*reply, "error") << "\n";
-    return str(*reply, "error").rfind("unknown service", 0) == 0 ? kExitUsage : kExitFailed;
+    std::cerr << "controld " << verb << ": " << jsonString(*reply, "error") << "\n";
+    return jsonString(*reply, "error").rfind("unknown service", 0) == 0 ? kExitUsage : kExitFailed;
   }
-  std::string state = str(*reply, "state");
-  std::string reason = str(*reply, "reason");
+  std::string state = jsonString(*reply, "state");
+  std::string reason = jsonString(*reply, "reason");
   const bool isStart = verb == "start";
   auto finished = [&](const std::string& s) {
     return isStart ? (s == "warm" || s == "failed") : (s == "cold" || s == "warm");
@@ -278,13 +271,14 @@ int startOrStop(const std::string& socket, const std::string& verb, const std::s
     while (auto line = client.readLine()) {
       rapidjson::Document doc;
       doc.Parse(line->c_str());
-      if (!doc.IsObject() || str(doc, "type") != "state" || str(doc, "service") != service) continue;
-      const std::string s = str(doc, "state");
+      if (!doc.IsObject() || jsonString(doc, "type") != "state" || jsonString(doc, "service") != service) continue;
+      const std::string s = jsonString(doc, "state");
       if (s != state)
         std::cerr << service << ": " << s
-                  << (num(doc, "task_id") ? " (task " + std::to_string(num(doc, "task_id")) + ")" : "") << "\n";
+                  << (jsonInt64(doc, "task_id") ? " (task " + std::to_string(jsonInt64(doc, "task_id")) + ")" : "")
+                  << "\n";
       state = s;
-      reason = str(doc, "reason");
+      reason = jsonString(doc, "reason");
       if (finished(state)) break;
     }
   }
@@ -293,7 +287,7 @@ int startOrStop(const std::string& socket, const std::string& verb, const std::s
     auto status = client.command("status", service);
     if (status && (*status)["services"].IsArray() && !(*status)["services"].Empty()) {
       const auto& last = (*status)["services"][0]["last_operation"];
-      reason = last.IsObject() ? str(last, "reason") : "";
+      reason = last.IsObject() ? jsonString(last, "reason") : "";
     }
   }
   if (json) {
@@ -312,7 +306,7 @@ int status(const std::string& socket, const std::string& service, bool json) {
   auto reply = client.command("status", service);
   if (!reply) return unreachable(socket, "connection closed");
   if (!(*reply)["ok"].GetBool()) {
-    std::cerr << "controld status: " << str(*reply, "error") << "\n";
+    std::cerr << "controld status: " << jsonString(*reply, "error") << "\n";
     return kExitUsage;
   }
   if (json) {
@@ -338,7 +332,7 @@ int metrics(const std::string& socket) {
   auto reply = client.command("status", "");
   if (!reply) return unreachable(socket, "connection closed");
   if (!(*reply)["ok"].GetBool()) {
-    std::cerr << "controld metrics: " << str(*reply, "error") << "\n";
+    std::cerr << "controld metrics: " << jsonString(*reply, "error") << "\n";
     return kExitUsage;
   }
   std::cout << prometheusText(*reply);
@@ -354,15 +348,15 @@ int events(const std::string& socket, bool json) {
   while (auto line = client.readLine()) {
     rapidjson::Document doc;
     doc.Parse(line->c_str());
-    if (!doc.IsObject() || str(doc, "type") != "event") continue;
+    if (!doc.IsObject() || jsonString(doc, "type") != "event") continue;
     if (json) {
       std::cout << *line << "\n";
       continue;
     }
-    std::cout << clockTime(num(doc, "at")) << "  " << padRight(str(doc, "service"), 16) << str(doc, "from") << " -> "
-              << padRight(str(doc, "to"), 9) << " (" << str(doc, "cause")
-              << (str(doc, "detail").empty() ? "" : ": " + str(doc, "detail")) << ")"
-              << (num(doc, "task_id") ? " task " + std::to_string(num(doc, "task_id")) : "") << "\n";
+    std::cout << clockTime(jsonInt64(doc, "at")) << "  " << padRight(jsonString(doc, "service"), 16)
+              << jsonString(doc, "from") << " -> " << padRight(jsonString(doc, "to"), 9) << " ("
+              << jsonString(doc, "cause") << (jsonString(doc, "detail").empty() ? "" : ": " + jsonString(doc, "detail"))
+              << ")" << (jsonInt64(doc, "task_id") ? " task " + std::to_string(jsonInt64(doc, "task_id")) : "") << "\n";
   }
   std::cerr << "controld closed the connection\n";
   return kExitUnreachable;

@@ -3,21 +3,12 @@
 #include <cstdint>
 #include <sstream>
 
+#include "controld/json_fields.hpp"
 #include "shared/service_state.hpp"
 
 namespace ondemand::controld {
 
 namespace {
-
-std::string stringField(const rapidjson::Value& o, const char* key) {
-  auto it = o.FindMember(key);
-  return it != o.MemberEnd() && it->value.IsString() ? it->value.GetString() : std::string();
-}
-
-std::int64_t intField(const rapidjson::Value& o, const char* key) {
-  auto it = o.FindMember(key);
-  return it != o.MemberEnd() && it->value.IsInt64() ? it->value.GetInt64() : 0;
-}
 
 // A label value: backslash, double quote and newline escaped.
 std::string label(const std::string& value) {
@@ -59,12 +50,12 @@ std::string prometheusText(const rapidjson::Value& status) {
   auto eachService = [&](auto&& fn) {
     if (!haveServices) return;
     for (const auto& s : services->value.GetArray())
-      if (s.IsObject()) fn(s, "service=\"" + label(stringField(s, "name")) + "\"");
+      if (s.IsObject()) fn(s, "service=\"" + label(jsonString(s, "name")) + "\"");
   };
 
   e.family("ondemand_service_state", "gauge", "1 for the state the service is in, 0 for the others.");
   eachService([&](const rapidjson::Value& s, const std::string& service) {
-    const std::string state = stringField(s, "state");
+    const std::string state = jsonString(s, "state");
     for (ServiceState candidate : {ServiceState::Cold, ServiceState::Starting, ServiceState::Warm,
                                    ServiceState::Stopping, ServiceState::Failed}) {
       const std::string name(toString(candidate));
@@ -73,24 +64,24 @@ std::string prometheusText(const rapidjson::Value& status) {
   });
   e.family("ondemand_service_in_flight", "gauge", "Requests in flight in all nginx workers.");
   eachService([&](const rapidjson::Value& s, const std::string& service) {
-    e.sample("ondemand_service_in_flight", service, intField(s, "in_flight"));
+    e.sample("ondemand_service_in_flight", service, jsonInt64(s, "in_flight"));
   });
   e.family("ondemand_service_requests_started_total", "counter",
            "Requests nginx workers started since controld started.");
   eachService([&](const rapidjson::Value& s, const std::string& service) {
-    e.sample("ondemand_service_requests_started_total", service, intField(s, "started_total"));
+    e.sample("ondemand_service_requests_started_total", service, jsonInt64(s, "started_total"));
   });
   e.family("ondemand_service_starts_total", "counter", "Cold starts, by result (kept across restarts).");
   eachService([&](const rapidjson::Value& s, const std::string& service) {
-    e.sample("ondemand_service_starts_total", service + ",result=\"ok\"", intField(s, "starts_ok"));
-    e.sample("ondemand_service_starts_total", service + ",result=\"failed\"", intField(s, "starts_failed"));
+    e.sample("ondemand_service_starts_total", service + ",result=\"ok\"", jsonInt64(s, "starts_ok"));
+    e.sample("ondemand_service_starts_total", service + ",result=\"failed\"", jsonInt64(s, "starts_failed"));
   });
   e.family("ondemand_service_last_start_seconds", "gauge",
            "How long the last good cold start took, from the wake to warm.");
   eachService([&](const rapidjson::Value& s, const std::string& service) {
-    if (intField(s, "starts_ok") > 0) {
+    if (jsonInt64(s, "starts_ok") > 0) {
       e.sample("ondemand_service_last_start_seconds", service,
-               static_cast<double>(intField(s, "last_start_ms")) / 1000.0);
+               static_cast<double>(jsonInt64(s, "last_start_ms")) / 1000.0);
     }
   });
 
@@ -98,7 +89,7 @@ std::string prometheusText(const rapidjson::Value& status) {
   if (daemon != status.MemberEnd() && daemon->value.IsObject()) {
     const auto& d = daemon->value;
     e.family("ondemand_controld_start_time_seconds", "gauge", "When controld started (unix time).");
-    e.sample("ondemand_controld_start_time_seconds", "", static_cast<double>(intField(d, "started_at")) / 1000.0);
+    e.sample("ondemand_controld_start_time_seconds", "", static_cast<double>(jsonInt64(d, "started_at")) / 1000.0);
     const auto connections = d.FindMember("connections");
     if (connections != d.MemberEnd() && connections->value.IsObject()) {
       e.family("ondemand_controld_connections", "gauge", "Open control connections, by role.");

@@ -16,6 +16,7 @@
 #include <rapidjson/writer.h>
 
 #include "controld/fd.hpp"
+#include "controld/json_fields.hpp"
 #include "controld/log.hpp"
 
 namespace ondemand::controld {
@@ -47,24 +48,8 @@ std::string errnoText(const std::string& what, const std::string& path) {
   return what + " " + path + ": " + std::strerror(errno);
 }
 
-const rapidjson::Value* member(const rapidjson::Value& o, const char* key) {
-  if (!o.IsObject()) return nullptr;
-  auto it = o.FindMember(key);
-  return it == o.MemberEnd() ? nullptr : &it->value;
-}
-
-std::int64_t int64Of(const rapidjson::Value& o, const char* key) {
-  const auto* v = member(o, key);
-  return v && v->IsInt64() ? v->GetInt64() : 0;
-}
-
-std::string stringOf(const rapidjson::Value& o, const char* key) {
-  const auto* v = member(o, key);
-  return v && v->IsString() ? std::string(v->GetString(), v->GetStringLength()) : std::string();
-}
-
 OperationKind kindOf(const rapidjson::Value& o) {
-  return stringOf(o, "kind") == "stop" ? OperationKind::Stop : OperationKind::Start;
+  return jsonString(o, "kind") == "stop" ? OperationKind::Stop : OperationKind::Start;
 }
 
 }  // namespace
@@ -146,59 +131,59 @@ std::optional<MachineSnapshot> snapshotFromJson(const std::string& text, std::st
     return std::nullopt;
   }
   MachineSnapshot s;
-  const auto state = parseServiceState(stringOf(doc, "state"));
-  const auto phase = parsePhase(stringOf(doc, "phase"));
+  const auto state = parseServiceState(jsonString(doc, "state"));
+  const auto phase = parsePhase(jsonString(doc, "phase"));
   if (!state || !phase) {
     error = "unknown state or phase";
     return std::nullopt;
   }
   s.state = *state;
   s.phase = *phase;
-  const auto* epoch = member(doc, "epoch");
+  const auto* epoch = jsonMember(doc, "epoch");
   s.epoch = epoch && epoch->IsUint64() ? epoch->GetUint64() : 0;
-  s.sinceMs = int64Of(doc, "since");
-  s.startingSinceMs = int64Of(doc, "starting_since");
-  s.failedAtMs = int64Of(doc, "failed_at");
-  s.lastActivityMs = int64Of(doc, "last_activity");
-  s.cause = parseCause(stringOf(doc, "cause")).value_or(Cause::Recovery);
-  s.reason = stringOf(doc, "reason");
-  const auto* restart = member(doc, "restart_after_stop");
+  s.sinceMs = jsonInt64(doc, "since");
+  s.startingSinceMs = jsonInt64(doc, "starting_since");
+  s.failedAtMs = jsonInt64(doc, "failed_at");
+  s.lastActivityMs = jsonInt64(doc, "last_activity");
+  s.cause = parseCause(jsonString(doc, "cause")).value_or(Cause::Recovery);
+  s.reason = jsonString(doc, "reason");
+  const auto* restart = jsonMember(doc, "restart_after_stop");
   s.restartAfterStop = restart && restart->IsBool() && restart->GetBool();
-  s.startsOk = static_cast<std::uint64_t>(std::max<std::int64_t>(0, int64Of(doc, "starts_ok")));
-  s.startsFailed = static_cast<std::uint64_t>(std::max<std::int64_t>(0, int64Of(doc, "starts_failed")));
-  s.lastStartMs = int64Of(doc, "last_start_ms");
-  if (const auto* op = member(doc, "operation"); op && op->IsObject()) {
+  s.startsOk = static_cast<std::uint64_t>(std::max<std::int64_t>(0, jsonInt64(doc, "starts_ok")));
+  s.startsFailed = static_cast<std::uint64_t>(std::max<std::int64_t>(0, jsonInt64(doc, "starts_failed")));
+  s.lastStartMs = jsonInt64(doc, "last_start_ms");
+  if (const auto* op = jsonMember(doc, "operation"); op && op->IsObject()) {
     OperationRecord r;
     r.kind = kindOf(*op);
-    r.driver = stringOf(*op, "driver");
-    r.taskId = int64Of(*op, "task_id");
-    r.pid = int64Of(*op, "pid");
-    r.startedAtMs = int64Of(*op, "started_at");
-    r.operationId = stringOf(*op, "operation_id");  // absent in files of an older controld
+    r.driver = jsonString(*op, "driver");
+    r.taskId = jsonInt64(*op, "task_id");
+    r.pid = jsonInt64(*op, "pid");
+    r.startedAtMs = jsonInt64(*op, "started_at");
+    r.operationId = jsonString(*op, "operation_id");  // absent in files of an older controld
     s.operation = r;
   }
-  if (const auto* op = member(doc, "last_operation"); op && op->IsObject()) {
+  if (const auto* op = jsonMember(doc, "last_operation"); op && op->IsObject()) {
     OperationSummary o;
     o.kind = kindOf(*op);
-    o.startedAtMs = int64Of(*op, "started_at");
-    o.endedAtMs = int64Of(*op, "ended_at");
-    const auto* okv = member(*op, "ok");
+    o.startedAtMs = jsonInt64(*op, "started_at");
+    o.endedAtMs = jsonInt64(*op, "ended_at");
+    const auto* okv = jsonMember(*op, "ok");
     o.ok = okv && okv->IsBool() && okv->GetBool();
-    o.reason = stringOf(*op, "reason");
-    o.taskId = int64Of(*op, "task_id");
-    o.taskStatus = stringOf(*op, "task_status");
+    o.reason = jsonString(*op, "reason");
+    o.taskId = jsonInt64(*op, "task_id");
+    o.taskStatus = jsonString(*op, "task_status");
     s.lastOperation = o;
   }
-  if (const auto* h = member(doc, "history"); h && h->IsArray()) {
+  if (const auto* h = jsonMember(doc, "history"); h && h->IsArray()) {
     for (const auto& item : h->GetArray()) {
       Transition t;
-      t.atMs = int64Of(item, "at");
-      t.from = parseServiceState(stringOf(item, "from")).value_or(ServiceState::Cold);
-      t.to = parseServiceState(stringOf(item, "to")).value_or(ServiceState::Cold);
-      t.cause = parseCause(stringOf(item, "cause")).value_or(Cause::Recovery);
-      t.detail = stringOf(item, "detail");
-      t.taskId = int64Of(item, "task_id");
-      t.taskStatus = stringOf(item, "task_status");
+      t.atMs = jsonInt64(item, "at");
+      t.from = parseServiceState(jsonString(item, "from")).value_or(ServiceState::Cold);
+      t.to = parseServiceState(jsonString(item, "to")).value_or(ServiceState::Cold);
+      t.cause = parseCause(jsonString(item, "cause")).value_or(Cause::Recovery);
+      t.detail = jsonString(item, "detail");
+      t.taskId = jsonInt64(item, "task_id");
+      t.taskStatus = jsonString(item, "task_status");
       s.history.push_back(std::move(t));
     }
   }
