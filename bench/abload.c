@@ -31,6 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loadtool.h"
+
 #define HIST_US 200000 /* 200 ms in 1 us buckets; slower answers go to the last one */
 
 struct target {
@@ -51,17 +53,6 @@ struct conn {
   size_t got;
   char buf[4096];
 };
-
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void die(const char* what) {
-  perror(what);
-  exit(2);
-}
 
 static int epfd;
 static int in_flight;

@@ -31,6 +31,8 @@ import threading
 import time
 import urllib.request
 
+from benchlib import percentile, remove_work_dir, rss_kib
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 NGINX = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
@@ -70,21 +72,6 @@ def http_get(port, path="/", timeout=5.0):
         return e.code, e.read().decode("utf-8", "replace")
     except OSError as e:
         return 0, str(e)
-
-
-def percentile(values, p):
-    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
-    v = sorted(values)
-    k = max(0, min(len(v) - 1, int(-(-p * len(v) // 100)) - 1))
-    return v[k]
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def children(pid):
@@ -1270,10 +1257,7 @@ def main():
         log("wrote %s" % os.path.join(b.out, "RESULTS.md"))
     finally:
         Proc.stop_all()
-        if os.environ.get("BENCH_KEEP"):
-            log("kept " + b.work)
-        else:
-            shutil.rmtree(b.work, ignore_errors=True)
+        remove_work_dir(b.work)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ bytes.
 import argparse
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -30,6 +29,8 @@ import tempfile
 import threading
 import time
 
+from benchlib import percentile, remove_work_dir, rss_kib
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -37,14 +38,6 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 class Client:
@@ -66,12 +59,6 @@ class Client:
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         return json.loads(line)
-
-
-def percentile(values, p):
-    values = sorted(values)
-    k = min(len(values) - 1, max(0, int(round(p / 100.0 * (len(values) - 1)))))
-    return values[k]
 
 
 def main():
@@ -276,10 +263,7 @@ def main():
             print("controld did not exit within 60 s of SIGTERM", file=sys.stderr)
         print("shutdown took %.2f s" % (time.monotonic() - t0), file=sys.stderr)
         log.close()
-        if os.environ.get("BENCH_KEEP"):
-            print("kept " + work, file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        remove_work_dir(work)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loadtool.h"
+
 enum { S_CONNECTING, S_CONNECTED, S_SENT, S_DONE, S_FAILED };
 
 struct conn {
@@ -46,17 +48,6 @@ struct conn {
   int64_t done_ns;
   char buf[2048];
 };
-
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void die(const char* what) {
-  perror(what);
-  exit(2);
-}
 
 static const char* opt_host = "127.0.0.1";
 static int opt_port = 0;

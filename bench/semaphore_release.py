@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import queue
-import shutil
 import socket
 import statistics
 import subprocess
@@ -39,6 +38,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+
+from benchlib import percentile, remove_work_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.dirname(HERE)
@@ -56,12 +57,6 @@ def free_port():
 def iso_seconds(text):
     t = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
     return t.replace(tzinfo=datetime.timezone.utc).timestamp()
-
-
-def percentile(values, p):
-    values = sorted(values)
-    k = min(len(values) - 1, max(0, int(round(p / 100.0 * (len(values) - 1)))))
-    return values[k]
 
 
 def wait_for(predicate, timeout, what):
@@ -263,10 +258,7 @@ services:
                 p.kill()
         for log in logs:
             log.close()
-        if os.environ.get("BENCH_KEEP"):
-            print("kept " + work, file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        remove_work_dir(work)
 
 
 if __name__ == "__main__":
