@@ -626,22 +626,3 @@ TEST_CASE("a resumed command past its timeout ends its reason with the last line
   CHECK(seen.outcome->reason == "start command did not finish within 300ms: loading the model\nstill loading");
   CHECK(loop.runUntil([&] { return !processRunning(pid); }, 1000ms));
 }
-
-// Not a check: how long the loop is held per spawn, for comparing ways of
-// spawning. Run it with `unit_tests "[.spawn-timing]"`.
-TEST_CASE("time per spawn as seen by the loop", "[.spawn-timing]") {
-  TestLoop loop;
-  constexpr int kCommands = 200;
-  std::vector<std::unique_ptr<CommandDriver>> drivers;
-  for (int i = 0; i < kCommands; ++i)
-    drivers.push_back(startDriver(loop, {"/bin/true"}));
-  int done = 0;
-  const auto started = SteadyClock::now();
-  for (auto& driver : drivers)
-    driver->run(startRequest(), {}, [&](OperationOutcome) { ++done; });
-  const auto spawning = std::chrono::duration<double, std::micro>(SteadyClock::now() - started).count();
-  REQUIRE(loop.runUntil([&] { return done == kCommands; }, 60000ms));
-  const auto total = std::chrono::duration<double, std::milli>(SteadyClock::now() - started).count();
-  std::printf("%d spawns of /bin/true: %.0f us each on the loop; all done after %.1f ms\n", kCommands,
-              spawning / kCommands, total);
-}
