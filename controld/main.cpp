@@ -1,7 +1,7 @@
 #include <exception>
 #include <iostream>
 
-#include "controld/daemon.hpp"
+#include "controld/daemon/daemon.hpp"
 
 int main(int argc, char** argv) {
   try {

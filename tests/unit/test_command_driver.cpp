@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "controld/command_driver.hpp"
+#include "controld/drivers/command_driver.hpp"
 #include "uv_test_support.hpp"
 
 using namespace ondemand::controld;

@@ -4,7 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "controld/config.hpp"
+#include "controld/config/config.hpp"
 
 using namespace ondemand;
 using namespace ondemand::controld;

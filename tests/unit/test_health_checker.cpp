@@ -5,7 +5,7 @@
 #include <optional>
 #include <string>
 
-#include "controld/health_checker.hpp"
+#include "controld/io/health_checker.hpp"
 #include "http_test_server.hpp"
 #include "uv_test_support.hpp"
 

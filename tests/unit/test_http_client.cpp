@@ -5,7 +5,7 @@
 #include <optional>
 #include <string>
 
-#include "controld/http_client.hpp"
+#include "controld/io/http_client.hpp"
 #include "http_test_server.hpp"
 #include "uv_test_support.hpp"
 

@@ -2,7 +2,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "controld/metrics.hpp"
+#include "controld/cli/metrics.hpp"
 
 using ondemand::controld::prometheusText;
 

@@ -26,8 +26,8 @@
 #include <thread>
 #include <vector>
 
-#include "controld/semaphore_check.hpp"
-#include "controld/semaphore_driver.hpp"
+#include "controld/drivers/semaphore/semaphore_check.hpp"
+#include "controld/drivers/semaphore/semaphore_driver.hpp"
 
 extern char** environ;
 

@@ -2,7 +2,7 @@
 // one story a user would recognise.
 #include <catch2/catch.hpp>
 
-#include "controld/service_machine.hpp"
+#include "controld/core/service_machine.hpp"
 
 using namespace ondemand;
 using namespace ondemand::controld;

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "controld/state_store.hpp"
+#include "controld/io/state_store.hpp"
 
 using namespace ondemand;
 using namespace ondemand::controld;

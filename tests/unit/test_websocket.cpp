@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "controld/websocket.hpp"
+#include "controld/io/websocket.hpp"
 
 using namespace ondemand::controld::websocket;
 

@@ -14,7 +14,7 @@
 #include <functional>
 #include <string>
 
-#include "controld/uv.hpp"
+#include "controld/io/uv.hpp"
 
 namespace ondemand::testing {
 

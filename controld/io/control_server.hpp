@@ -17,7 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "controld/uv.hpp"
+#include "controld/io/uv.hpp"
 #include "shared/protocol.hpp"
 
 namespace ondemand::controld {

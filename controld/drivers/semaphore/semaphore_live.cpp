@@ -1,4 +1,4 @@
-#include "controld/semaphore_live.hpp"
+#include "controld/drivers/semaphore/semaphore_live.hpp"
 
 #include <curl/curl.h>
 #include <poll.h>
@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include "controld/websocket.hpp"
+#include "controld/io/websocket.hpp"
 
 namespace ondemand::controld {
 

@@ -1,4 +1,4 @@
-#include "controld/control_server.hpp"
+#include "controld/io/control_server.hpp"
 
 #include <grp.h>
 #include <sys/socket.h>
@@ -10,8 +10,8 @@
 #include <cstring>
 #include <vector>
 
-#include "controld/fd.hpp"
-#include "controld/log.hpp"
+#include "controld/io/fd.hpp"
+#include "controld/io/log.hpp"
 
 namespace ondemand::controld {
 

@@ -5,7 +5,7 @@
 
 #include <ostream>
 
-#include "controld/config.hpp"
+#include "controld/config/config.hpp"
 
 namespace ondemand::controld {
 

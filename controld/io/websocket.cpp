@@ -1,4 +1,4 @@
-#include "controld/websocket.hpp"
+#include "controld/io/websocket.hpp"
 
 namespace ondemand::controld::websocket {
 

@@ -1,4 +1,4 @@
-#include "controld/state_store.hpp"
+#include "controld/io/state_store.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -15,9 +15,9 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
-#include "controld/fd.hpp"
-#include "controld/json_fields.hpp"
-#include "controld/log.hpp"
+#include "controld/io/fd.hpp"
+#include "controld/io/json_fields.hpp"
+#include "controld/io/log.hpp"
 
 namespace ondemand::controld {
 

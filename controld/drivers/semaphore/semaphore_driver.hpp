@@ -19,11 +19,11 @@
 #include <string_view>
 #include <vector>
 
-#include "controld/config.hpp"
-#include "controld/driver.hpp"
-#include "controld/http_client.hpp"
-#include "controld/semaphore_live.hpp"
-#include "controld/uv.hpp"
+#include "controld/config/config.hpp"
+#include "controld/core/driver.hpp"
+#include "controld/io/http_client.hpp"
+#include "controld/drivers/semaphore/semaphore_live.hpp"
+#include "controld/io/uv.hpp"
 
 namespace ondemand::controld {
 

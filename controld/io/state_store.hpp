@@ -23,7 +23,7 @@
 #include <optional>
 #include <string>
 
-#include "controld/service_machine.hpp"
+#include "controld/core/service_machine.hpp"
 
 namespace ondemand::controld {
 

@@ -26,8 +26,8 @@
 #include <set>
 #include <string>
 
-#include "controld/http_client.hpp"
-#include "controld/uv.hpp"
+#include "controld/io/http_client.hpp"
+#include "controld/io/uv.hpp"
 #include "shared/duration.hpp"
 
 namespace ondemand::controld {

@@ -1,4 +1,4 @@
-#include "controld/config.hpp"
+#include "controld/config/config.hpp"
 
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>

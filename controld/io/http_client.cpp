@@ -1,4 +1,4 @@
-#include "controld/http_client.hpp"
+#include "controld/io/http_client.hpp"
 
 #include <curl/curl.h>
 #include <fcntl.h>
@@ -9,7 +9,7 @@
 #include <mutex>
 #include <string_view>
 
-#include "controld/uv.hpp"
+#include "controld/io/uv.hpp"
 
 namespace ondemand::controld {
 

@@ -1,4 +1,4 @@
-#include "controld/semaphore_check.hpp"
+#include "controld/drivers/semaphore/semaphore_check.hpp"
 
 #include <rapidjson/document.h>
 #include <uv.h>
@@ -8,8 +8,8 @@
 #include <set>
 #include <utility>
 
-#include "controld/http_client.hpp"
-#include "controld/semaphore_driver.hpp"
+#include "controld/io/http_client.hpp"
+#include "controld/drivers/semaphore/semaphore_driver.hpp"
 
 namespace ondemand::controld {
 

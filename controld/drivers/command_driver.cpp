@@ -1,4 +1,4 @@
-#include "controld/command_driver.hpp"
+#include "controld/drivers/command_driver.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -19,7 +19,7 @@
 #include <sstream>
 #include <utility>
 
-#include "controld/fd.hpp"
+#include "controld/io/fd.hpp"
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434

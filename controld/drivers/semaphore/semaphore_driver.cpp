@@ -1,4 +1,4 @@
-#include "controld/semaphore_driver.hpp"
+#include "controld/drivers/semaphore/semaphore_driver.hpp"
 
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
@@ -10,8 +10,8 @@
 #include <random>
 #include <utility>
 
-#include "controld/log.hpp"
-#include "controld/uv.hpp"
+#include "controld/io/log.hpp"
+#include "controld/io/uv.hpp"
 #include "shared/duration.hpp"
 #include "shared/protocol.hpp"
 

@@ -1,4 +1,4 @@
-#include "controld/machine_queue.hpp"
+#include "controld/core/machine_queue.hpp"
 
 #include <algorithm>
 

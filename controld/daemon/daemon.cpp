@@ -1,4 +1,4 @@
-#include "controld/daemon.hpp"
+#include "controld/daemon/daemon.hpp"
 
 #include <unistd.h>
 
@@ -6,8 +6,8 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
-#include "controld/command_driver.hpp"
-#include "controld/log.hpp"
+#include "controld/drivers/command_driver.hpp"
+#include "controld/io/log.hpp"
 #include "controld/version.hpp"
 
 #ifdef ONDEMAND_HAVE_SYSTEMD

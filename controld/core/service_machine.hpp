@@ -10,7 +10,7 @@
 #include <optional>
 #include <string>
 
-#include "controld/driver.hpp"
+#include "controld/core/driver.hpp"
 #include "shared/duration.hpp"
 #include "shared/service_state.hpp"
 

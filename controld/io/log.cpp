@@ -1,4 +1,4 @@
-#include "controld/log.hpp"
+#include "controld/io/log.hpp"
 
 #include <unistd.h>
 

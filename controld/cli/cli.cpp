@@ -15,14 +15,14 @@
 #include <ctime>
 #include <iostream>
 
-#include "controld/config.hpp"
-#include "controld/daemon.hpp"
-#include "controld/fd.hpp"
-#include "controld/json_fields.hpp"
-#include "controld/log.hpp"
-#include "controld/metrics.hpp"
-#include "controld/semaphore_check.hpp"
-#include "controld/uv.hpp"
+#include "controld/config/config.hpp"
+#include "controld/daemon/daemon.hpp"
+#include "controld/io/fd.hpp"
+#include "controld/io/json_fields.hpp"
+#include "controld/io/log.hpp"
+#include "controld/cli/metrics.hpp"
+#include "controld/drivers/semaphore/semaphore_check.hpp"
+#include "controld/io/uv.hpp"
 #include "controld/version.hpp"
 #include "shared/duration.hpp"
 #include "shared/protocol.hpp"

@@ -21,8 +21,8 @@
 #include <string>
 #include <thread>
 
-#include "controld/config.hpp"
-#include "controld/uv.hpp"
+#include "controld/config/config.hpp"
+#include "controld/io/uv.hpp"
 
 namespace ondemand::controld {
 

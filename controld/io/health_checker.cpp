@@ -1,4 +1,4 @@
-#include "controld/health_checker.hpp"
+#include "controld/io/health_checker.hpp"
 
 #include <algorithm>
 #include <utility>

@@ -1,4 +1,4 @@
-#include "controld/driver.hpp"
+#include "controld/core/driver.hpp"
 
 #include <cstdio>
 #include <random>

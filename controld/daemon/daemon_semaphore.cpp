@@ -2,8 +2,8 @@
 // service, replaced when a reload changes the connection settings (drivers
 // still finishing an operation keep the client they started with).
 
-#include "controld/daemon.hpp"
-#include "controld/semaphore_driver.hpp"
+#include "controld/daemon/daemon.hpp"
+#include "controld/drivers/semaphore/semaphore_driver.hpp"
 
 namespace ondemand::controld {
 

@@ -1,9 +1,9 @@
-#include "controld/metrics.hpp"
+#include "controld/cli/metrics.hpp"
 
 #include <cstdint>
 #include <sstream>
 
-#include "controld/json_fields.hpp"
+#include "controld/io/json_fields.hpp"
 #include "shared/service_state.hpp"
 
 namespace ondemand::controld {

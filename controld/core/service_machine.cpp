@@ -1,4 +1,4 @@
-#include "controld/service_machine.hpp"
+#include "controld/core/service_machine.hpp"
 
 #include <algorithm>
 #include <utility>

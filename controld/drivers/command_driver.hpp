@@ -40,8 +40,8 @@
 #include <string>
 #include <vector>
 
-#include "controld/driver.hpp"
-#include "controld/uv.hpp"
+#include "controld/core/driver.hpp"
+#include "controld/io/uv.hpp"
 #include "shared/duration.hpp"
 
 namespace ondemand::controld {

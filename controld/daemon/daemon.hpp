@@ -12,15 +12,15 @@
 #include <set>
 #include <string>
 
-#include "controld/config.hpp"
-#include "controld/control_server.hpp"
-#include "controld/driver.hpp"
-#include "controld/health_checker.hpp"
-#include "controld/http_client.hpp"
-#include "controld/machine_queue.hpp"
-#include "controld/service_machine.hpp"
-#include "controld/state_store.hpp"
-#include "controld/uv.hpp"
+#include "controld/config/config.hpp"
+#include "controld/io/control_server.hpp"
+#include "controld/core/driver.hpp"
+#include "controld/io/health_checker.hpp"
+#include "controld/io/http_client.hpp"
+#include "controld/core/machine_queue.hpp"
+#include "controld/core/service_machine.hpp"
+#include "controld/io/state_store.hpp"
+#include "controld/io/uv.hpp"
 
 namespace ondemand::controld {
 
