@@ -3,35 +3,28 @@
 // its driver and health checker, the control socket, and the state store. It
 // is the glue between them: inputs (messages, driver callbacks, health
 // answers, timers, signals) go to a ServiceMachine; the Effects that come back
-// are carried out here, in one place (apply()).
+// are carried out here, in one place (apply()). The pieces it wires live
+// beside it: the service registry (services built from config), the activity
+// ledger (core/), status rendering, signals and the reloaded configuration.
 
 #include <uv.h>
 
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 
 #include "controld/config/config.hpp"
-#include "controld/io/control_server.hpp"
-#include "controld/core/driver.hpp"
-#include "controld/io/health_checker.hpp"
-#include "controld/io/http_client.hpp"
+#include "controld/core/activity_ledger.hpp"
 #include "controld/core/machine_queue.hpp"
 #include "controld/core/service_machine.hpp"
+#include "controld/daemon/config_swap.hpp"
+#include "controld/daemon/service_registry.hpp"
+#include "controld/daemon/signals.hpp"
+#include "controld/io/control_server.hpp"
+#include "controld/io/http_client.hpp"
 #include "controld/io/state_store.hpp"
-#include "controld/io/uv.hpp"
 
 namespace ondemand::controld {
-
-class SemaphoreClient;
-
-// `serve --socket` / `--state-dir`: they win over the configuration file, at
-// start and at every reload.
-struct ServeOverrides {
-  std::string socketPath;  // empty: the file's
-  std::string stateDir;    // empty: the file's
-};
 
 class Daemon : public ControlServer::Handler {
  public:
@@ -49,15 +42,10 @@ class Daemon : public ControlServer::Handler {
   void onClosed(ControlConnection& connection) override;
 
  private:
-  struct Service;
-
-  void addService(const ServiceConfig& config);
-  std::unique_ptr<Driver> makeDriver(const ServiceConfig& config);
-  std::unique_ptr<Driver> makeSemaphoreDriver(const ServiceConfig& config);
-  MachineSettings machineSettings(const ServiceConfig& config, const Driver* driver) const;
   void restoreFromDisk();
 
   void apply(Service& service, Effects effects, const std::string& why = {});
+  void launchWhenDurable(Service& service, const Effects& effects, const std::string& why);
   void runOperation(Service& service, OperationKind kind, const std::string& why);
   void resumeOperation(Service& service);
   void operationFinished(Service& service, OperationOutcome outcome);
@@ -65,15 +53,12 @@ class Daemon : public ControlServer::Handler {
   void maybeFinishDrain(Service& service);
   void reschedule(Service& service);
   void publish(Service& service);
+  void sendToSubscribers(const std::string& line);
 
   void handleWake(ControlConnection& connection, const protocol::Wake& wake);
   void handleActivity(ControlConnection& connection, const protocol::Activity& activity);
   void handleStoppingAck(ControlConnection& connection, const protocol::StoppingAck& ack);
   void handleCommand(ControlConnection& connection, const protocol::Command& command);
-  std::uint64_t totalInFlight(const std::string& service);
-
-  protocol::StatePush statePush(const Service& service) const;
-  std::string statusReply(std::int64_t id, const std::string& only, std::string& error) const;
 
   void reload();
   void shutdown();
@@ -87,12 +72,12 @@ class Daemon : public ControlServer::Handler {
   std::unique_ptr<StateWriter> writer_;
   bool shuttingDown_ = false;
   std::unique_ptr<HttpClient> http_;
-  std::shared_ptr<SemaphoreClient> semaphore_;
+  std::unique_ptr<ServiceRegistry> services_;
   std::unique_ptr<ControlServer> server_;
   MachineQueue machineQueue_;
-  std::map<std::string, std::unique_ptr<Service>> services_;
+  ActivityLedger ledger_;
   std::map<std::string, std::uint64_t> unknownWakes_;  // unknown service name -> count (logged once)
-  UvHandle<uv_signal_t> sigterm_, sigint_, sighup_;
+  DaemonSignals signals_;
   std::int64_t startedAtMs_ = 0;
   int exitCode_ = 0;
 };

@@ -37,9 +37,8 @@ class ControlConnection {
   void close(const std::string& why);
 
   // What the daemon remembers about this client.
-  bool subscribed = false;                                  // receives state pushes
-  bool wantsEvents = false;                                 // receives transition events (controld events)
-  std::unordered_map<std::string, std::uint64_t> inFlight;  // per service, as last reported
+  bool subscribed = false;   // receives state pushes
+  bool wantsEvents = false;  // receives transition events (controld events)
 
  private:
   friend class ControlServer;

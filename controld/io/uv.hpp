@@ -80,6 +80,21 @@ class Timer {
   std::function<void()> callback_;
 };
 
+// Tears a loop down: lets pending close callbacks run, closes every handle
+// still open, runs the loop until they are gone and closes it. True when
+// uv_loop_close succeeded.
+inline bool closeLoop(uv_loop_t* loop) {
+  uv_run(loop, UV_RUN_NOWAIT);
+  uv_walk(
+      loop,
+      [](uv_handle_t* h, void*) {
+        if (!uv_is_closing(h)) uv_close(h, nullptr);
+      },
+      nullptr);
+  uv_run(loop, UV_RUN_DEFAULT);
+  return uv_loop_close(loop) == 0;
+}
+
 // Wall clock in unix milliseconds, for timestamps that are shown and persisted.
 inline std::int64_t unixMillisNow() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())

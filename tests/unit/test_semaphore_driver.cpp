@@ -213,14 +213,7 @@ struct Daemon {
     http.reset();
     for (int i = 0; i < 100 && uv_run(&loop, UV_RUN_NOWAIT) != 0; ++i)
       std::this_thread::sleep_for(1ms);
-    uv_walk(
-        &loop,
-        [](uv_handle_t* h, void*) {
-          if (!uv_is_closing(h)) uv_close(h, nullptr);
-        },
-        nullptr);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
+    closeLoop(&loop);
   }
 
   // Runs the loop until `done` holds or `limit` passes; false on timeout.

@@ -69,14 +69,7 @@ class TestLoop {
       return true;
     }
     // Close what was leaked so the loop can still be freed.
-    uv_walk(
-        &loop_,
-        [](uv_handle_t* h, void*) {
-          if (!uv_is_closing(h)) uv_close(h, nullptr);
-        },
-        nullptr);
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    closed_ = uv_loop_close(&loop_) == 0;
+    closed_ = controld::closeLoop(&loop_);
     return false;
   }
 

@@ -31,14 +31,7 @@ class OnlineCheck {
   ~OnlineCheck() {
     client_.reset();
     http_.reset();
-    uv_walk(
-        &loop_,
-        [](uv_handle_t* h, void*) {
-          if (!uv_is_closing(h)) uv_close(h, nullptr);
-        },
-        nullptr);
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    uv_loop_close(&loop_);
+    closeLoop(&loop_);
   }
   OnlineCheck(const OnlineCheck&) = delete;
   OnlineCheck& operator=(const OnlineCheck&) = delete;

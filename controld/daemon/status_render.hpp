@@ -1,0 +1,38 @@
+#pragma once
+// What the daemon says about its services: the state pushed to subscribers,
+// the transition events of `controld events`, command replies and the
+// `status` reply (docs/PROTOCOL.md).
+
+#include <cstdint>
+#include <string>
+
+#include "controld/config/config.hpp"
+#include "controld/core/machine_queue.hpp"
+#include "controld/daemon/service_registry.hpp"
+#include "controld/io/control_server.hpp"
+#include "shared/protocol.hpp"
+
+namespace ondemand::controld {
+
+protocol::StatePush statePush(const Service& service);
+
+// One `event` line for the service's latest transition.
+std::string eventLine(const Service& service);
+
+// A command's reply; with `service`, its state after the command.
+std::string replyLine(std::int64_t id, bool ok, const std::string& error, const Service* service);
+
+// Everything `status` reports on.
+struct StatusSources {
+  const Config& config;
+  const ServiceRegistry& services;
+  const ControlServer& server;
+  const MachineQueue& machineQueue;
+  std::int64_t startedAtMs;
+};
+
+// The `status` reply for every service, or only `only`; sets `error` (and
+// returns nothing) when `only` is unknown.
+std::string statusReplyLine(std::int64_t id, const std::string& only, const StatusSources& sources, std::string& error);
+
+}  // namespace ondemand::controld
