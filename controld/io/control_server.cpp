@@ -157,7 +157,7 @@ void ControlServer::closeAll() {
     all.push_back(c.get());
   for (auto* c : all)
     c->close("");
-  graveyard_.clear();
+  if (walking_ == 0) graveyard_.clear();  // else the reaper frees them after the walk
 }
 
 void ControlServer::accept() {
@@ -249,9 +249,20 @@ void ControlServer::dispatch(ControlConnection& connection, std::string_view lin
 }
 
 void ControlServer::forEach(const std::function<void(ControlConnection&)>& fn) {
-  for (auto& [id, c] : connections_) {
+  // `fn` may close connections (a send drops a client that does not read,
+  // the handler's onClosed sends to all again), which moves them out of
+  // connections_: walk a copy. The graveyard keeps every closed one alive
+  // until the next loop turn, so each pointer stays valid; the closed ones
+  // are skipped.
+  std::vector<ControlConnection*> all;
+  all.reserve(connections_.size());
+  for (auto& [id, c] : connections_)
+    all.push_back(c.get());
+  ++walking_;
+  for (auto* c : all) {
     if (c->isOpen() && !c->role_.empty()) fn(*c);
   }
+  --walking_;
 }
 
 std::size_t ControlServer::connectionCount(const std::string& role) const {

@@ -98,6 +98,7 @@ class ControlServer {
   std::map<std::uint64_t, std::unique_ptr<ControlConnection>> connections_;
   std::vector<std::unique_ptr<ControlConnection>> graveyard_;  // closed, freed on the next loop turn
   UvHandle<uv_idle_t> reaper_;
+  int walking_ = 0;  // forEach() calls under way: closed connections must stay allocated
   std::map<std::string, std::uint64_t> received_;
 };
 
