@@ -1,0 +1,137 @@
+// validateConfig: the facts that hold between keys and between services,
+// whatever the format.
+
+#include <map>
+
+#include "controld/config/config.hpp"
+
+namespace ondemand::controld {
+
+namespace {
+
+// The name a key has in the format the config was read from.
+std::string keyName(const Config& config, const std::string& service, std::string_view nativeKey) {
+  static const std::map<std::string_view, std::string_view> kServiceKeys = {
+      {"semaphore", "semaphore_enabled"},
+      {"semaphore.start_template_id", "semaphore_start_template_id"},
+      {"semaphore.task_timeout", "semaphore_task_timeout"},
+      {"idle_timeout", "idle_timeout_ms"},
+  };
+  static const std::map<std::string_view, std::string_view> kGlobalKeys = {
+      {"semaphore", "semaphore_base_url"},          {"semaphore.base_url", "semaphore_base_url"},
+      {"semaphore.username", "semaphore_username"}, {"semaphore.password", "semaphore_password"},
+      {"semaphore.api_token", "semaphore_api_key"},
+  };
+  std::string_view key = nativeKey;
+  if (config.format == ConfigFormat::Hestia) {
+    const auto& table = service.empty() ? kGlobalKeys : kServiceKeys;
+    if (const auto it = table.find(nativeKey); it != table.end()) key = it->second;
+  }
+  return service.empty() ? std::string(key) : "services." + service + "." + std::string(key);
+}
+
+int lineOf(const Config& config, const std::string& key, int fallback) {
+  const auto it = config.lines.find(key);
+  return it != config.lines.end() ? it->second : fallback;
+}
+
+}  // namespace
+
+ConfigProblems validateConfig(const Config& config) {
+  ConfigProblems out;
+  const auto error = [&](int line, std::string key, std::string message) {
+    out.errors.push_back({{config.sourceFile, line}, std::move(key), std::move(message)});
+  };
+  const auto warning = [&](int line, std::string key, std::string message) {
+    out.warnings.push_back({{config.sourceFile, line}, std::move(key), std::move(message)});
+  };
+  const bool hestia = config.format == ConfigFormat::Hestia;
+
+  bool anySemaphore = false;
+  for (const auto& [name, svc] : config.services) {
+    const int serviceLine = svc.where.line;
+    const auto key = [&](std::string_view k) { return keyName(config, name, k); };
+    const auto line = [&](std::string_view k) { return lineOf(config, key(k), serviceLine); };
+    const bool commands = !svc.startCommand.empty() || !svc.stopCommand.empty();
+
+    if (svc.semaphore) {
+      anySemaphore = true;
+      if (commands) {
+        const std::string_view which = svc.startCommand.empty() ? "stop_command" : "start_command";
+        error(line(which), key(which),
+              "a service has one driver, but this one has both semaphore and " + std::string(which) +
+                  "; keep one of them");
+      }
+      if (!config.semaphore) {
+        error(line("semaphore"), key("semaphore"),
+              hestia ? "Semaphore is enabled, but there is no semaphore_base_url (nor SEMAPHORE_BASE_URL)"
+                     : "this service uses Semaphore, but there is no top-level \"semaphore:\" section "
+                       "(base_url, credentials)");
+      }
+      if (svc.semaphore->startTemplateId <= 0) {
+        error(line("semaphore"), key("semaphore"),
+              "start_template_id is missing: expected the id of the task template that starts the service");
+      }
+      if (svc.semaphore->taskTimeout > svc.startTimeout) {
+        warning(line("semaphore.task_timeout"), key("semaphore.task_timeout"),
+                "longer than start_timeout (" + formatDuration(svc.startTimeout) +
+                    "): the start is abandoned before the task's own timeout applies");
+      }
+    }
+    if (!svc.stopCommand.empty() && svc.startCommand.empty()) {
+      error(line("stop_command"), key("stop_command"),
+            "there is no start_command: controld could stop this service but never start it again");
+    }
+    if (svc.driverKind() == ServiceConfig::DriverKind::None && svc.healthUrl.empty()) {
+      if (hestia) {
+        warning(serviceLine, "services." + name,
+                "neither semaphore_enabled nor health_url: controld has nothing to start or watch, so it always "
+                "counts this service as warm; leave ondemand_service off for its location");
+      } else {
+        error(serviceLine, "services." + name,
+              "no driver and no health_url: controld could neither start this service nor tell when it is ready; "
+              "add health_url, or a driver (semaphore:, or start_command/stop_command)");
+      }
+    }
+    const bool canStop = (svc.semaphore && svc.semaphore->stopTemplateId > 0) || !svc.stopCommand.empty();
+    if (svc.idleTimeout.count() > 0 && !canStop && config.lines.count(key("idle_timeout"))) {
+      warning(line("idle_timeout"), key("idle_timeout"),
+              "controld has no way to stop this service (no stop_command or stop_template_id), so the idle "
+              "timeout does nothing");
+    }
+  }
+
+  if (config.semaphore) {
+    const SemaphoreSettings& sem = *config.semaphore;
+    const int sectionLine = lineOf(config, keyName(config, "", "semaphore"), 0);
+    const auto line = [&](std::string_view k) { return lineOf(config, keyName(config, "", k), sectionLine); };
+    if (sem.baseUrl.empty() && (!hestia || anySemaphore)) {
+      error(line("semaphore.base_url"), keyName(config, "", "semaphore.base_url"),
+            hestia ? "missing: expected the Semaphore server's URL, e.g. http://semaphore.internal:3000 "
+                     "(or set SEMAPHORE_BASE_URL)"
+                   : "base_url is missing: expected the Semaphore server's URL, e.g. http://semaphore.internal:3000");
+    }
+    if (sem.username.empty() != sem.password.empty()) {
+      const std::string_view given = sem.username.empty() ? "semaphore.password" : "semaphore.username";
+      error(line(given), keyName(config, "", given),
+            sem.username.empty() ? "a password without a username" : "a username without a password");
+    } else if (!sem.apiToken.empty() && !sem.username.empty()) {
+      warning(line("semaphore.username"), keyName(config, "", "semaphore.username"),
+              "not used: an API token is given, and controld uses the token");
+    }
+    if (anySemaphore && sem.apiToken.empty() && sem.username.empty() && sem.password.empty()) {
+      error(sectionLine, keyName(config, "", "semaphore"),
+            hestia ? "no credentials for Semaphore: expected semaphore_api_key, or semaphore_username and "
+                     "semaphore_password (or the environment variable SEMAPHORE_API_TOKEN)"
+                   : "no credentials: expected api_token, api_token_file, or username and password (or the "
+                     "environment variable SEMAPHORE_API_TOKEN)");
+    }
+  }
+
+  if (config.services.empty()) {
+    warning(lineOf(config, "services", 0), "services", "no services are defined: controld has nothing to do");
+  }
+  return out;
+}
+
+}  // namespace ondemand::controld
