@@ -8,8 +8,8 @@
 #include <set>
 #include <utility>
 
-#include "controld/io/http_client.hpp"
 #include "controld/drivers/semaphore/semaphore_driver.hpp"
+#include "controld/io/http_client.hpp"
 
 namespace ondemand::controld {
 
