@@ -41,6 +41,23 @@ class Exposition {
   std::ostringstream out_;
 };
 
+// Milliseconds as exact decimal seconds: 41250 -> "41.25", 3900 -> "3.9".
+// (A double through an ostream keeps 6 significant digits: a unix time
+// would come out as 1.79616e+09, an hour off.)
+std::string millisAsSeconds(std::int64_t ms) {
+  const bool negative = ms < 0;
+  const std::uint64_t abs = negative ? static_cast<std::uint64_t>(-(ms + 1)) + 1 : static_cast<std::uint64_t>(ms);
+  std::string out = (negative ? "-" : "") + std::to_string(abs / 1000);
+  if (const std::uint64_t frac = abs % 1000; frac != 0) {
+    std::string digits = std::to_string(frac);
+    digits.insert(0, 3 - digits.size(), '0');
+    while (digits.back() == '0')
+      digits.pop_back();
+    out += "." + digits;
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string prometheusText(const rapidjson::Value& status) {
@@ -80,8 +97,7 @@ std::string prometheusText(const rapidjson::Value& status) {
            "How long the last good cold start took, from the wake to warm.");
   eachService([&](const rapidjson::Value& s, const std::string& service) {
     if (jsonInt64(s, "starts_ok") > 0) {
-      e.sample("ondemand_service_last_start_seconds", service,
-               static_cast<double>(jsonInt64(s, "last_start_ms")) / 1000.0);
+      e.sample("ondemand_service_last_start_seconds", service, millisAsSeconds(jsonInt64(s, "last_start_ms")));
     }
   });
 
@@ -89,7 +105,8 @@ std::string prometheusText(const rapidjson::Value& status) {
   if (daemon != status.MemberEnd() && daemon->value.IsObject()) {
     const auto& d = daemon->value;
     e.family("ondemand_controld_start_time_seconds", "gauge", "When controld started (unix time).");
-    e.sample("ondemand_controld_start_time_seconds", "", static_cast<double>(jsonInt64(d, "started_at")) / 1000.0);
+    // Whole seconds, exactly (as process_start_time_seconds is).
+    e.sample("ondemand_controld_start_time_seconds", "", jsonInt64(d, "started_at") / 1000);
     const auto connections = d.FindMember("connections");
     if (connections != d.MemberEnd() && connections->value.IsObject()) {
       e.family("ondemand_controld_connections", "gauge", "Open control connections, by role.");

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -56,6 +57,26 @@ std::optional<std::string> readWholeFile(const std::string& path, std::string& e
   return content;
 }
 
+namespace {
+
+// The first tab in a line's indentation (1-based line and column), for a
+// YAML error that does not say it: YAML forbids tabs there.
+std::optional<std::pair<int, int>> indentationTab(const std::string& text, int upToLine) {
+  int line = 1;
+  std::size_t pos = 0;
+  while (pos < text.size() && line <= upToLine) {
+    const std::size_t end = std::min(text.find('\n', pos), text.size());
+    for (std::size_t i = pos; i < end && (text[i] == ' ' || text[i] == '\t'); ++i) {
+      if (text[i] == '\t') return std::make_pair(line, static_cast<int>(i - pos) + 1);
+    }
+    pos = end + 1;
+    ++line;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 ConfigLoadResult loadConfig(const std::string& path, const Environment& env, const FileReader& readFile) {
   ConfigLoadResult result;
   Problems problems(path);
@@ -71,7 +92,14 @@ ConfigLoadResult loadConfig(const std::string& path, const Environment& env, con
       try {
         root = YAML::Load(*text);
       } catch (const YAML::ParserException& e) {
-        problems.error(e.mark.line >= 0 ? e.mark.line + 1 : 0, "", "invalid YAML: " + e.msg);
+        const int line = e.mark.line >= 0 ? e.mark.line + 1 : 0;
+        if (const auto tab = indentationTab(*text, line > 0 ? line : INT_MAX)) {
+          problems.error(tab->first, "",
+                         "invalid YAML: a tab in the indentation (column " + std::to_string(tab->second) +
+                             "); YAML does not allow tabs there: indent with spaces");
+        } else {
+          problems.error(line, "", "invalid YAML: " + e.msg);
+        }
       }
       if (problems.errors.empty()) {
         std::error_code ec;

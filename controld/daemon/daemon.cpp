@@ -1,5 +1,9 @@
 #include "controld/daemon/daemon.hpp"
 
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "controld/daemon/status_render.hpp"
 #include "controld/drivers/command_driver.hpp"
 #include "controld/io/log.hpp"
@@ -346,6 +350,7 @@ int Daemon::run() {
     LogLine(LogLevel::Error, "startup_failed").kv("why", *error);
     return 1;
   }
+  warnIfStateDirNotWritable();
   for (const auto& [name, c] : config_.services)
     services_->add(c);
   // Signals first: once the socket exists, clients (and systemd) may signal us.
@@ -364,6 +369,37 @@ int Daemon::run() {
   notifySystemd("READY=1");
   uv_run(loop_, UV_RUN_DEFAULT);
   return exitCode_;
+}
+
+// Said once, now, rather than as a failed write at every state change.
+void Daemon::warnIfStateDirNotWritable() const {
+  std::string user = std::to_string(::geteuid());
+  if (const passwd* pw = ::getpwuid(::geteuid())) user = pw->pw_name;
+  struct stat st {};
+  if (::geteuid() == 0 && ::stat(config_.stateDir.c_str(), &st) == 0 && st.st_uid != 0) {
+    // root in the packaged daemon's directory: what it writes now is
+    // root's, and the daemon of that user can no longer replace it.
+    const passwd* owner = ::getpwuid(st.st_uid);
+    const std::string name = owner ? owner->pw_name : std::to_string(st.st_uid);
+    LogLine(LogLevel::Warning, "state_dir_of_another_user")
+        .kv("path", config_.stateDir)
+        .kv("owner", name)
+        .kv("user", user)
+        .kv("why", "files controld writes now belong to root, and a controld running as " + name +
+                       " cannot replace them later; run it as " + name + " (systemctl start controld)");
+  }
+  const auto problems = store_.notWritable();
+  for (const auto& p : problems) {
+    LogLine(LogLevel::Warning, "state_dir_not_writable")
+        .kv("path", p.path)
+        .kv("owner", p.owner)
+        .kv("mode", p.mode)
+        .kv("user", user)
+        .kv("why",
+            "controld cannot write there: state changes stay in memory and are lost on a restart, start "
+            "commands cannot log their output; give it to controld's user: chown -R " +
+                user + ": " + config_.stateDir);
+  }
 }
 
 void Daemon::shutdown() {

@@ -62,6 +62,7 @@ class Daemon : public ControlServer::Handler {
 
   void reload();
   void shutdown();
+  void warnIfStateDirNotWritable() const;
 
   uv_loop_t* loop_;
   uv_loop_t loopStorage_;

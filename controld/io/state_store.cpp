@@ -2,11 +2,14 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -197,6 +200,41 @@ std::optional<std::string> StateStore::prepare() {
     if (::mkdir(d.c_str(), 0750) != 0 && errno != EEXIST) return errnoText("cannot create", d);
   }
   return std::nullopt;
+}
+
+std::vector<StateStore::NotWritable> StateStore::notWritable() const {
+  std::vector<NotWritable> out;
+  auto check = [&out](const std::string& path, bool dir) {
+    if (::access(path.c_str(), dir ? (W_OK | X_OK) : W_OK) == 0) return;
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return;
+    std::string owner;
+    if (const passwd* pw = ::getpwuid(st.st_uid))
+      owner = pw->pw_name;
+    else
+      owner = std::to_string(st.st_uid);
+    owner += ":";
+    if (const group* gr = ::getgrgid(st.st_gid))
+      owner += gr->gr_name;
+    else
+      owner += std::to_string(st.st_gid);
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    out.push_back({path, owner, mode});
+  };
+  for (const std::string& d : {dir_, servicesDir()}) {
+    check(d, true);
+    DIR* dir = ::opendir(d.c_str());
+    if (dir == nullptr) continue;
+    while (const dirent* e = ::readdir(dir)) {
+      const std::string name = e->d_name;
+      const bool ours = (d == servicesDir() && name.size() > 5 && name.compare(name.size() - 5, 5, ".json") == 0) ||
+                        (d == dir_ && name.size() > 12 && name.compare(name.size() - 12, 12, ".command.log") == 0);
+      if (ours) check(d + "/" + name, false);
+    }
+    ::closedir(dir);
+  }
+  return out;
 }
 
 std::optional<std::string> StateStore::save(const std::string& service, const MachineSnapshot& snapshot) {

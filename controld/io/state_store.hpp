@@ -22,6 +22,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "controld/core/service_machine.hpp"
 
@@ -33,6 +34,16 @@ class StateStore {
 
   // Creates the directories. Returns an error text on failure.
   std::optional<std::string> prepare();
+
+  // What in state_dir this process cannot write to: state_dir itself,
+  // services/, and the files in them (state files, command logs). Each one
+  // would fail every write later; said once at start-up instead.
+  struct NotWritable {
+    std::string path;
+    std::string owner;  // "root:root"
+    std::string mode;   // "0755"
+  };
+  std::vector<NotWritable> notWritable() const;
 
   // Returns an error text on failure (logged by the caller; the daemon carries on).
   std::optional<std::string> save(const std::string& service, const MachineSnapshot& snapshot);

@@ -337,6 +337,8 @@ class ControldTest(OndemandTestCase):
             self.assertIn("notes: cold", stop.stdout)
             self.assertFalse(self.sample_running("notes"))
             seen = []
+            current = json.loads(events.stdout.readline())
+            self.assertEqual((current["type"], current["service"], current["state"]), ("current", "notes", "cold"))
             while len(seen) < 4:
                 event = json.loads(events.stdout.readline())
                 seen.append((event["service"], event["from"], event["to"], event["cause"]))

@@ -557,6 +557,9 @@ class IdleStopTest(SemaphoreControldTest):
         events.stop()
         with open(events.log_path) as f:
             seen = [json.loads(line) for line in f if line.strip()]
+        # First the current state of each service, then the transitions.
+        self.assertEqual([(e["type"], e["service"], e["state"]) for e in seen[:1]], [("current", "gpu", "cold")])
+        seen = [e for e in seen if e["type"] == "event"]
         steps = [(e["from"], e["to"], e["task_id"]) for e in seen if e["service"] == "gpu"]
         self.assertEqual(steps, [("cold", "starting", 0), ("starting", "warm", 1), ("warm", "stopping", 1),
                                  ("stopping", "warm", 2), ("warm", "stopping", 2), ("stopping", "cold", 3)])

@@ -522,6 +522,18 @@ TEST_CASE("invalid YAML is an error with its line") {
   CHECK(contains(formatProblem(l->result.errors[0]), l->file + ":"));
 }
 
+TEST_CASE("a tab in the indentation is named as the cause, with its line and column") {
+  const auto l = load("services:\n  a:\n    health_url: http://127.0.0.1:1/h\n\tidle_timeout: 5m\n");
+  REQUIRE(l->result.errors.size() == 1);
+  CHECK(l->result.errors[0].where.line == 4);
+  CHECK(contains(l->result.errors[0].message, "a tab in the indentation (column 1)"));
+  CHECK(contains(l->result.errors[0].message, "YAML does not allow tabs there: indent with spaces"));
+  // A tab inside a value is no indentation: the YAML error stays the parser's.
+  const auto quoted = load("services:\n  a:\n    health_url: [\"http://x\t\"\n");
+  REQUIRE(quoted->result.errors.size() == 1);
+  CHECK(!contains(quoted->result.errors[0].message, "tab"));
+}
+
 TEST_CASE("an empty file or a file that is not a mapping is an error") {
   CHECK(load("")->result.errors.size() == 1);
   CHECK(load("# nothing\n")->result.errors.size() == 1);

@@ -43,6 +43,8 @@ TEST_CASE("metrics: one sample per service and state, counters and the last star
   // No good start yet: no figure rather than a made-up 0.
   CHECK(text.find(R"(ondemand_service_last_start_seconds{service="never-started"})") == std::string::npos);
   CHECK(hasLine(text, R"(ondemand_controld_connections{role="worker"} 4)"));
+  // Exact: an integer unix time, not 1.76389e+09.
+  CHECK(hasLine(text, "ondemand_controld_start_time_seconds 1763890000"));
   CHECK(hasLine(text, R"(ondemand_controld_messages_received_total{type="wake"} 2)"));
   CHECK(hasLine(text, "# TYPE ondemand_service_starts_total counter"));
   // Every family is declared once, before its samples.
@@ -52,4 +54,15 @@ TEST_CASE("metrics: one sample per service and state, counters and the last star
 TEST_CASE("metrics: label values are escaped") {
   const std::string text = metricsOf(R"({"services": [{"name": "a\"b\\c", "state": "cold"}]})");
   CHECK(hasLine(text, R"(ondemand_service_state{service="a\"b\\c",state="cold"} 1)"));
+}
+
+TEST_CASE("metrics: durations are exact decimal seconds, however long") {
+  const std::string text = metricsOf(R"({"daemon": {"started_at": 1796160012345}, "services": [
+      {"name": "a", "state": "warm", "starts_ok": 1, "last_start_ms": 1234567},
+      {"name": "b", "state": "warm", "starts_ok": 1, "last_start_ms": 3005},
+      {"name": "c", "state": "warm", "starts_ok": 1, "last_start_ms": 60000}]})");
+  CHECK(hasLine(text, R"(ondemand_service_last_start_seconds{service="a"} 1234.567)"));
+  CHECK(hasLine(text, R"(ondemand_service_last_start_seconds{service="b"} 3.005)"));
+  CHECK(hasLine(text, R"(ondemand_service_last_start_seconds{service="c"} 60)"));
+  CHECK(hasLine(text, "ondemand_controld_start_time_seconds 1796160012"));
 }
