@@ -4,6 +4,7 @@
 #include <rapidjson/writer.h>
 
 #include <cstdio>
+#include <ctime>
 
 namespace ondemand::module {
 
@@ -66,6 +67,23 @@ std::string seconds(std::int64_t ms) {
   return buf;
 }
 
+// "controld cannot be reached (since 21:40:02 UTC, 12.3 s ago)".
+std::string unreachableSince(const AnswerFacts& f) {
+  std::string out = "controld cannot be reached";
+  if (f.unreachableSinceMs > 0) {
+    const std::time_t secs = static_cast<std::time_t>(f.unreachableSinceMs / 1000);
+    std::tm tm{};
+    gmtime_r(&secs, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%H:%M:%S UTC", &tm);
+    out += " (since ";
+    out += buf;
+    if (f.unreachableForMs >= 0) out += ", " + seconds(f.unreachableForMs) + " ago";
+    out += ")";
+  }
+  return out;
+}
+
 // "it has been starting for 12.3 s (Semaphore task 42)", "it is stopping", ...
 std::string whereItIs(const AnswerFacts& f) {
   std::string out;
@@ -77,7 +95,7 @@ std::string whereItIs(const AnswerFacts& f) {
   } else if (f.state == "stopping") {
     out = "it is being stopped and will start again afterwards";
   } else if (f.state == "unreachable") {
-    out = "controld cannot be reached";
+    out = unreachableSince(f) + ", so nothing can start it now";
   } else {
     out = "it is ";
     out += f.state;
@@ -135,6 +153,12 @@ std::string jsonBody(const AnswerFacts& f, int status, const std::string& messag
     w.Key("task_id");
     w.Int64(f.taskId);
   }
+  if (f.unreachableSinceMs > 0) {
+    w.Key("unreachable_since");
+    w.Int64(f.unreachableSinceMs);
+    w.Key("unreachable_for_ms");
+    w.Int64(f.unreachableForMs);
+  }
   if (f.waitedMs > 0 || f.kind == AnswerKind::Timeout) {
     w.Key("waited_ms");
     w.Int64(f.waitedMs);
@@ -186,6 +210,10 @@ std::string describe(const AnswerFacts& f) {
   const std::string name = "\"" + std::string(f.service) + "\"";
   switch (f.kind) {
     case AnswerKind::Timeout:
+      if (f.state == "unreachable") {
+        return "Service " + name + " did not become ready within " + seconds(f.waitLimitMs) + ": " + whereItIs(f) +
+               ". Try again once controld is back.";
+      }
       return "Service " + name + " did not become ready within " + seconds(f.waitLimitMs) + ": " + whereItIs(f) +
              ". Its start carries on; try again shortly.";
     case AnswerKind::StartFailed:
@@ -197,8 +225,8 @@ std::string describe(const AnswerFacts& f) {
       return "Too many requests are already waiting for service " + name + " (ondemand_max_waiting " +
              std::to_string(f.maxWaiting) + "); retry in " + std::to_string(kRetryAfterSeconds) + " s.";
     case AnswerKind::DaemonDown:
-      return "The ondemand control daemon (controld) cannot be reached, so service " + name +
-             " cannot be checked or started; retry in " + std::to_string(kRetryAfterSeconds) + " s.";
+      return unreachableSince(f) + ", so service " + name + " cannot be checked or started; retry in " +
+             std::to_string(kRetryAfterSeconds) + " s.";
     case AnswerKind::NotReady:
       return "Service " + name + " is not ready: " + whereItIs(f) + ". Retry in " + std::to_string(kRetryAfterSeconds) +
              " s.";
@@ -225,14 +253,17 @@ Answer renderAnswer(const AnswerFacts& f, bool html, const PageTemplate* page) {
     PageTemplate::Values v;
     v.service = f.service;
     v.state = f.state;
-    const std::int64_t elapsedMs = f.startingForMs >= 0 ? f.startingForMs : f.inStateMs;
+    const bool unreachable = f.state == "unreachable";
+    const std::int64_t elapsedMs = unreachable            ? f.unreachableForMs
+                                   : f.startingForMs >= 0 ? f.startingForMs
+                                                          : f.inStateMs;
     v.elapsedSeconds = elapsedMs < 0 ? 0 : elapsedMs / 1000;
     v.refreshSeconds = kPageRefreshSeconds;
     v.taskId = f.taskId;
     v.lastStartSeconds = (f.lastStartMs + 500) / 1000;
     v.message = message;
     a.contentType = "text/html; charset=utf-8";
-    a.body = (page ? *page : PageTemplate::builtIn()).render(v);
+    a.body = (page ? *page : unreachable ? PageTemplate::builtInUnreachable() : PageTemplate::builtIn()).render(v);
   } else if (html) {
     a.contentType = "text/html; charset=utf-8";
     a.body = htmlBody(f, a.status, message);

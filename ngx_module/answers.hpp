@@ -23,9 +23,11 @@ struct AnswerFacts {
   std::int64_t inStateMs = -1;  // since the service's last transition
   std::int64_t startingForMs = -1;
   std::int64_t taskId = 0;
-  std::string_view reason;       // failure reason
-  std::int64_t retryInMs = -1;   // failed: until a request may try again
-  std::int64_t lastStartMs = 0;  // how long the last good start took; 0: none yet
+  std::string_view reason;              // failure reason
+  std::int64_t retryInMs = -1;          // failed: until a request may try again
+  std::int64_t lastStartMs = 0;         // how long the last good start took; 0: none yet
+  std::int64_t unreachableSinceMs = 0;  // state "unreachable": unix ms since when (0: unknown)
+  std::int64_t unreachableForMs = -1;
   std::int64_t waitedMs = 0;
   std::int64_t waitLimitMs = 0;
   std::uint64_t maxWaiting = 0;

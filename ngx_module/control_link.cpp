@@ -1,8 +1,10 @@
 #include "ngx_module/control_link.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <exception>
+#include <string>
 #include <type_traits>
 #include <variant>
 
@@ -124,17 +126,47 @@ void ControlLink::onConnected() {
   sendActivity(true);
 }
 
+bool ControlLink::beginOutage() {
+  if (outageLogged_) return false;
+  outageLogged_ = true;
+  outageSince_ = ngx_current_msec;
+  unreachableSinceMs_ = unixMillis();
+  return true;
+}
+
+namespace {
+
+// What the worker runs as, for the hint on a refused connection.
+std::string workerUser() {
+  const auto* ccf = reinterpret_cast<const ngx_core_conf_t*>(ngx_get_conf(ngx_cycle->conf_ctx, ngx_core_module));
+  if (ccf != nullptr && ccf->username != nullptr && ::geteuid() == ccf->user) return ccf->username;
+  return "uid " + std::to_string(::geteuid());
+}
+
+}  // namespace
+
 void ControlLink::connectFailed(const char* why, ngx_err_t err) {
-  if (!outageLogged_) {
-    ngx_log_error(NGX_LOG_ERR, log_, err,
-                  "ondemand: cannot connect to controld at \"%s\" (%s); retrying, requests follow "
-                  "ondemand_daemon_down until it is back",
-                  name_.c_str(), why);
-    outageLogged_ = true;
-    outageSince_ = ngx_current_msec;
-  } else {
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log_, err, "ondemand: connect to controld failed again: %s", why);
+  if (beginOutage()) {
+    if (err == NGX_EACCES || err == EPERM) {
+      const std::string user = workerUser();
+      ngx_log_error(NGX_LOG_ERR, log_, err,
+                    "ondemand: cannot connect to controld at \"%s\" (%s): this worker runs as %s, which may not "
+                    "connect to the socket; give the socket to a group of %s (socket_group and socket_mode in "
+                    "controld.yaml) or run the workers as a user who may (nginx's \"user\"). Retrying; requests "
+                    "follow ondemand_daemon_down until it is back",
+                    name_.c_str(), why, user.c_str(), user.c_str());
+    } else {
+      ngx_log_error(NGX_LOG_ERR, log_, err,
+                    "ondemand: cannot connect to controld at \"%s\" (%s); retrying, requests follow "
+                    "ondemand_daemon_down until it is back",
+                    name_.c_str(), why);
+    }
+    scheduleReconnect();
+    // Requests held for the first connection are answered now.
+    if (!everSynced_) listener_.onDown(*this);
+    return;
   }
+  ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log_, err, "ondemand: connect to controld failed again: %s", why);
   scheduleReconnect();
 }
 
@@ -152,18 +184,17 @@ void ControlLink::disconnect(const std::string& why, ngx_err_t err) {
   framer_ = protocol::LineFramer();
   stopTimer(&activityTimer_);
 
-  if (!outageLogged_) {
+  const bool first = beginOutage();
+  if (first) {
     ngx_log_error(NGX_LOG_ERR, log_, err,
                   wasUp ? "ondemand: lost the connection to controld at \"%s\" (%s); reconnecting, requests "
                           "follow ondemand_daemon_down until it is back"
                         : "ondemand: connection to controld at \"%s\" failed (%s); retrying, requests follow "
                           "ondemand_daemon_down until it is back",
                   name_.c_str(), why.c_str());
-    outageLogged_ = true;
-    outageSince_ = ngx_current_msec;
   }
   scheduleReconnect();
-  if (wasConnected) listener_.onDown(*this);
+  if (wasConnected || (first && !everSynced_)) listener_.onDown(*this);
 }
 
 void ControlLink::scheduleReconnect() {
@@ -304,6 +335,7 @@ bool ControlLink::handleLine(std::string_view line, std::string& error) {
                           name_.c_str(), ngx_current_msec - outageSince_);
             outageLogged_ = false;
           }
+          unreachableSinceMs_ = 0;
           listener_.onSynced(*this);
           return true;
         } else if constexpr (std::is_same_v<T, protocol::Removed>) {

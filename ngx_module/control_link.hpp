@@ -52,6 +52,10 @@ class ControlLink {
 
   LinkStatus status() const;
   bool everSynced() const { return everSynced_; }
+  // Unix ms at which the current outage began (a connection attempt failed
+  // or the connection was lost), 0 when there is none: connected, or still
+  // on the first attempt.
+  std::int64_t unreachableSinceMs() const { return unreachableSinceMs_; }
   const std::string& name() const { return name_; }
   const std::string& daemon() const { return daemon_; }
   ServiceTable& services() { return table_; }
@@ -68,6 +72,9 @@ class ControlLink {
   void onConnected();
   void connectFailed(const char* why, ngx_err_t err);
   void disconnect(const std::string& why, ngx_err_t err = 0);
+  // The first failure of an outage: logged once (with why), and requests
+  // that waited for the first connection are looked at again.
+  bool beginOutage();
   void scheduleReconnect();
   void send(const std::string& line);
   void flush();
@@ -100,6 +107,7 @@ class ControlLink {
 
   bool outageLogged_ = false;
   ngx_msec_t outageSince_ = 0;
+  std::int64_t unreachableSinceMs_ = 0;
   ngx_msec_t backoff_ = kFirstRetryMs;
   ngx_event_t reconnectTimer_{};
   ngx_event_t activityTimer_{};

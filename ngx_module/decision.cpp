@@ -71,7 +71,12 @@ Decision decideActively(const Situation& s) {
       // when the connection is back and the request is looked at again.
       if (!s.known) {
         if (s.everSynced) return answer(AnswerKind::UnknownService);
-        return notWarm(s, false);
+        // No state ever seen: while the worker's first connection is
+        // under way (milliseconds), wait for it; once it has failed,
+        // nobody can start anything, and holding the request for
+        // ondemand_wait would only hide that: say so at once.
+        if (s.outage) return answer(AnswerKind::DaemonDown);
+        return park(false);
       }
       if (s.state == ServiceState::Warm) return pass();
       if (s.state == ServiceState::Failed) return answer(AnswerKind::StartFailed);

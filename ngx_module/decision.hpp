@@ -38,6 +38,7 @@ struct Situation {
   LinkStatus link = LinkStatus::Down;
   DaemonDownPolicy policy = DaemonDownPolicy::LastKnown;
   bool everSynced = false;  // the table was complete at least once
+  bool outage = false;      // Down, and a connection attempt failed (not just the first one under way)
   bool known = false;       // the service was in controld's table (last seen)
   ServiceState state = ServiceState::Cold;
   bool retryAllowed = false;  // failed, and its failure back-off (retry_at) has passed

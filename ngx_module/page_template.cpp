@@ -93,6 +93,23 @@ const PageTemplate& PageTemplate::builtIn() {
   return page;
 }
 
+// The same page while controld cannot be reached: nothing is starting, and
+// the page must not say so.
+const PageTemplate& PageTemplate::builtInUnreachable() {
+  static const PageTemplate page = [] {
+    std::string text(kBuiltIn);
+    auto replaceAll = [&text](std::string_view from, std::string_view to) {
+      for (std::size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+        text.replace(at, from.size(), to);
+    };
+    replaceAll("{{service}} is starting", "{{service}} cannot be started now");
+    replaceAll("State: {{state}}, for {{elapsed}}.", "controld unreachable for {{elapsed}}.");
+    std::string error;
+    return *compile(text, error);
+  }();
+  return page;
+}
+
 std::string PageTemplate::render(const Values& v) const {
   std::string out;
   out.reserve(2048);

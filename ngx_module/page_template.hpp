@@ -27,6 +27,8 @@ class PageTemplate {
   // The template, or nullopt with `error` saying what is wrong.
   static std::optional<PageTemplate> compile(std::string_view text, std::string& error);
   static const PageTemplate& builtIn();
+  // The built-in page while controld cannot be reached (state "unreachable").
+  static const PageTemplate& builtInUnreachable();
 
   // Every value is HTML-escaped.
   std::string render(const Values& values) const;

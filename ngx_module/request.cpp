@@ -3,6 +3,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -280,8 +281,22 @@ ngx_int_t sendAnswer(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
   AnswerFacts facts;
   facts.kind = ctx->answer;
   facts.service = entry.name;
-  facts.state = ctx->answer == AnswerKind::DaemonDown ? "unreachable" : stateNameFor(entry);
-  if (entry.known) {
+  facts.state = stateNameFor(entry);
+  // While controld cannot be reached nothing is starting, whatever the
+  // last state seen was: the answer says that (a failed start or an
+  // unknown name stays what it was).
+  const ControlLink* link = ctx->link;
+  const bool unreachable = ctx->answer == AnswerKind::DaemonDown ||
+                           (link != nullptr && link->status() == LinkStatus::Down && link->unreachableSinceMs() > 0 &&
+                            ctx->answer != AnswerKind::StartFailed && ctx->answer != AnswerKind::UnknownService);
+  if (unreachable) {
+    facts.state = "unreachable";
+    if (link != nullptr && link->unreachableSinceMs() > 0) {
+      facts.unreachableSinceMs = link->unreachableSinceMs();
+      facts.unreachableForMs = std::max<std::int64_t>(0, now - link->unreachableSinceMs());
+    }
+  }
+  if (entry.known && !unreachable) {
     if (st.sinceMs > 0) facts.inStateMs = now - st.sinceMs;
     if (st.state == ServiceState::Starting && st.startingSinceMs > 0) facts.startingForMs = now - st.startingSinceMs;
     facts.taskId = st.taskId;
@@ -333,6 +348,7 @@ Situation situationOf(ngx_http_request_t* r, const RequestCtx* ctx, const LocCon
   s.link = link.status();
   s.policy = static_cast<DaemonDownPolicy>(lcf->daemonDown);
   s.everSynced = link.everSynced();
+  s.outage = link.unreachableSinceMs() > 0;
   s.known = entry.known;
   s.state = entry.state.state;
   s.retryAllowed = s.state == ServiceState::Failed && unixMillis() >= entry.state.retryAtMs;
@@ -449,6 +465,10 @@ std::string statusJson(ControlLink& link) {
   str("socket", link.name());
   str("status", linkStatusName(link.status()));
   str("daemon", link.daemon());
+  if (link.unreachableSinceMs() > 0) {
+    w.Key("unreachable_since");
+    w.Int64(link.unreachableSinceMs());
+  }
   w.EndObject();
   w.Key("services");
   w.StartArray();

@@ -96,11 +96,49 @@ TEST_CASE("controld down: last_known, open and closed") {
   CHECK(decide(s).action == Action::Pass);
   s.policy = DaemonDownPolicy::Closed;
   CHECK(decide(s).answer == AnswerKind::DaemonDown);
-  // Never connected yet: nothing is known, the request waits for controld.
+  // Never connected yet: nothing is known. While the first connection is
+  // under way the request waits for it; once it has failed, nothing can
+  // start the service, and the request is told so at once.
   s.policy = DaemonDownPolicy::LastKnown;
   s.known = false;
   s.everSynced = false;
   CHECK(decide(s).action == Action::Park);
+  s.outage = true;
+  CHECK(decide(s).action == Action::Answer);
+  CHECK(decide(s).answer == AnswerKind::DaemonDown);
+  CHECK_FALSE(decide(s).wake);
+  s.mode = Mode::Page;
+  CHECK(decide(s).answer == AnswerKind::DaemonDown);
+}
+
+TEST_CASE("while controld is unreachable no answer claims a start: it says since when") {
+  AnswerFacts f;
+  f.service = "sample";
+  f.state = "unreachable";
+  f.unreachableSinceMs = 1796160002000;  // 2026-12-01 21:20:02 UTC
+  f.unreachableForMs = 12300;
+  f.waitLimitMs = 60000;
+  f.lastStartMs = 2000;
+  for (AnswerKind kind : {AnswerKind::Timeout, AnswerKind::DaemonDown, AnswerKind::NotReady, AnswerKind::WaitingPage}) {
+    f.kind = kind;
+    const std::string message = describe(f);
+    INFO(message);
+    CHECK_THAT(message, Catch::Contains("controld cannot be reached (since 21:20:02 UTC, 12.3 s ago)"));
+    CHECK_THAT(message, !Catch::Contains("start has been requested"));
+    CHECK_THAT(message, !Catch::Contains("carries on"));
+    CHECK_THAT(message, !Catch::Contains("is starting"));
+  }
+  f.kind = AnswerKind::Timeout;
+  const Answer json = renderAnswer(f, false, nullptr);
+  CHECK(json.status == 504);
+  CHECK_THAT(json.body, Catch::Contains("\"state\":\"unreachable\""));
+  CHECK_THAT(json.body, Catch::Contains("\"unreachable_since\":1796160002000,\"unreachable_for_ms\":12300"));
+  f.kind = AnswerKind::WaitingPage;
+  const Answer page = renderAnswer(f, true, nullptr);
+  CHECK(page.status == 503);
+  CHECK_THAT(page.body, Catch::Contains("<title>sample cannot be started now</title>"));
+  CHECK_THAT(page.body, Catch::Contains("controld unreachable for 12 s"));
+  CHECK_THAT(page.body, !Catch::Contains("is starting"));
 }
 
 TEST_CASE("a passive request goes on to a warm service only: it wakes nothing and waits for nothing") {
