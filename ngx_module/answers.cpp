@@ -1,64 +1,49 @@
 #include "ngx_module/answers.hpp"
 
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
-
 #include <cstdio>
 #include <ctime>
+
+#include "shared/json_writer.hpp"
 
 namespace ondemand::module {
 
 namespace {
 
-const char* errorCode(AnswerKind kind) {
-  switch (kind) {
-    case AnswerKind::Timeout:
-      return "timeout";
-    case AnswerKind::StartFailed:
-      return "start_failed";
-    case AnswerKind::UnknownService:
-      return "unknown_service";
-    case AnswerKind::TooManyWaiting:
-      return "too_many_waiting";
-    case AnswerKind::DaemonDown:
-      return "controld_unreachable";
-    case AnswerKind::NotReady:
-      return "not_ready";
-    case AnswerKind::WaitingPage:
-      return "starting";
-    case AnswerKind::ShuttingDown:
-      return "shutting_down";
-    case AnswerKind::NotWoken:
-      return "not_woken";
-    case AnswerKind::None:
-      break;
+// Everything fixed about an answer of each kind, in one row.
+struct KindFacts {
+  AnswerKind kind;
+  int status;
+  const char* code;  // "error" of the JSON body
+  const char* title;
+  int retryAfter;  // seconds; 0: no Retry-After
+};
+
+constexpr KindFacts kKinds[] = {
+    {AnswerKind::Timeout, 504, "timeout", "Service not ready in time", 0},
+    {AnswerKind::StartFailed, 502, "start_failed", "Service failed to start", 0},
+    {AnswerKind::UnknownService, 502, "unknown_service", "Unknown service", 0},
+    {AnswerKind::TooManyWaiting, 503, "too_many_waiting", "Too many requests waiting", kRetryAfterSeconds},
+    {AnswerKind::DaemonDown, 503, "controld_unreachable", "Service control unavailable", kRetryAfterSeconds},
+    {AnswerKind::NotReady, 503, "not_ready", "Service starting", kRetryAfterSeconds},
+    {AnswerKind::WaitingPage, 503, "starting", "Service starting", kPageRefreshSeconds},
+    {AnswerKind::ShuttingDown, 503, "shutting_down", "Server shutting down", kRetryAfterSeconds},
+    {AnswerKind::NotWoken, 503, "not_woken", "Service not running", kRetryAfterSeconds},
+};
+constexpr KindFacts kNoKind = {AnswerKind::None, 500, "error", "Error", 0};
+
+const KindFacts& factsOf(AnswerKind kind) {
+  for (const auto& row : kKinds) {
+    if (row.kind == kind) return row;
   }
-  return "error";
+  return kNoKind;
+}
+
+const char* errorCode(AnswerKind kind) {
+  return factsOf(kind).code;
 }
 
 const char* title(AnswerKind kind) {
-  switch (kind) {
-    case AnswerKind::Timeout:
-      return "Service not ready in time";
-    case AnswerKind::StartFailed:
-      return "Service failed to start";
-    case AnswerKind::UnknownService:
-      return "Unknown service";
-    case AnswerKind::TooManyWaiting:
-      return "Too many requests waiting";
-    case AnswerKind::DaemonDown:
-      return "Service control unavailable";
-    case AnswerKind::NotReady:
-    case AnswerKind::WaitingPage:
-      return "Service starting";
-    case AnswerKind::ShuttingDown:
-      return "Server shutting down";
-    case AnswerKind::NotWoken:
-      return "Service not running";
-    case AnswerKind::None:
-      break;
-  }
-  return "Error";
+  return factsOf(kind).title;
 }
 
 std::string seconds(std::int64_t ms) {
@@ -108,69 +93,23 @@ std::string whereItIs(const AnswerFacts& f) {
 }
 
 int retryAfterOf(AnswerKind kind) {
-  switch (kind) {
-    case AnswerKind::TooManyWaiting:
-    case AnswerKind::DaemonDown:
-    case AnswerKind::NotReady:
-    case AnswerKind::ShuttingDown:
-    case AnswerKind::NotWoken:
-      return kRetryAfterSeconds;
-    case AnswerKind::WaitingPage:
-      return kPageRefreshSeconds;
-    default:
-      return 0;
-  }
+  return factsOf(kind).retryAfter;
 }
 
 std::string jsonBody(const AnswerFacts& f, int status, const std::string& message, int retryAfter) {
-  rapidjson::StringBuffer buffer;
-  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-  auto str = [&w](const char* key, std::string_view value) {
-    w.Key(key);
-    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
-  };
-  w.StartObject();
-  w.Key("status");
-  w.Int(status);
-  str("error", errorCode(f.kind));
-  str("service", f.service);
-  str("state", f.state);
-  str("message", message);
-  if (!f.reason.empty()) str("reason", f.reason);
-  if (f.startingForMs >= 0) {
-    w.Key("starting_for_ms");
-    w.Int64(f.startingForMs);
-  }
-  if (f.lastStartMs > 0) {
-    w.Key("last_start_ms");
-    w.Int64(f.lastStartMs);
-  }
-  if (f.retryInMs > 0) {
-    w.Key("retry_in_ms");
-    w.Int64(f.retryInMs);
-  }
-  if (f.taskId > 0) {
-    w.Key("task_id");
-    w.Int64(f.taskId);
-  }
-  if (f.unreachableSinceMs > 0) {
-    w.Key("unreachable_since");
-    w.Int64(f.unreachableSinceMs);
-    w.Key("unreachable_for_ms");
-    w.Int64(f.unreachableForMs);
-  }
-  if (f.waitedMs > 0 || f.kind == AnswerKind::Timeout) {
-    w.Key("waited_ms");
-    w.Int64(f.waitedMs);
-  }
-  if (retryAfter > 0) {
-    w.Key("retry_after");
-    w.Int(retryAfter);
-  }
-  w.EndObject();
-  std::string body(buffer.GetString(), buffer.GetSize());
-  body.push_back('\n');
-  return body;
+  JsonWriter w;
+  w.startObject().i64("status", status).str("error", errorCode(f.kind)).str("service", f.service);
+  w.str("state", f.state).str("message", message);
+  if (!f.reason.empty()) w.str("reason", f.reason);
+  if (f.startingForMs >= 0) w.i64("starting_for_ms", f.startingForMs);
+  if (f.lastStartMs > 0) w.i64("last_start_ms", f.lastStartMs);
+  if (f.retryInMs > 0) w.i64("retry_in_ms", f.retryInMs);
+  if (f.taskId > 0) w.i64("task_id", f.taskId);
+  if (f.unreachableSinceMs > 0)
+    w.i64("unreachable_since", f.unreachableSinceMs).i64("unreachable_for_ms", f.unreachableForMs);
+  if (f.waitedMs > 0 || f.kind == AnswerKind::Timeout) w.i64("waited_ms", f.waitedMs);
+  if (retryAfter > 0) w.i64("retry_after", retryAfter);
+  return w.endObject().line();
 }
 
 std::string htmlBody(const AnswerFacts& f, int status, const std::string& message) {
@@ -187,23 +126,7 @@ std::string htmlBody(const AnswerFacts& f, int status, const std::string& messag
 }  // namespace
 
 int statusOf(AnswerKind kind) {
-  switch (kind) {
-    case AnswerKind::Timeout:
-      return 504;
-    case AnswerKind::StartFailed:
-    case AnswerKind::UnknownService:
-      return 502;
-    case AnswerKind::TooManyWaiting:
-    case AnswerKind::DaemonDown:
-    case AnswerKind::NotReady:
-    case AnswerKind::WaitingPage:
-    case AnswerKind::ShuttingDown:
-    case AnswerKind::NotWoken:
-      return 503;
-    case AnswerKind::None:
-      break;
-  }
-  return 500;
+  return factsOf(kind).status;
 }
 
 std::string describe(const AnswerFacts& f) {

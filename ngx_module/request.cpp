@@ -1,8 +1,5 @@
 #include "ngx_module/request.hpp"
 
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
-
 #include <algorithm>
 #include <cstring>
 #include <exception>
@@ -11,6 +8,7 @@
 
 #include "ngx_module/answers.hpp"
 #include "ngx_module/worker.hpp"
+#include "shared/json_writer.hpp"
 
 namespace ondemand::module {
 
@@ -451,53 +449,23 @@ const char* linkStatusName(LinkStatus s) {
 }
 
 std::string statusJson(ControlLink& link) {
-  rapidjson::StringBuffer buffer;
-  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-  auto str = [&w](const char* key, std::string_view value) {
-    w.Key(key);
-    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
-  };
-  w.StartObject();
-  w.Key("pid");
-  w.Int64(static_cast<std::int64_t>(ngx_pid));
-  w.Key("controld");
-  w.StartObject();
-  str("socket", link.name());
-  str("status", linkStatusName(link.status()));
-  str("daemon", link.daemon());
-  if (link.unreachableSinceMs() > 0) {
-    w.Key("unreachable_since");
-    w.Int64(link.unreachableSinceMs());
-  }
-  w.EndObject();
-  w.Key("services");
-  w.StartArray();
+  JsonWriter w;
+  w.startObject().i64("pid", static_cast<std::int64_t>(ngx_pid));
+  w.key("controld").startObject();
+  w.str("socket", link.name()).str("status", linkStatusName(link.status())).str("daemon", link.daemon());
+  if (link.unreachableSinceMs() > 0) w.i64("unreachable_since", link.unreachableSinceMs());
+  w.endObject();
+  w.key("services").startArray();
   for (const ServiceEntry* e : link.services().sortedByName()) {
     if (!e->known) continue;
-    w.StartObject();
-    str("name", e->name);
-    str("state", stateNameFor(*e));
-    w.Key("epoch");
-    w.Uint64(e->state.epoch);
-    w.Key("since");
-    w.Int64(e->state.sinceMs);
-    w.Key("starting_since");
-    w.Int64(e->state.startingSinceMs);
-    str("cause", e->state.cause);
-    str("reason", e->state.reason);
-    w.Key("task_id");
-    w.Int64(e->state.taskId);
-    w.Key("in_flight");
-    w.Uint64(e->inFlight);
-    w.Key("waiting");
-    w.Uint64(e->parked.size());
-    w.EndObject();
+    w.startObject().str("name", e->name).str("state", stateNameFor(*e)).u64("epoch", e->state.epoch);
+    w.i64("since", e->state.sinceMs).i64("starting_since", e->state.startingSinceMs);
+    w.str("cause", e->state.cause).str("reason", e->state.reason).i64("task_id", e->state.taskId);
+    w.u64("in_flight", e->inFlight).u64("waiting", e->parked.size());
+    w.endObject();
   }
-  w.EndArray();
-  w.EndObject();
-  std::string body(buffer.GetString(), buffer.GetSize());
-  body.push_back('\n');
-  return body;
+  w.endArray().endObject();
+  return w.line();
 }
 
 std::string statusHtml(ControlLink& link) {

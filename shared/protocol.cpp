@@ -6,7 +6,10 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <iterator>
 #include <limits>
+
+#include "shared/json_writer.hpp"
 
 namespace ondemand::protocol {
 
@@ -198,119 +201,164 @@ Decoded decode(std::string_view line) {
 
 namespace {
 
-class LineWriter {
- public:
-  explicit LineWriter(const char* type) : writer_(buffer_) {
-    writer_.StartObject();
-    key("type").String(type);
-  }
-  LineWriter& key(const char* k) {
-    writer_.Key(k);
-    return *this;
-  }
-  LineWriter& String(std::string_view v) {
-    writer_.String(v.data(), static_cast<rapidjson::SizeType>(v.size()));
-    return *this;
-  }
-  LineWriter& Int64(std::int64_t v) {
-    writer_.Int64(v);
-    return *this;
-  }
-  LineWriter& Uint64(std::uint64_t v) {
-    writer_.Uint64(v);
-    return *this;
-  }
-  rapidjson::Writer<rapidjson::StringBuffer>& raw() { return writer_; }
-  std::string finish() {
-    writer_.EndObject();
-    std::string out(buffer_.GetString(), buffer_.GetSize());
-    out.push_back('\n');
-    return out;
-  }
-
- private:
-  rapidjson::StringBuffer buffer_;
-  rapidjson::Writer<rapidjson::StringBuffer> writer_;
-};
+// A message is an object whose first member is its type; `members` writes the rest.
+template <typename Members>
+std::string line(const char* type, Members members) {
+  JsonWriter w;
+  w.startObject().str("type", type);
+  members(w);
+  return w.endObject().line();
+}
 
 }  // namespace
 
 std::string encode(const Hello& m) {
-  LineWriter w("hello");
-  w.key("version").Int64(m.version).key("role").String(m.role).key("pid").Int64(m.pid);
-  return w.finish();
+  return line("hello", [&](JsonWriter& w) { w.i64("version", m.version).str("role", m.role).i64("pid", m.pid); });
 }
 
 std::string encode(const Welcome& m) {
-  LineWriter w("welcome");
-  w.key("version").Int64(m.version).key("daemon").String(m.daemon);
-  return w.finish();
+  return line("welcome", [&](JsonWriter& w) { w.i64("version", m.version).str("daemon", m.daemon); });
 }
 
 std::string encode(const Subscribe&) {
-  return LineWriter("subscribe").finish();
+  return line("subscribe", [](JsonWriter&) {});
 }
 std::string encode(const Synced&) {
-  return LineWriter("synced").finish();
+  return line("synced", [](JsonWriter&) {});
 }
 
 std::string encode(const StatePush& m) {
-  LineWriter w("state");
-  w.key("service").String(m.service).key("state").String(toString(m.state)).key("epoch").Uint64(m.epoch);
-  w.key("since").Int64(m.sinceMs).key("starting_since").Int64(m.startingSinceMs);
-  w.key("cause").String(m.cause).key("reason").String(truncateUtf8(m.reason, kMaxReasonBytes));
-  w.key("task_id").Int64(m.taskId).key("retry_at").Int64(m.retryAtMs);
-  w.key("last_start_ms").Int64(m.lastStartMs);
-  return w.finish();
+  return line("state", [&](JsonWriter& w) {
+    w.str("service", m.service).str("state", toString(m.state)).u64("epoch", m.epoch);
+    w.i64("since", m.sinceMs).i64("starting_since", m.startingSinceMs);
+    w.str("cause", m.cause).str("reason", truncateUtf8(m.reason, kMaxReasonBytes));
+    w.i64("task_id", m.taskId).i64("retry_at", m.retryAtMs);
+    w.i64("last_start_ms", m.lastStartMs);
+  });
 }
 
 std::string encode(const Removed& m) {
-  LineWriter w("removed");
-  w.key("service").String(m.service);
-  return w.finish();
+  return line("removed", [&](JsonWriter& w) { w.str("service", m.service); });
 }
 
 std::string encode(const Wake& m) {
-  LineWriter w("wake");
-  w.key("service").String(m.service).key("reason").String(truncateUtf8(m.reason, 512));
-  return w.finish();
+  return line("wake", [&](JsonWriter& w) { w.str("service", m.service).str("reason", truncateUtf8(m.reason, 512)); });
 }
 
 std::string encode(const Activity& m) {
-  LineWriter w("activity");
-  w.key("services");
-  w.raw().StartObject();
-  for (const auto& e : m.entries) {
-    w.key(e.service.c_str());
-    w.raw().StartObject();
-    w.key("started").Uint64(e.started).key("in_flight").Uint64(e.inFlight);
-    w.raw().EndObject();
-  }
-  w.raw().EndObject();
-  return w.finish();
+  return line("activity", [&](JsonWriter& w) {
+    w.key("services").startObject();
+    for (const auto& e : m.entries) {
+      w.key(e.service).startObject();
+      w.u64("started", e.started).u64("in_flight", e.inFlight);
+      w.endObject();
+    }
+    w.endObject();
+  });
 }
 
 std::string encode(const StoppingAck& m) {
-  LineWriter w("stopping_ack");
-  w.key("service").String(m.service).key("epoch").Uint64(m.epoch).key("in_flight").Uint64(m.inFlight);
-  return w.finish();
+  return line("stopping_ack",
+              [&](JsonWriter& w) { w.str("service", m.service).u64("epoch", m.epoch).u64("in_flight", m.inFlight); });
 }
 
 std::string encode(const Command& m) {
-  LineWriter w("command");
-  w.key("id").Int64(m.id).key("verb").String(m.verb).key("service").String(m.service);
-  return w.finish();
+  return line("command", [&](JsonWriter& w) { w.i64("id", m.id).str("verb", m.verb).str("service", m.service); });
 }
 
 std::string encode(const Error& m) {
-  LineWriter w("error");
-  w.key("message").String(m.message);
-  return w.finish();
+  return line("error", [&](JsonWriter& w) { w.str("message", m.message); });
+}
+
+std::string encode(const Reply& m) {
+  return line("reply", [&](JsonWriter& w) {
+    w.i64("id", m.id).flag("ok", m.ok);
+    if (!m.error.empty()) w.str("error", m.error);
+    if (m.service)
+      w.str("state", toString(m.service->state)).u64("epoch", m.service->epoch).str("reason", m.service->reason);
+  });
+}
+
+std::string encode(const Event& m) {
+  return line("event", [&](JsonWriter& w) {
+    w.str("service", m.service).i64("at", m.atMs).str("from", toString(m.from)).str("to", toString(m.to));
+    w.str("cause", m.cause).str("detail", m.detail).i64("task_id", m.taskId).u64("epoch", m.epoch);
+  });
+}
+
+namespace {
+
+void writeDaemon(JsonWriter& w, const StatusReply::Daemon& d) {
+  w.startObject();
+  w.str("version", d.version).i64("pid", d.pid).i64("started_at", d.startedAtMs).str("config", d.config);
+  w.key("connections").startObject().u64("worker", d.workerConnections).u64("cli", d.cliConnections).endObject();
+  w.key("messages_received").startObject();
+  for (const auto& [type, count] : d.messagesReceived)
+    w.u64(type, count);
+  w.endObject();
+  w.endObject();
+}
+
+void writeOperations(JsonWriter& w, const StatusReply::Service& s) {
+  w.key("operation");
+  if (const auto& op = s.operation) {
+    w.startObject().str("kind", op->kind).str("driver", op->driver).i64("task_id", op->taskId).i64("pid", op->pid);
+    w.i64("started_at", op->startedAtMs).str("operation_id", op->operationId).endObject();
+  } else {
+    w.null();
+  }
+  w.key("last_operation");
+  if (const auto& op = s.lastOperation) {
+    w.startObject().str("kind", op->kind).i64("started_at", op->startedAtMs).i64("ended_at", op->endedAtMs);
+    w.flag("ok", op->ok).str("reason", op->reason).i64("task_id", op->taskId).str("task_status", op->taskStatus);
+    w.endObject();
+  } else {
+    w.null();
+  }
+  w.key("history").startArray();
+  for (const auto& t : s.history) {
+    w.startObject().i64("at", t.atMs).str("from", toString(t.from)).str("to", toString(t.to)).str("cause", t.cause);
+    w.str("detail", t.detail).i64("task_id", t.taskId).str("task_status", t.taskStatus).endObject();
+  }
+  w.endArray();
+}
+
+void writeService(JsonWriter& w, const StatusReply::Service& s) {
+  w.startObject();
+  w.str("name", s.name).str("state", toString(s.state)).str("phase", s.phase).u64("epoch", s.epoch);
+  w.i64("since", s.sinceMs).str("cause", s.cause).str("reason", s.reason).i64("starting_since", s.startingSinceMs);
+  w.i64("retry_at", s.retryAtMs).u64("starts_ok", s.startsOk).u64("starts_failed", s.startsFailed);
+  w.i64("last_start_ms", s.lastStartMs).u64("in_flight", s.inFlight).u64("started_total", s.startedTotal);
+  w.key("idle_stop_at");
+  if (s.idleStopAtMs) {
+    w.int64(*s.idleStopAtMs);
+  } else {
+    w.null();
+  }
+  w.str("driver", s.driver).str("machine", s.machine).str("health_url", s.healthUrl).str("base_url", s.baseUrl);
+  w.i64("idle_timeout_ms", s.idleTimeoutMs).flag("queued", s.queued);
+  writeOperations(w, s);
+  w.endObject();
+}
+
+}  // namespace
+
+std::string encode(const StatusReply& m) {
+  return line("reply", [&](JsonWriter& w) {
+    w.i64("id", m.id).flag("ok", true).i64("now", m.nowMs);
+    w.key("daemon");
+    writeDaemon(w, m.daemon);
+    w.key("services").startArray();
+    for (const auto& s : m.services)
+      writeService(w, s);
+    w.endArray();
+  });
 }
 
 std::string_view typeName(const Message& m) {
   static constexpr std::string_view names[] = {"hello", "welcome",  "subscribe",    "synced",  "state", "removed",
                                                "wake",  "activity", "stopping_ack", "command", "error"};
+  static_assert(std::size(names) == std::variant_size_v<Message>, "one name per alternative, in Message's order");
   return names[m.index()];
 }
 

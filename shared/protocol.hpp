@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -145,6 +146,111 @@ std::string encode(const Activity&);
 std::string encode(const StoppingAck&);
 std::string encode(const Command&);
 std::string encode(const Error&);
+
+// --- controld's answers to the CLI -------------------------------------------
+// Only controld sends these, so they are not Messages (controld never decodes
+// them); docs/PROTOCOL.md describes each.
+
+// controld -> cli: the answer to a command, with the same id.
+struct Reply {
+  std::int64_t id = 0;
+  bool ok = false;
+  std::string error;  // empty: no error
+  // start/stop: the service's state right after the command.
+  struct Service {
+    ServiceState state = ServiceState::Cold;
+    std::uint64_t epoch = 0;
+    std::string reason;
+  };
+  std::optional<Service> service;
+};
+
+// controld -> a client that asked for `events`: one transition of a service.
+struct Event {
+  std::string service;
+  std::int64_t atMs = 0;
+  ServiceState from = ServiceState::Cold;
+  ServiceState to = ServiceState::Cold;
+  std::string cause;
+  std::string detail;
+  std::int64_t taskId = 0;
+  std::uint64_t epoch = 0;
+};
+
+// controld -> cli: the reply to `status`, what `controld status --json` prints
+// (without type, id and ok). Its fields are defined here, not by the state file.
+struct StatusReply {
+  std::int64_t id = 0;
+  std::int64_t nowMs = 0;
+  struct Daemon {
+    std::string version;
+    std::int64_t pid = 0;
+    std::int64_t startedAtMs = 0;
+    std::string config;  // the configuration file
+    std::uint64_t workerConnections = 0;
+    std::uint64_t cliConnections = 0;
+    std::vector<std::pair<std::string, std::uint64_t>> messagesReceived;  // by type
+  } daemon;
+  // The driver operation under way.
+  struct Operation {
+    std::string kind;  // start | stop
+    std::string driver;
+    std::int64_t taskId = 0;
+    std::int64_t pid = 0;
+    std::int64_t startedAtMs = 0;
+    std::string operationId;
+  };
+  // The last operation and how it ended.
+  struct LastOperation {
+    std::string kind;
+    std::int64_t startedAtMs = 0;
+    std::int64_t endedAtMs = 0;
+    bool ok = false;
+    std::string reason;
+    std::int64_t taskId = 0;
+    std::string taskStatus;
+  };
+  struct Transition {
+    std::int64_t atMs = 0;
+    ServiceState from = ServiceState::Cold;
+    ServiceState to = ServiceState::Cold;
+    std::string cause;
+    std::string detail;
+    std::int64_t taskId = 0;
+    std::string taskStatus;
+  };
+  struct Service {
+    std::string name;
+    ServiceState state = ServiceState::Cold;
+    std::string phase;
+    std::uint64_t epoch = 0;
+    std::int64_t sinceMs = 0;
+    std::string cause;
+    std::string reason;
+    std::int64_t startingSinceMs = 0;
+    std::int64_t retryAtMs = 0;
+    std::uint64_t startsOk = 0;
+    std::uint64_t startsFailed = 0;
+    std::int64_t lastStartMs = 0;
+    std::uint64_t inFlight = 0;
+    std::uint64_t startedTotal = 0;
+    std::optional<std::int64_t> idleStopAtMs;
+    std::string driver;
+    std::string machine;
+    std::string healthUrl;
+    std::string baseUrl;
+    std::int64_t idleTimeoutMs = 0;
+    bool queued = false;
+    std::optional<Operation> operation;
+    std::optional<LastOperation> lastOperation;
+    std::vector<Transition> history;  // oldest first
+  };
+  std::vector<Service> services;
+};
+
+std::string encode(const Reply&);
+std::string encode(const Event&);
+std::string encode(const StatusReply&);
 
 // The type name a message carries on the wire ("state", "wake", ...).
 std::string_view typeName(const Message&);

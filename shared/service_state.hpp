@@ -5,33 +5,24 @@
 #include <optional>
 #include <string_view>
 
+#include "shared/enum_names.hpp"
+
 namespace ondemand {
 
 enum class ServiceState { Cold, Starting, Warm, Stopping, Failed };
 
+inline constexpr EnumName<ServiceState> kServiceStateNames[] = {{ServiceState::Cold, "cold"},
+                                                                {ServiceState::Starting, "starting"},
+                                                                {ServiceState::Warm, "warm"},
+                                                                {ServiceState::Stopping, "stopping"},
+                                                                {ServiceState::Failed, "failed"}};
+
 constexpr std::string_view toString(ServiceState s) {
-  switch (s) {
-    case ServiceState::Cold:
-      return "cold";
-    case ServiceState::Starting:
-      return "starting";
-    case ServiceState::Warm:
-      return "warm";
-    case ServiceState::Stopping:
-      return "stopping";
-    case ServiceState::Failed:
-      return "failed";
-  }
-  return "unknown";
+  return nameOf(kServiceStateNames, s, "unknown");
 }
 
 constexpr std::optional<ServiceState> parseServiceState(std::string_view s) {
-  if (s == "cold") return ServiceState::Cold;
-  if (s == "starting") return ServiceState::Starting;
-  if (s == "warm") return ServiceState::Warm;
-  if (s == "stopping") return ServiceState::Stopping;
-  if (s == "failed") return ServiceState::Failed;
-  return std::nullopt;
+  return valueOf(kServiceStateNames, s);
 }
 
 }  // namespace ondemand

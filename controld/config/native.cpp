@@ -1,14 +1,13 @@
 // The native controld.yaml: top-level keys, the semaphore: section and each
 // service's keys (docs/CONFIGURATION.md).
 
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 #include <sys/un.h>
 
 #include <charconv>
 
 #include "controld/config/loader.hpp"
 #include "controld/config/yaml_json.hpp"
+#include "shared/json_writer.hpp"
 
 namespace ondemand::controld::config_detail {
 
@@ -194,10 +193,9 @@ void Loader::readExtraVars(const Setting& s, std::string& out) {
   }
   rapidjson::Document doc;
   if (!yamlToJson(s.node, doc, doc.GetAllocator(), s.key, s.line, problems_) || reserved) return;
-  rapidjson::StringBuffer buffer;
-  rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
-  doc.Accept(writer);
-  out = buffer.GetString();
+  JsonWriter writer;
+  doc.Accept(writer.raw());
+  out = writer.text();
 }
 
 }  // namespace ondemand::controld::config_detail

@@ -3,33 +3,32 @@
 #include <algorithm>
 #include <utility>
 
+#include "shared/enum_names.hpp"
+
 namespace ondemand::controld {
 
 namespace {
-constexpr const char* kCauseNames[] = {"request", "idle", "cli", "recovery", "driver", "health", "timeout", "config"};
-constexpr const char* kPhaseNames[] = {"none", "driver", "readiness", "draining"};
+constexpr EnumName<Cause> kCauseNames[] = {
+    {Cause::Request, "request"}, {Cause::Idle, "idle"},     {Cause::Cli, "cli"},         {Cause::Recovery, "recovery"},
+    {Cause::Driver, "driver"},   {Cause::Health, "health"}, {Cause::Timeout, "timeout"}, {Cause::Config, "config"}};
+constexpr EnumName<Phase> kPhaseNames[] = {
+    {Phase::None, "none"}, {Phase::Driver, "driver"}, {Phase::Readiness, "readiness"}, {Phase::Draining, "draining"}};
 }  // namespace
 
 const char* toString(Cause cause) {
-  return kCauseNames[static_cast<int>(cause)];
+  return nameOf(kCauseNames, cause, "unknown");
 }
 
 std::optional<Cause> parseCause(std::string_view text) {
-  for (int i = 0; i < 8; ++i) {
-    if (text == kCauseNames[i]) return static_cast<Cause>(i);
-  }
-  return std::nullopt;
+  return valueOf(kCauseNames, text);
 }
 
 const char* toString(Phase phase) {
-  return kPhaseNames[static_cast<int>(phase)];
+  return nameOf(kPhaseNames, phase, "unknown");
 }
 
 std::optional<Phase> parsePhase(std::string_view text) {
-  for (int i = 0; i < 4; ++i) {
-    if (text == kPhaseNames[i]) return static_cast<Phase>(i);
-  }
-  return std::nullopt;
+  return valueOf(kPhaseNames, text);
 }
 
 Effects& Effects::operator|=(const Effects& o) {

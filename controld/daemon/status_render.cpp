@@ -2,122 +2,71 @@
 
 #include <unistd.h>
 
-#include <rapidjson/document.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
-
-#include "controld/io/state_store.hpp"
 #include "controld/version.hpp"
 
 namespace ondemand::controld {
 
 namespace {
 
-using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
-
-void key(JsonWriter& w, const char* k) {
-  w.Key(k);
-}
-void str(JsonWriter& w, const std::string& v) {
-  w.String(v.c_str(), static_cast<rapidjson::SizeType>(v.size()));
-}
-
-std::string line(const rapidjson::StringBuffer& buffer) {
-  std::string text(buffer.GetString(), buffer.GetSize());
-  text.push_back('\n');
-  return text;
-}
-
-void writeDaemon(JsonWriter& w, const StatusSources& src) {
-  w.StartObject();
-  key(w, "version");
-  w.String(versionString());
-  key(w, "pid");
-  w.Int64(::getpid());
-  key(w, "started_at");
-  w.Int64(src.startedAtMs);
-  key(w, "config");
-  str(w, src.config.sourceFile);
-  key(w, "connections");
-  w.StartObject();
-  key(w, "worker");
-  w.Uint64(src.server.connectionCount("worker"));
-  key(w, "cli");
-  w.Uint64(src.server.connectionCount("cli"));
-  w.EndObject();
-  key(w, "messages_received");
-  w.StartObject();
-  for (const auto& [type, count] : src.server.messagesReceived()) {
-    str(w, type);
-    w.Uint64(count);
-  }
-  w.EndObject();
-  w.EndObject();
-}
-
-void writeService(JsonWriter& w, const Service& s, const StatusSources& src) {
+std::int64_t retryAt(const Service& s) {
   const auto& snap = s.machine.snapshot();
-  w.StartObject();
-  key(w, "name");
-  str(w, s.config.name);
-  key(w, "state");
-  w.String(toString(snap.state).data());
-  key(w, "phase");
-  w.String(toString(snap.phase));
-  key(w, "epoch");
-  w.Uint64(snap.epoch);
-  key(w, "since");
-  w.Int64(snap.sinceMs);
-  key(w, "cause");
-  w.String(toString(snap.cause));
-  key(w, "reason");
-  str(w, snap.reason);
-  key(w, "starting_since");
-  w.Int64(snap.startingSinceMs);
-  key(w, "retry_at");
-  w.Int64(snap.state == ServiceState::Failed ? snap.failedAtMs + s.config.failureBackoff.count() : 0);
-  key(w, "starts_ok");
-  w.Uint64(snap.startsOk);
-  key(w, "starts_failed");
-  w.Uint64(snap.startsFailed);
-  key(w, "last_start_ms");
-  w.Int64(snap.lastStartMs);
-  key(w, "in_flight");
-  w.Uint64(s.machine.inFlight());
-  key(w, "started_total");
-  w.Uint64(s.startedTotal);
-  key(w, "idle_stop_at");
-  if (auto at = s.machine.idleStopAtMs()) {
-    w.Int64(*at);
-  } else {
-    w.Null();
+  return snap.state == ServiceState::Failed ? snap.failedAtMs + s.config.failureBackoff.count() : 0;
+}
+
+protocol::StatusReply::Daemon daemonStatus(const StatusSources& src) {
+  protocol::StatusReply::Daemon d;
+  d.version = versionString();
+  d.pid = ::getpid();
+  d.startedAtMs = src.startedAtMs;
+  d.config = src.config.sourceFile;
+  d.workerConnections = src.server.connectionCount("worker");
+  d.cliConnections = src.server.connectionCount("cli");
+  for (const auto& [type, count] : src.server.messagesReceived())
+    d.messagesReceived.emplace_back(type, count);
+  return d;
+}
+
+// The persisted record: the operation under way, the last one, the history.
+void addRecord(protocol::StatusReply::Service& out, const MachineSnapshot& snap) {
+  if (const auto& op = snap.operation) {
+    out.operation = protocol::StatusReply::Operation{toString(op->kind), op->driver,     op->taskId, op->pid,
+                                                     op->startedAtMs,    op->operationId};
   }
-  key(w, "driver");
-  w.String(driverName(s.config));
-  key(w, "machine");
-  str(w, s.config.machine);
-  key(w, "health_url");
-  str(w, s.config.healthUrl);
-  key(w, "base_url");
-  str(w, s.config.baseUrl);
-  key(w, "idle_timeout_ms");
-  w.Int64(s.config.idleTimeout.count());
-  key(w, "queued");
-  w.Bool(src.machineQueue.waiting(s.config.machine, s.config.name));
-  // The persisted record: operation under way, last operation, history.
-  rapidjson::Document persisted;
-  const std::string json = snapshotToJson(snap);
-  persisted.Parse(json.c_str(), json.size());
-  for (const char* field : {"operation", "last_operation", "history"}) {
-    key(w, field);
-    auto m = persisted.FindMember(field);
-    if (m == persisted.MemberEnd()) {
-      w.Null();
-    } else {
-      m->value.Accept(w);
-    }
+  if (const auto& op = snap.lastOperation) {
+    out.lastOperation = protocol::StatusReply::LastOperation{toString(op->kind), op->startedAtMs, op->endedAtMs, op->ok,
+                                                             op->reason,         op->taskId,      op->taskStatus};
   }
-  w.EndObject();
+  for (const Transition& t : snap.history) {
+    out.history.push_back({t.atMs, t.from, t.to, toString(t.cause), t.detail, t.taskId, t.taskStatus});
+  }
+}
+
+protocol::StatusReply::Service serviceStatus(const Service& s, const StatusSources& src) {
+  const auto& snap = s.machine.snapshot();
+  protocol::StatusReply::Service out;
+  out.name = s.config.name;
+  out.state = snap.state;
+  out.phase = toString(snap.phase);
+  out.epoch = snap.epoch;
+  out.sinceMs = snap.sinceMs;
+  out.cause = toString(snap.cause);
+  out.reason = snap.reason;
+  out.startingSinceMs = snap.startingSinceMs;
+  out.retryAtMs = retryAt(s);
+  out.startsOk = snap.startsOk;
+  out.startsFailed = snap.startsFailed;
+  out.lastStartMs = snap.lastStartMs;
+  out.inFlight = s.machine.inFlight();
+  out.startedTotal = s.startedTotal;
+  out.idleStopAtMs = s.machine.idleStopAtMs();
+  out.driver = driverName(s.config);
+  out.machine = s.config.machine;
+  out.healthUrl = s.config.healthUrl;
+  out.baseUrl = s.config.baseUrl;
+  out.idleTimeoutMs = s.config.idleTimeout.count();
+  out.queued = src.machineQueue.waiting(s.config.machine, s.config.name);
+  addRecord(out, snap);
+  return out;
 }
 
 }  // namespace
@@ -137,7 +86,7 @@ protocol::StatePush statePush(const Service& s) {
   } else if (snap.lastOperation) {
     p.taskId = snap.lastOperation->taskId;
   }
-  if (snap.state == ServiceState::Failed) p.retryAtMs = snap.failedAtMs + s.config.failureBackoff.count();
+  p.retryAtMs = retryAt(s);
   if (snap.startsOk > 0) p.lastStartMs = snap.lastStartMs;
   return p;
 }
@@ -145,55 +94,14 @@ protocol::StatePush statePush(const Service& s) {
 std::string eventLine(const Service& s) {
   const auto& snap = s.machine.snapshot();
   const Transition& t = snap.history.back();
-  rapidjson::StringBuffer buffer;
-  JsonWriter w(buffer);
-  w.StartObject();
-  key(w, "type");
-  w.String("event");
-  key(w, "service");
-  str(w, s.config.name);
-  key(w, "at");
-  w.Int64(t.atMs);
-  key(w, "from");
-  w.String(toString(t.from).data());
-  key(w, "to");
-  w.String(toString(t.to).data());
-  key(w, "cause");
-  w.String(toString(t.cause));
-  key(w, "detail");
-  str(w, t.detail);
-  key(w, "task_id");
-  w.Int64(t.taskId);
-  key(w, "epoch");
-  w.Uint64(snap.epoch);
-  w.EndObject();
-  return line(buffer);
+  return protocol::encode(
+      protocol::Event{s.config.name, t.atMs, t.from, t.to, toString(t.cause), t.detail, t.taskId, snap.epoch});
 }
 
 std::string replyLine(std::int64_t id, bool ok, const std::string& error, const Service* s) {
-  rapidjson::StringBuffer buffer;
-  JsonWriter w(buffer);
-  w.StartObject();
-  key(w, "type");
-  w.String("reply");
-  key(w, "id");
-  w.Int64(id);
-  key(w, "ok");
-  w.Bool(ok);
-  if (!error.empty()) {
-    key(w, "error");
-    str(w, error);
-  }
-  if (s) {
-    key(w, "state");
-    w.String(toString(s->machine.state()).data());
-    key(w, "epoch");
-    w.Uint64(s->machine.epoch());
-    key(w, "reason");
-    str(w, s->machine.snapshot().reason);
-  }
-  w.EndObject();
-  return line(buffer);
+  protocol::Reply reply{id, ok, error, std::nullopt};
+  if (s) reply.service = protocol::Reply::Service{s->machine.state(), s->machine.epoch(), s->machine.snapshot().reason};
+  return protocol::encode(reply);
 }
 
 std::string statusReplyLine(std::int64_t id, const std::string& only, const StatusSources& src, std::string& error) {
@@ -201,27 +109,14 @@ std::string statusReplyLine(std::int64_t id, const std::string& only, const Stat
     error = "unknown service \"" + only + "\"";
     return {};
   }
-  rapidjson::StringBuffer buffer;
-  JsonWriter w(buffer);
-  w.StartObject();
-  key(w, "type");
-  w.String("reply");
-  key(w, "id");
-  w.Int64(id);
-  key(w, "ok");
-  w.Bool(true);
-  key(w, "now");
-  w.Int64(unixMillisNow());
-  key(w, "daemon");
-  writeDaemon(w, src);
-  key(w, "services");
-  w.StartArray();
+  protocol::StatusReply reply;
+  reply.id = id;
+  reply.nowMs = unixMillisNow();
+  reply.daemon = daemonStatus(src);
   for (const auto& [name, s] : src.services) {
-    if (only.empty() || name == only) writeService(w, *s, src);
+    if (only.empty() || name == only) reply.services.push_back(serviceStatus(*s, src));
   }
-  w.EndArray();
-  w.EndObject();
-  return line(buffer);
+  return protocol::encode(reply);
 }
 
 }  // namespace ondemand::controld

@@ -7,24 +7,19 @@
 #include <cstdlib>
 #include <ctime>
 
+#include "shared/enum_names.hpp"
+
 namespace ondemand::controld {
 
 namespace {
 
 LogLevel gLevel = LogLevel::Info;
 
+constexpr EnumName<LogLevel> kLevelNames[] = {
+    {LogLevel::Debug, "debug"}, {LogLevel::Info, "info"}, {LogLevel::Warning, "warning"}, {LogLevel::Error, "error"}};
+
 const char* levelName(LogLevel level) {
-  switch (level) {
-    case LogLevel::Debug:
-      return "debug";
-    case LogLevel::Info:
-      return "info";
-    case LogLevel::Warning:
-      return "warning";
-    case LogLevel::Error:
-      return "error";
-  }
-  return "info";
+  return nameOf(kLevelNames, level, "info");
 }
 
 bool underJournal() {
@@ -47,13 +42,9 @@ void setLogLevel(LogLevel level) {
 }
 
 bool parseLogLevel(std::string_view text, LogLevel& out) {
-  for (LogLevel l : {LogLevel::Debug, LogLevel::Info, LogLevel::Warning, LogLevel::Error}) {
-    if (text == levelName(l)) {
-      out = l;
-      return true;
-    }
-  }
-  return false;
+  const auto level = valueOf(kLevelNames, text);
+  if (level) out = *level;
+  return level.has_value();
 }
 
 LogLine::LogLine(LogLevel level, std::string_view event) {

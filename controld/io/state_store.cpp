@@ -21,30 +21,27 @@
 #include "controld/io/fd.hpp"
 #include "controld/io/json_fields.hpp"
 #include "controld/io/log.hpp"
+#include "shared/json_writer.hpp"
 
 namespace ondemand::controld {
 
 namespace {
 
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
-
-void writeString(Writer& w, const char* key, const std::string& value) {
-  w.Key(key);
-  w.String(value.c_str(), static_cast<rapidjson::SizeType>(value.size()));
+void writeOperation(JsonWriter& w, const OperationRecord& op) {
+  w.startObject().str("kind", toString(op.kind)).str("driver", op.driver).i64("task_id", op.taskId);
+  w.i64("pid", op.pid).i64("started_at", op.startedAtMs).str("operation_id", op.operationId).endObject();
 }
 
-void writeOperation(Writer& w, const OperationRecord& op) {
-  w.StartObject();
-  writeString(w, "kind", toString(op.kind));
-  writeString(w, "driver", op.driver);
-  w.Key("task_id");
-  w.Int64(op.taskId);
-  w.Key("pid");
-  w.Int64(op.pid);
-  w.Key("started_at");
-  w.Int64(op.startedAtMs);
-  writeString(w, "operation_id", op.operationId);
-  w.EndObject();
+void writeLastOperation(JsonWriter& w, const OperationSummary& op) {
+  w.startObject().str("kind", toString(op.kind)).i64("started_at", op.startedAtMs).i64("ended_at", op.endedAtMs);
+  w.flag("ok", op.ok).str("reason", op.reason).i64("task_id", op.taskId).str("task_status", op.taskStatus);
+  w.endObject();
+}
+
+void writeTransition(JsonWriter& w, const Transition& t) {
+  w.startObject().i64("at", t.atMs).str("from", toString(t.from)).str("to", toString(t.to));
+  w.str("cause", toString(t.cause)).str("detail", t.detail).i64("task_id", t.taskId).str("task_status", t.taskStatus);
+  w.endObject();
 }
 
 std::string errnoText(const std::string& what, const std::string& path) {
@@ -58,72 +55,25 @@ OperationKind kindOf(const rapidjson::Value& o) {
 }  // namespace
 
 std::string snapshotToJson(const MachineSnapshot& s) {
-  rapidjson::StringBuffer buffer;
-  Writer w(buffer);
-  w.StartObject();
-  w.Key("format");
-  w.Int(1);
-  writeString(w, "state", std::string(toString(s.state)));
-  writeString(w, "phase", toString(s.phase));
-  w.Key("epoch");
-  w.Uint64(s.epoch);
-  w.Key("since");
-  w.Int64(s.sinceMs);
-  w.Key("starting_since");
-  w.Int64(s.startingSinceMs);
-  w.Key("failed_at");
-  w.Int64(s.failedAtMs);
-  w.Key("last_activity");
-  w.Int64(s.lastActivityMs);
-  writeString(w, "cause", toString(s.cause));
-  writeString(w, "reason", s.reason);
-  w.Key("restart_after_stop");
-  w.Bool(s.restartAfterStop);
-  w.Key("starts_ok");
-  w.Uint64(s.startsOk);
-  w.Key("starts_failed");
-  w.Uint64(s.startsFailed);
-  w.Key("last_start_ms");
-  w.Int64(s.lastStartMs);
+  JsonWriter w;
+  w.startObject().i64("format", 1).str("state", toString(s.state)).str("phase", toString(s.phase));
+  w.u64("epoch", s.epoch).i64("since", s.sinceMs).i64("starting_since", s.startingSinceMs);
+  w.i64("failed_at", s.failedAtMs).i64("last_activity", s.lastActivityMs);
+  w.str("cause", toString(s.cause)).str("reason", s.reason).flag("restart_after_stop", s.restartAfterStop);
+  w.u64("starts_ok", s.startsOk).u64("starts_failed", s.startsFailed).i64("last_start_ms", s.lastStartMs);
   if (s.operation) {
-    w.Key("operation");
+    w.key("operation");
     writeOperation(w, *s.operation);
   }
   if (s.lastOperation) {
-    const auto& op = *s.lastOperation;
-    w.Key("last_operation");
-    w.StartObject();
-    writeString(w, "kind", toString(op.kind));
-    w.Key("started_at");
-    w.Int64(op.startedAtMs);
-    w.Key("ended_at");
-    w.Int64(op.endedAtMs);
-    w.Key("ok");
-    w.Bool(op.ok);
-    writeString(w, "reason", op.reason);
-    w.Key("task_id");
-    w.Int64(op.taskId);
-    writeString(w, "task_status", op.taskStatus);
-    w.EndObject();
+    w.key("last_operation");
+    writeLastOperation(w, *s.lastOperation);
   }
-  w.Key("history");
-  w.StartArray();
-  for (const auto& t : s.history) {
-    w.StartObject();
-    w.Key("at");
-    w.Int64(t.atMs);
-    writeString(w, "from", std::string(toString(t.from)));
-    writeString(w, "to", std::string(toString(t.to)));
-    writeString(w, "cause", toString(t.cause));
-    writeString(w, "detail", t.detail);
-    w.Key("task_id");
-    w.Int64(t.taskId);
-    writeString(w, "task_status", t.taskStatus);
-    w.EndObject();
-  }
-  w.EndArray();
-  w.EndObject();
-  return std::string(buffer.GetString(), buffer.GetSize());
+  w.key("history").startArray();
+  for (const auto& t : s.history)
+    writeTransition(w, t);
+  w.endArray().endObject();
+  return w.text();
 }
 
 std::optional<MachineSnapshot> snapshotFromJson(const std::string& text, std::string& error) {

@@ -103,3 +103,46 @@ TEST_CASE("service names are kept to a safe alphabet") {
   CHECK_FALSE(isValidServiceName(std::string(65, 'a')));
   CHECK(environmentPrefix("comfy-ui") == "COMFY_UI");
 }
+
+TEST_CASE("replies and events are written as docs/PROTOCOL.md describes them") {
+  CHECK(encode(Reply{3, true, "", std::nullopt}) == "{\"type\":\"reply\",\"id\":3,\"ok\":true}\n");
+  CHECK(encode(Reply{4, false, "unknown service \"x\"", Reply::Service{ServiceState::Warm, 9, "why"}}) ==
+        "{\"type\":\"reply\",\"id\":4,\"ok\":false,\"error\":\"unknown service \\\"x\\\"\",\"state\":\"warm\","
+        "\"epoch\":9,\"reason\":\"why\"}\n");
+  CHECK(encode(Event{"gpu", 1000, ServiceState::Cold, ServiceState::Starting, "request", "GET /", 0, 5}) ==
+        "{\"type\":\"event\",\"service\":\"gpu\",\"at\":1000,\"from\":\"cold\",\"to\":\"starting\","
+        "\"cause\":\"request\",\"detail\":\"GET /\",\"task_id\":0,\"epoch\":5}\n");
+}
+
+TEST_CASE("the status reply has every field of status --json, null where nothing is under way") {
+  StatusReply reply;
+  reply.id = 1;
+  reply.nowMs = 5000;
+  reply.daemon.version = "controld 0.1.0";
+  reply.daemon.pid = 42;
+  reply.daemon.messagesReceived = {{"hello", 2}, {"wake", 1}};
+  StatusReply::Service s;
+  s.name = "gpu";
+  s.state = ServiceState::Starting;
+  s.phase = "driver";
+  s.idleStopAtMs = 9000;
+  s.operation = StatusReply::Operation{"start", "command", 0, 77, 4000, "gpu-4000-0a0b0c0d"};
+  s.history.push_back({4000, ServiceState::Cold, ServiceState::Starting, "cli", "controld start", 0, ""});
+  reply.services.push_back(s);
+  StatusReply::Service quiet;
+  quiet.name = "idle";
+  reply.services.push_back(quiet);
+  const std::string line = encode(reply);
+  CHECK(line.rfind("{\"type\":\"reply\",\"id\":1,\"ok\":true,\"now\":5000,\"daemon\":{\"version\":\"controld 0.1.0\","
+                   "\"pid\":42,\"started_at\":0,\"config\":\"\",\"connections\":{\"worker\":0,\"cli\":0},"
+                   "\"messages_received\":{\"hello\":2,\"wake\":1}},\"services\":[{\"name\":\"gpu\"",
+                   0) == 0);
+  CHECK(line.find("\"idle_stop_at\":9000,\"driver\"") != std::string::npos);
+  CHECK(line.find("\"operation\":{\"kind\":\"start\",\"driver\":\"command\",\"task_id\":0,\"pid\":77,"
+                  "\"started_at\":4000,\"operation_id\":\"gpu-4000-0a0b0c0d\"},\"last_operation\":null,"
+                  "\"history\":[{\"at\":4000,\"from\":\"cold\",\"to\":\"starting\",\"cause\":\"cli\"") !=
+        std::string::npos);
+  CHECK(line.find("{\"name\":\"idle\"") != std::string::npos);
+  CHECK(line.find("\"idle_stop_at\":null") != std::string::npos);
+  CHECK(line.find("\"operation\":null,\"last_operation\":null,\"history\":[]}]}\n") != std::string::npos);
+}

@@ -102,20 +102,14 @@ void SemaphoreClient::onResponse(RequestId id, HttpResponse response) {
 
 void SemaphoreClient::startLogin() {
   if (loginId_) return;
-  rapidjson::StringBuffer buffer;
-  JsonWriter writer(buffer);
-  writer.StartObject();
-  writer.Key("auth");
-  writer.String(settings_.username);
-  writer.Key("password");
-  writer.String(settings_.password);
-  writer.EndObject();
+  JsonWriter body;
+  body.startObject().str("auth", settings_.username).str("password", settings_.password).endObject();
 
   HttpRequest request;
   request.method = "POST";
   request.url = settings_.baseUrl + "/api/auth/login";
   request.headers = {"Accept: application/json", "Content-Type: application/json"};
-  request.body = jsonText(buffer);
+  request.body = body.text();
   request.timeout = settings_.httpTimeout;
   loginId_ = http_.send(std::move(request), [this, alive = alive_](HttpResponse response) {
     if (*alive) onLogin(std::move(response));

@@ -2,9 +2,6 @@
 // What the Semaphore client, task operation and driver share: limits, timing
 // and a few helpers for messages. Internal to controld/drivers/semaphore/.
 
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
-
 #include <algorithm>
 #include <string>
 #include <string_view>
@@ -12,6 +9,7 @@
 #include "controld/drivers/semaphore/semaphore_client.hpp"
 #include "controld/drivers/semaphore/semaphore_text.hpp"
 #include "shared/duration.hpp"
+#include "shared/json_writer.hpp"
 #include "shared/protocol.hpp"
 
 namespace ondemand::controld::semaphore_detail {
@@ -31,12 +29,6 @@ inline constexpr Millis kClockSlack{5 * 60'000};
 inline constexpr std::string_view kOperationKey = "ondemand_operation";
 // Why a task is sent by a resume (its message says it).
 inline constexpr const char* kSentAgain = "sent again after a restart of controld: the first request created no task";
-
-using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
-
-inline std::string jsonText(const rapidjson::StringBuffer& buffer) {
-  return std::string(buffer.GetString(), buffer.GetSize());
-}
 
 // A short, printable piece of an unexpected answer for error messages.
 inline std::string excerpt(std::string_view body) {

@@ -17,17 +17,9 @@ bool SemaphoreDriver::supports(OperationKind kind) const {
 }
 
 std::string SemaphoreDriver::taskEnvironment(OperationKind kind, const std::string& operationId) const {
-  rapidjson::StringBuffer buffer;
-  JsonWriter writer(buffer);
-  writer.StartObject();
-  writer.Key("service_id");
-  writer.String(serviceId_);
-  writer.Key("machine_id");
-  writer.String(settings_.machineId);
-  writer.Key("action");
-  writer.String(toString(kind));
-  writer.Key(kOperationKey.data(), static_cast<rapidjson::SizeType>(kOperationKey.size()));
-  writer.String(operationId);
+  JsonWriter w;
+  w.startObject().str("service_id", serviceId_).str("machine_id", settings_.machineId).str("action", toString(kind));
+  w.str(kOperationKey, operationId);
   rapidjson::Document extra;
   extra.Parse(settings_.extraVarsJson.data(), settings_.extraVarsJson.size());
   if (!extra.HasParseError() && extra.IsObject()) {
@@ -35,12 +27,11 @@ std::string SemaphoreDriver::taskEnvironment(OperationKind kind, const std::stri
       const std::string_view name(member.name.GetString(), member.name.GetStringLength());
       if (name == "service_id" || name == "machine_id" || name == "action" || name == kOperationKey)
         continue;  // controld's own say
-      writer.Key(member.name.GetString(), member.name.GetStringLength());
-      member.value.Accept(writer);
+      w.key(name);
+      member.value.Accept(w.raw());
     }
   }
-  writer.EndObject();
-  return jsonText(buffer);
+  return w.endObject().text();
 }
 
 std::shared_ptr<SemaphoreDriver::Operation> SemaphoreDriver::begin(OperationKind kind, ProgressCallback progress,
@@ -69,23 +60,16 @@ std::string SemaphoreDriver::cannotRun(OperationKind kind) const {
 
 std::string SemaphoreDriver::taskBody(OperationKind kind, const std::string& operationId,
                                       const std::string& why) const {
-  rapidjson::StringBuffer buffer;
-  JsonWriter writer(buffer);
-  writer.StartObject();
-  writer.Key("template_id");
-  writer.Int64(kind == OperationKind::Start ? settings_.startTemplateId : settings_.stopTemplateId);
-  writer.Key("environment");  // a string holding JSON, not an object: Semaphore answers 400 to an object
-  writer.String(taskEnvironment(kind, operationId));
-  if (!settings_.machineId.empty()) {
-    writer.Key("limit");
-    writer.String(settings_.machineId);
-  }
-  writer.Key("message");
+  JsonWriter w;
+  w.startObject().i64("template_id",
+                      kind == OperationKind::Start ? settings_.startTemplateId : settings_.stopTemplateId);
+  // A string holding JSON, not an object: Semaphore answers 400 to an object.
+  w.str("environment", taskEnvironment(kind, operationId));
+  if (!settings_.machineId.empty()) w.str("limit", settings_.machineId);
   std::string message = "ondemand: " + std::string(toString(kind)) + " " + serviceId_;
   if (!why.empty()) message += " (" + why + ")";
-  writer.String(message);
-  writer.EndObject();
-  return jsonText(buffer);
+  w.str("message", message);
+  return w.endObject().text();
 }
 
 void SemaphoreDriver::run(const OperationRequest& request, ProgressCallback progress, DoneCallback done) {
