@@ -50,7 +50,8 @@ ConfigProblems validateConfig(const Config& config) {
   bool anySemaphore = false;
   for (const auto& [name, svc] : config.services) {
     const int serviceLine = svc.where.line;
-    const auto key = [&](std::string_view k) { return keyName(config, name, k); };
+    // (a named reference: clang before 16 cannot capture structured bindings)
+    const auto key = [&config, &service = name](std::string_view k) { return keyName(config, service, k); };
     const auto line = [&](std::string_view k) { return lineOf(config, key(k), serviceLine); };
     const bool commands = !svc.startCommand.empty() || !svc.stopCommand.empty();
 
