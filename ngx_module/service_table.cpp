@@ -107,7 +107,10 @@ bool ServiceTable::claimWake(ServiceEntry& entry, std::int64_t nowMs) {
     case ServiceState::Warm:
       return false;
     case ServiceState::Failed:
-      if (entry.wakeSent && nowMs - entry.lastWakeMs < 1000) return false;
+      // At most once a second for one failure; the first request after a
+      // new failure always wakes (the start that failed may have been woken
+      // less than a second ago, and a parked request never wakes again).
+      if (entry.wakeSent && entry.wakeEpoch == entry.state.epoch && nowMs - entry.lastWakeMs < 1000) return false;
       break;
     case ServiceState::Cold:
     case ServiceState::Starting:

@@ -331,6 +331,17 @@ TEST_CASE("the service table: pushes, sync removes vanished services, wakes once
   CHECK(ServiceTable::claimWake(a, 2500));  // failed: at most once a second
   CHECK_FALSE(ServiceTable::claimWake(a, 3000));
   CHECK(ServiceTable::claimWake(a, 3600));
+  // A start woken at 3700 that fails within the second: the next request
+  // wakes it again at once, it is not parked without a wake until ondemand_wait.
+  push.epoch = 6;
+  push.state = ServiceState::Starting;
+  table.applyPush(push);
+  CHECK(ServiceTable::claimWake(a, 3700));
+  push.epoch = 7;
+  push.state = ServiceState::Failed;
+  table.applyPush(push);
+  CHECK(ServiceTable::claimWake(a, 3900));
+  CHECK_FALSE(ServiceTable::claimWake(a, 4000));
   push.state = ServiceState::Warm;
   table.applyPush(push);
   CHECK_FALSE(ServiceTable::claimWake(a, 9000));
