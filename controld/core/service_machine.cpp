@@ -352,6 +352,15 @@ Effects ServiceMachine::tick(std::int64_t nowMs) {
   }
 }
 
+bool ServiceMachine::mayHaveBegun() const {
+  if (!s_.operation) return false;
+  if (!s_.operation->driver.empty()) return true;
+  // The record with the operation's id is on disk before the driver runs; the
+  // driver's own first report may not be (it is written while the driver
+  // goes on). A driver that can find what it sent under that id decides.
+  return settings_.driverFindsUnconfirmed && !s_.operation->operationId.empty();
+}
+
 Effects ServiceMachine::restore(std::int64_t nowMs, MachineSnapshot snapshot) {
   s_ = std::move(snapshot);
   inFlight_ = 0;
@@ -367,7 +376,7 @@ Effects ServiceMachine::restore(std::int64_t nowMs, MachineSnapshot snapshot) {
       if (s_.phase == Phase::Driver) {
         if (!settings_.hasStartDriver) {
           e |= enterReadiness(nowMs);
-        } else if (!s_.operation || s_.operation->driver.empty()) {
+        } else if (!mayHaveBegun()) {
           // No driver had begun (the start may have been queued behind
           // another operation on its machine): launching now is not a repeat.
           OperationRecord record;
@@ -387,7 +396,7 @@ Effects ServiceMachine::restore(std::int64_t nowMs, MachineSnapshot snapshot) {
       break;
     case ServiceState::Stopping:
       if (s_.phase == Phase::Driver && s_.operation && settings_.hasStopDriver) {
-        if (s_.operation->driver.empty()) {  // as for a start: nothing had begun
+        if (!mayHaveBegun()) {  // as for a start: nothing had begun
           s_.operation->startedAtMs = nowMs;
           e.runStopDriver = true;
         } else {

@@ -39,6 +39,11 @@ struct MachineSettings {
   bool hasStartDriver = false;
   bool hasStopDriver = false;
   bool hasHealthCheck = false;
+  // The driver can tell from the operation's id alone whether an earlier run
+  // of it sent anything (Semaphore: its task list). Then a record whose
+  // driver never reported back is resumed after a restart, not launched
+  // again: the driver may have sent its task before that report was on disk.
+  bool driverFindsUnconfirmed = false;
 };
 
 struct Transition {
@@ -148,6 +153,9 @@ class ServiceMachine {
   bool inFailureBackoff(std::int64_t nowMs) const;
 
  private:
+  // restore(): whether the recorded operation's driver may have sent or
+  // spawned anything before the restart.
+  bool mayHaveBegun() const;
   Effects transition(std::int64_t nowMs, ServiceState to, Phase phase, Cause cause, std::string detail);
   Effects beginStart(std::int64_t nowMs, Cause cause, const std::string& why);
   Effects enterReadiness(std::int64_t nowMs);

@@ -48,6 +48,7 @@ MachineSettings ServiceRegistry::machineSettings(const ServiceConfig& c, const D
   s.hasStartDriver = driver && driver->supports(OperationKind::Start);
   s.hasStopDriver = driver && driver->supports(OperationKind::Stop);
   s.hasHealthCheck = !c.healthUrl.empty();
+  s.driverFindsUnconfirmed = driver && c.driverKind() == ServiceConfig::DriverKind::Semaphore;
   return s;
 }
 

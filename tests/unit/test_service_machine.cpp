@@ -365,6 +365,28 @@ TEST_CASE("after a restart the machine continues instead of starting again") {
     CHECK_FALSE(e.runStartDriver);
     CHECK(after.snapshot().operation->driver == "semaphore");
   }
+  SECTION("a start whose record has its operation id but no report from the driver") {
+    // The daemon puts the operation id on disk before it runs the driver;
+    // the Semaphore driver POSTs at once and its first report may not have
+    // reached the disk when controld is killed.
+    OperationRecord r = *before.snapshot().operation;
+    r.operationId = "svc-1-0badf00d";
+    before.operationProgress(r);
+    SECTION("is resumed when the driver can look its task up by that id") {
+      MachineSettings settings = commandSettings();
+      settings.driverFindsUnconfirmed = true;
+      ServiceMachine after("svc", settings);
+      Effects e = after.restore(5000, before.snapshot());
+      CHECK(e.resumeDriver);
+      CHECK_FALSE(e.runStartDriver);
+      CHECK(after.snapshot().operation->operationId == "svc-1-0badf00d");
+    }
+    SECTION("is launched when it cannot (a command that never reported a pid)") {
+      ServiceMachine after("svc", commandSettings());
+      Effects e = after.restore(5000, before.snapshot());
+      CHECK(e.runStartDriver);
+    }
+  }
   SECTION("a start waiting for health waits again") {
     before.operationDone(100, ok());
     ServiceMachine after("svc", commandSettings());
