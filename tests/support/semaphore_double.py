@@ -50,6 +50,9 @@ In-process (unittest):
   ...
   double.requests()              # every /api request: method, path, headers, body
   double.websockets()            # live-update connections; close_websockets()
+  double.inject_fault("GET", r"/api/project/1/tasks/\d+", "endless")
+                                 # broken answers: garbage, 500, huge (100 MB),
+                                 # endless; clear_faults(), fault_hits(fault)
   double.stop()
 
 Templates (JSON objects; unknown keys are rejected):
@@ -352,6 +355,22 @@ class Reply:
 EMPTY_400, EMPTY_401, EMPTY_403, EMPTY_404, EMPTY_500 = (Reply(s) for s in (400, 401, 403, 404, 500))
 DROP = Reply(0)  # no answer: the connection is closed
 
+FAULT_MODES = ("garbage", "500", "huge", "endless")
+HUGE_BYTES = 100 * 1024 * 1024
+
+
+class FaultReply(Reply):
+    """An answer a broken Semaphore (or whatever sits on its address) gives:
+    garbage  200 with bytes that are no JSON
+    500      500 with a text body
+    huge     200 with a 100 MB JSON-looking body, sent as fast as it is read
+    endless  200, chunked, a chunk every 10 ms until the client goes away"""
+
+    def __init__(self, mode):
+        super().__init__(500 if mode == "500" else 200, b"Internal Server Error" if mode == "500" else b"",
+                         "text/plain" if mode == "500" else "application/json")
+        self.mode = mode
+
 
 class SemaphoreDouble:
     def __init__(self, host="127.0.0.1", port=0, tokens=None, users=None, projects=(1,), templates=(),
@@ -375,6 +394,7 @@ class SemaphoreDouble:
         self.response_delay = response_delay_ms / 1000.0
         self.answer_delay = answer_delay_ms / 1000.0
         self.drop_task_posts = False
+        self._faults = []  # [method, compiled path pattern, mode, times left or None, hits]
         self._log = []
         self._task_ids = itertools.count(1)
         self._running_templates = set()
@@ -464,6 +484,36 @@ class SemaphoreDouble:
         for name, info in (users or {}).items():
             self.add_user(name, info.get("password", ""), info.get("role", "owner"))
 
+    def inject_fault(self, method, path_pattern, mode, times=None):
+        """From now on, `times` requests (None: all) whose method and path
+        (without the query; re.fullmatch) match get the broken answer `mode`
+        (FAULT_MODES, see FaultReply) instead of being handled: nothing is
+        created or changed. Returns the fault, for fault_hits()."""
+        if mode not in FAULT_MODES:
+            raise ValueError("mode must be one of %s" % ", ".join(FAULT_MODES))
+        fault = [method, re.compile(path_pattern), mode, times, 0]
+        with self._cond:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self):
+        with self._cond:
+            self._faults = []
+
+    def fault_hits(self, fault):
+        with self._cond:
+            return fault[4]
+
+    def _fault_for(self, method, path):
+        with self._cond:
+            for fault in self._faults:
+                if fault[0] == method and fault[1].fullmatch(path) and (fault[3] is None or fault[3] > 0):
+                    if fault[3] is not None:
+                        fault[3] -= 1
+                    fault[4] += 1
+                    return FaultReply(fault[2])
+        return None
+
     def websockets(self):
         """Live-update connections now, and the pings/pongs they sent."""
         with self._cond:
@@ -552,6 +602,12 @@ class SemaphoreDouble:
             time.sleep(delay)
         if drop:
             return DROP
+        fault = self._fault_for(method, path.split("?", 1)[0]) if path.startswith("/api/") else None
+        if fault:
+            with self._cond:
+                entry["status"] = fault.status
+                entry["fault"] = fault.mode
+            return fault
         try:
             reply = self._api(method, path.split("?", 1)[0], headers, body)
         except Exception as e:  # a bug in the double must show, not hang the client
@@ -1153,6 +1209,8 @@ class _Handler(BaseHTTPRequestHandler):
         if reply is DROP:
             self.close_connection = True
             return
+        if isinstance(reply, FaultReply):
+            return self._send_fault(reply)
         self.send_response(reply.status)
         for name, value in reply.headers:
             self.send_header(name, value)
@@ -1163,6 +1221,44 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if reply.body and reply.status != 204:
             self.wfile.write(reply.body)
+
+    def _send_fault(self, reply):
+        self.close_connection = True
+        try:
+            if reply.mode in ("garbage", "500"):
+                # (valid UTF-8: invalid bytes reach status --json, issue 11 defect 20)
+                body = reply.body or b"<html>{{{ not json \x1b[31m\x01" + secrets.token_hex(32).encode()
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif reply.mode == "huge":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(HUGE_BYTES))
+                self.end_headers()
+                head = b'{"id":1,"status":"'
+                self.wfile.write(head)
+                chunk = b"x" * (1 << 20)
+                left = HUGE_BYTES - len(head)
+                while left > 0:
+                    n = min(left, len(chunk))
+                    self.wfile.write(chunk[:n])
+                    left -= n
+            else:  # endless
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b'1\r\n[\r\n')
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline and not self.server.double._stopping:
+                    self.wfile.write(b'4\r\n{},\n\r\n')
+                    self.wfile.flush()
+                    time.sleep(0.01)
+        except OSError:
+            pass  # the client went away: what it had to do
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
