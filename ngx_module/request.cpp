@@ -7,178 +7,16 @@
 #include <type_traits>
 
 #include "ngx_module/answers.hpp"
+#include "ngx_module/http_util.hpp"
+#include "ngx_module/request_ctx.hpp"
 #include "ngx_module/worker.hpp"
-#include "shared/json_writer.hpp"
 
 namespace ondemand::module {
 
 namespace {
 
-void mainPoolCleanup(void* data);
 void requestCleanup(void* data);
 void onWaitTimeout(ngx_event_t* ev);
-
-// --- small helpers ----------------------------------------------------------
-
-std::string_view headerValue(ngx_http_request_t* r, std::string_view name) {
-  ngx_list_part_t* part = &r->headers_in.headers.part;
-  auto* headers = static_cast<ngx_table_elt_t*>(part->elts);
-  for (ngx_uint_t i = 0;; ++i) {
-    if (i >= part->nelts) {
-      if (part->next == nullptr) break;
-      part = part->next;
-      headers = static_cast<ngx_table_elt_t*>(part->elts);
-      i = 0;
-      if (part->nelts == 0) continue;
-    }
-    const ngx_table_elt_t& h = headers[i];
-    if (h.key.len == name.size() &&
-        ngx_strncasecmp(h.key.data, reinterpret_cast<u_char*>(const_cast<char*>(name.data())), name.size()) == 0) {
-      return view(h.value);
-    }
-  }
-  return {};
-}
-
-ngx_str_t poolString(ngx_pool_t* pool, std::string_view text) {
-  ngx_str_t out{0, nullptr};
-  auto* data = static_cast<u_char*>(ngx_pnalloc(pool, text.size() ? text.size() : 1));
-  if (data == nullptr) return out;
-  std::memcpy(data, text.data(), text.size());
-  out.data = data;
-  out.len = text.size();
-  return out;
-}
-
-bool addHeader(ngx_http_request_t* r, std::string_view key, std::string_view value) {
-  auto* h = static_cast<ngx_table_elt_t*>(ngx_list_push(&r->headers_out.headers));
-  if (h == nullptr) return false;
-  *h = ngx_table_elt_t{};
-  h->hash = 1;
-  h->key = poolString(r->pool, key);
-  h->value = poolString(r->pool, value);
-  return h->key.data != nullptr && h->value.data != nullptr;
-}
-
-// Sends a complete response with the given body; returns what the output
-// filters said, for ngx_http_finalize_request.
-ngx_int_t sendBody(ngx_http_request_t* r, ngx_uint_t status, std::string_view contentType, std::string_view body) {
-  r->headers_out.status = status;
-  r->headers_out.content_length_n = static_cast<off_t>(body.size());
-  r->headers_out.content_type = poolString(r->pool, contentType);
-  r->headers_out.content_type_len = contentType.size();
-  r->headers_out.content_type_lowcase = nullptr;
-  if (r->headers_out.content_type.data == nullptr) return NGX_ERROR;
-
-  ngx_int_t rc = ngx_http_send_header(r);
-  if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) return rc;
-
-  ngx_buf_t* b = ngx_create_temp_buf(r->pool, body.size() ? body.size() : 1);
-  if (b == nullptr) return NGX_ERROR;
-  b->last = ngx_cpymem(b->last, body.data(), body.size());
-  b->last_buf = (r == r->main) ? 1 : 0;
-  b->last_in_chain = 1;
-  ngx_chain_t out{b, nullptr};
-  return ngx_http_output_filter(r, &out);
-}
-
-const char* stateNameFor(const ServiceEntry& entry) {
-  if (!entry.known) return "unknown";
-  return toString(entry.state.state).data();  // views of string literals: NUL-terminated
-}
-
-// --- request contexts ---------------------------------------------------------
-
-// Main requests' contexts come from a free list of the worker, not from the
-// request pool: a proxied request has usually filled its pool by the time
-// the module runs, and the context would make nginx allocate (and free) a
-// whole new pool block for every request. A few hundred are kept for reuse;
-// plain globals, so nothing depends on destruction order at exit.
-struct FreeCtx {
-  FreeCtx* next;
-};
-FreeCtx* freeCtxs = nullptr;
-std::size_t freeCtxCount = 0;
-#if defined(__SANITIZE_ADDRESS__)
-constexpr std::size_t kMaxFreeCtxs = 0;  // every context freed: AddressSanitizer sees a use after the end
-#else
-constexpr std::size_t kMaxFreeCtxs = 256;
-#endif
-
-void* allocateMainCtx() {
-  if (freeCtxs == nullptr) return ::operator new(sizeof(RequestCtx), std::nothrow);
-  FreeCtx* memory = freeCtxs;
-  freeCtxs = memory->next;
-  --freeCtxCount;
-  return memory;
-}
-
-void releaseMainCtx(RequestCtx* ctx) {
-  if (freeCtxCount >= kMaxFreeCtxs) {
-    ::operator delete(ctx);
-    return;
-  }
-  auto* memory = reinterpret_cast<FreeCtx*>(ctx);
-  memory->next = freeCtxs;
-  freeCtxs = memory;
-  ++freeCtxCount;
-}
-
-RequestCtx* newCtx(ngx_http_request_t* r) {
-  static_assert(sizeof(RequestCtx) >= sizeof(FreeCtx) && std::is_trivially_destructible_v<RequestCtx>);
-  void* memory = nullptr;
-  if (r == r->main) {
-    memory = allocateMainCtx();
-    if (memory == nullptr) return nullptr;
-    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == nullptr) {
-      ::operator delete(memory);
-      return nullptr;
-    }
-    cln->handler = mainPoolCleanup;
-    cln->data = memory;
-  } else {
-    memory = ngx_palloc(r->pool, sizeof(RequestCtx));
-    if (memory == nullptr) return nullptr;
-  }
-  auto* ctx = new (memory) RequestCtx{};
-  ctx->request = r;
-  ctx->node.owner = ctx;
-  return ctx;
-}
-
-// The main request's context even after an internal redirect cleared the
-// module contexts: it is still the data of our pool cleanup.
-RequestCtx* existingMainCtx(ngx_http_request_t* r) {
-  auto* ctx = static_cast<RequestCtx*>(ngx_http_get_module_ctx(r, ngx_http_ondemand_module));
-  if (ctx != nullptr || !r->internal) return ctx;
-  for (ngx_pool_cleanup_t* cln = r->pool->cleanup; cln != nullptr; cln = cln->next) {
-    if (cln->handler == mainPoolCleanup) return static_cast<RequestCtx*>(cln->data);
-  }
-  return nullptr;
-}
-
-RequestCtx* mainCtx(ngx_http_request_t* main) {
-  RequestCtx* ctx = existingMainCtx(main);
-  if (ctx == nullptr) ctx = newCtx(main);
-  if (ctx != nullptr && ngx_http_get_module_ctx(main, ngx_http_ondemand_module) != ctx) {
-    ngx_http_set_ctx(main, ctx, ngx_http_ondemand_module);
-  }
-  return ctx;
-}
-
-// A context for this pass of the request through a location.
-RequestCtx* attachCtx(ngx_http_request_t* r) {
-  RequestCtx* ctx = nullptr;
-  if (r == r->main) {
-    ctx = existingMainCtx(r);
-    if (ctx != nullptr) ctx->phase = Phase::Fresh;  // an internal redirect: a new location, a new look
-  }
-  if (ctx == nullptr) ctx = newCtx(r);
-  if (ctx == nullptr) return nullptr;
-  ngx_http_set_ctx(r, ctx, ngx_http_ondemand_module);
-  return ctx;
-}
 
 // A request counts as in flight for a service once, however many
 // locations or subrequests of it go there, until the request ends.
@@ -244,6 +82,8 @@ void requestCleanup(void* data) {
   stopWaiting(static_cast<RequestCtx*>(data), false);
 }
 
+}  // namespace
+
 void mainPoolCleanup(void* data) {
   auto* ctx = static_cast<RequestCtx*>(data);
   stopWaiting(ctx, false);
@@ -254,6 +94,8 @@ void mainPoolCleanup(void* data) {
   ctx->countedN = 0;
   releaseMainCtx(ctx);
 }
+
+namespace {
 
 void onWaitTimeout(ngx_event_t* ev) {
   auto* ctx = static_cast<RequestCtx*>(ev->data);
@@ -434,76 +276,6 @@ ngx_int_t handle(ngx_http_request_t* r, LocConf* lcf) {
   return rc;
 }
 
-// --- ondemand_status ----------------------------------------------------------
-
-const char* linkStatusName(LinkStatus s) {
-  switch (s) {
-    case LinkStatus::Up:
-      return "connected";
-    case LinkStatus::Handshake:
-      return "subscribing";
-    case LinkStatus::Down:
-      return "unreachable";
-  }
-  return "unknown";
-}
-
-std::string statusJson(ControlLink& link) {
-  JsonWriter w;
-  w.startObject().i64("pid", static_cast<std::int64_t>(ngx_pid));
-  w.key("controld").startObject();
-  w.str("socket", link.name()).str("status", linkStatusName(link.status())).str("daemon", link.daemon());
-  if (link.unreachableSinceMs() > 0) w.i64("unreachable_since", link.unreachableSinceMs());
-  w.endObject();
-  w.key("services").startArray();
-  for (const ServiceEntry* e : link.services().sortedByName()) {
-    if (!e->known) continue;
-    w.startObject().str("name", e->name).str("state", stateNameFor(*e)).u64("epoch", e->state.epoch);
-    w.i64("since", e->state.sinceMs).i64("starting_since", e->state.startingSinceMs);
-    w.str("cause", e->state.cause).str("reason", e->state.reason).i64("task_id", e->state.taskId);
-    w.u64("in_flight", e->inFlight).u64("waiting", e->parked.size());
-    w.endObject();
-  }
-  w.endArray().endObject();
-  return w.line();
-}
-
-std::string statusHtml(ControlLink& link) {
-  const std::int64_t now = unixMillis();
-  std::string body =
-      "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>ondemand status</title>\n"
-      "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
-      "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}</style>\n</head>\n<body>\n"
-      "<h1>ondemand</h1>\n<p>controld at " +
-      htmlEscape(link.name()) + ": " + linkStatusName(link.status()) + ". Worker " + std::to_string(ngx_pid) +
-      ".</p>\n<table>\n<tr><th>service</th><th>state</th><th>for</th><th>in flight</th><th>waiting</th>"
-      "<th>task</th><th>reason</th></tr>\n";
-  for (const ServiceEntry* e : link.services().sortedByName()) {
-    if (!e->known) continue;
-    const long long forSeconds = e->state.sinceMs > 0 ? (now - e->state.sinceMs) / 1000 : 0;
-    body += "<tr><td>" + htmlEscape(e->name) + "</td><td>" + stateNameFor(*e) + "</td><td>" + humanSeconds(forSeconds) +
-            "</td><td>" + std::to_string(e->inFlight) + "</td><td>" + std::to_string(e->parked.size()) + "</td><td>" +
-            (e->state.taskId > 0 ? std::to_string(e->state.taskId) : std::string()) + "</td><td>" +
-            htmlEscape(e->state.reason) + "</td></tr>\n";
-  }
-  body += "</table>\n</body>\n</html>\n";
-  return body;
-}
-
-ngx_int_t handleStatus(ngx_http_request_t* r) {
-  if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) return NGX_HTTP_NOT_ALLOWED;
-  const ngx_int_t rc = ngx_http_discard_request_body(r);
-  if (rc != NGX_OK) return rc;
-  Worker* worker = Worker::current();
-  ControlLink* link = worker != nullptr ? worker->link(locConf(r)->endpoint) : nullptr;
-  if (link == nullptr) return NGX_HTTP_SERVICE_UNAVAILABLE;
-  if (!addHeader(r, "Cache-Control", "no-store")) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-  if (prefersHtml(headerValue(r, "Accept"))) {
-    return sendBody(r, NGX_HTTP_OK, "text/html; charset=utf-8", statusHtml(*link));
-  }
-  return sendBody(r, NGX_HTTP_OK, "application/json", statusJson(*link));
-}
-
 }  // namespace
 
 // --- entry points ---------------------------------------------------------------
@@ -518,17 +290,6 @@ ngx_int_t precontentHandler(ngx_http_request_t* r) {
     ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "ondemand: %s", e.what());
   } catch (...) {
     ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "ondemand: unexpected exception");
-  }
-  return NGX_HTTP_INTERNAL_SERVER_ERROR;
-}
-
-ngx_int_t statusHandler(ngx_http_request_t* r) {
-  try {
-    return handleStatus(r);
-  } catch (const std::exception& e) {
-    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "ondemand: status: %s", e.what());
-  } catch (...) {
-    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "ondemand: status: unexpected exception");
   }
   return NGX_HTTP_INTERNAL_SERVER_ERROR;
 }
