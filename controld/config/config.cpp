@@ -17,6 +17,12 @@ namespace ondemand::controld {
 
 using namespace config_detail;
 
+std::string withoutTrailingSlashes(std::string url) {
+  while (!url.empty() && url.back() == '/')
+    url.pop_back();
+  return url;
+}
+
 std::string formatProblem(const ConfigProblem& problem) {
   std::string out = problem.where.file;
   if (problem.where.line > 0) out += ":" + std::to_string(problem.where.line);

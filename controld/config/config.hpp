@@ -33,6 +33,9 @@ struct SemaphoreSettings {
   Millis httpTimeout = 30s;
 };
 
+// A base URL without the slashes it may end in ("http://x:3000/" -> "http://x:3000").
+std::string withoutTrailingSlashes(std::string url);
+
 struct SemaphoreServiceSettings {
   std::int64_t startTemplateId = 0;
   std::int64_t stopTemplateId = 0;  // 0 = no stop template: the service is never stopped by controld

@@ -76,10 +76,7 @@ void Loader::readNativeSemaphore(const Setting& s, Config& config) {
       {
           {"base_url",
            [&](const Setting& v) {
-             if (read_.url(v, sem.baseUrl)) {
-               while (endsWith(sem.baseUrl, "/"))
-                 sem.baseUrl.pop_back();
-             }
+             if (read_.url(v, sem.baseUrl)) sem.baseUrl = withoutTrailingSlashes(sem.baseUrl);
            }},
           {"project_id",
            [&](const Setting& v) { read_.integer(v, sem.projectId, 1, INT64_MAX, "a project id (1 or more)"); }},

@@ -7,13 +7,9 @@ namespace ondemand::controld {
 namespace {
 
 bool sameConnection(const SemaphoreSettings& a, const SemaphoreSettings& b) {
-  auto trimmed = [](std::string url) {
-    while (!url.empty() && url.back() == '/')
-      url.pop_back();
-    return url;
-  };
-  return trimmed(a.baseUrl) == trimmed(b.baseUrl) && a.projectId == b.projectId && a.apiToken == b.apiToken &&
-         a.username == b.username && a.password == b.password && a.httpTimeout == b.httpTimeout;
+  return withoutTrailingSlashes(a.baseUrl) == withoutTrailingSlashes(b.baseUrl) && a.projectId == b.projectId &&
+         a.apiToken == b.apiToken && a.username == b.username && a.password == b.password &&
+         a.httpTimeout == b.httpTimeout;
 }
 
 }  // namespace

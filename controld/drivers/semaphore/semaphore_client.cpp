@@ -13,8 +13,7 @@ using namespace semaphore_detail;
 
 SemaphoreClient::SemaphoreClient(uv_loop_t* loop, HttpClient& http, SemaphoreSettings settings)
     : loop_(loop), http_(http), settings_(std::move(settings)) {
-  while (!settings_.baseUrl.empty() && settings_.baseUrl.back() == '/')
-    settings_.baseUrl.pop_back();
+  settings_.baseUrl = withoutTrailingSlashes(settings_.baseUrl);
 }
 
 SemaphoreClient::~SemaphoreClient() {

@@ -447,9 +447,7 @@ void runThread(const std::shared_ptr<Shared>& s) {
 
 SemaphoreLiveUpdates::SemaphoreLiveUpdates(uv_loop_t* loop, const SemaphoreSettings& settings, Callback callback)
     : shared_(std::make_shared<Shared>()), callback_(std::move(callback)) {
-  shared_->baseUrl = settings.baseUrl;
-  while (!shared_->baseUrl.empty() && shared_->baseUrl.back() == '/')
-    shared_->baseUrl.pop_back();
+  shared_->baseUrl = withoutTrailingSlashes(settings.baseUrl);
   shared_->token = settings.apiToken;
   shared_->httpTimeout = settings.httpTimeout;
   shared_->wakeFd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
