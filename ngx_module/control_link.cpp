@@ -383,6 +383,19 @@ void ControlLink::requestFinished(ServiceEntry& entry) {
   scheduleActivity(entry.inFlight == 0);
 }
 
+void ControlLink::waitBegan(ServiceEntry& entry) {
+  ++entry.held;
+  entry.activityDirty = true;
+  scheduleActivity(false);
+}
+
+void ControlLink::waitEnded(ServiceEntry& entry, std::uint64_t waitedMs) {
+  if (entry.held > 0) --entry.held;
+  entry.waited.add(waitedMs);
+  entry.activityDirty = true;
+  scheduleActivity(false);
+}
+
 void ControlLink::scheduleActivity(bool urgent) {
   if (conn_ == nullptr || connecting_ || closed_) return;  // reported after (re)subscribing
   if (activityTimer_.timer_set) return;                    // a report is already due

@@ -66,6 +66,10 @@ class ControlLink {
   // A request was forwarded to the service / its response ended.
   void requestStarted(ServiceEntry& entry);
   void requestFinished(ServiceEntry& entry);
+  // A request began waiting for the service / its wait ended after `waitedMs`
+  // (it went on, was answered, or its client left).
+  void waitBegan(ServiceEntry& entry);
+  void waitEnded(ServiceEntry& entry, std::uint64_t waitedMs);
 
  private:
   void connect();

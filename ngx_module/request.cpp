@@ -48,6 +48,9 @@ ngx_int_t park(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
   if (!ctx->waitStarted) {
     ctx->waitStarted = true;
     ctx->parkedAt = ngx_current_msec;
+    ctx->waitLink = ctx->link;
+    ctx->waitEntry = ctx->service;
+    ctx->waitLink->waitBegan(*ctx->waitEntry);
     ngx_event_t* ev = &ctx->waitTimer;
     ev->handler = onWaitTimeout;
     ev->data = ctx;
@@ -68,8 +71,11 @@ void stopWaiting(RequestCtx* ctx, bool touchRequest) {
   stopTimer(&ctx->waitTimer);
   unpostEvent(&ctx->waitTimer);
   if (ctx->waitStarted) {
-    ctx->waitedMs += ngx_current_msec - ctx->parkedAt;
+    const ngx_msec_t waited = ngx_current_msec - ctx->parkedAt;
+    ctx->waitedMs += waited;
     ctx->waitStarted = false;
+    // (not when the worker is exiting: its links are gone)
+    if (Worker::current() != nullptr) ctx->waitLink->waitEnded(*ctx->waitEntry, waited);
   }
   if (!touchRequest) return;
   ngx_http_request_t* r = ctx->request;

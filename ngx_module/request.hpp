@@ -32,8 +32,10 @@ struct RequestCtx {
   ServiceEntry* service;
   ParkNode node;
   ngx_event_t waitTimer;
-  ngx_msec_t parkedAt;  // when the current wait began
-  ngx_msec_t waitedMs;  // time spent waiting, all waits together
+  ngx_msec_t parkedAt;    // when the current wait began
+  ngx_msec_t waitedMs;    // time spent waiting, all waits together
+  ControlLink* waitLink;  // the current wait is counted as held here
+  ServiceEntry* waitEntry;
   Phase phase;
   AnswerKind answer;
   bool waitStarted;        // waiting now: the wait timer runs

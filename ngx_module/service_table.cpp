@@ -127,10 +127,13 @@ bool ServiceTable::claimWake(ServiceEntry& entry, std::int64_t nowMs) {
 protocol::Activity ServiceTable::takeActivity(bool everything) {
   protocol::Activity activity;
   for (auto& [name, entry] : entries_) {
-    const bool report = entry->activityDirty || (everything && (entry->inFlight > 0 || entry->startedUnreported > 0));
+    const bool report =
+        entry->activityDirty || (everything && (entry->inFlight > 0 || entry->held > 0 ||
+                                                entry->startedUnreported > 0 || !entry->waited.empty()));
     if (!report) continue;
-    activity.entries.push_back({entry->name, entry->startedUnreported, entry->inFlight});
+    activity.entries.push_back({entry->name, entry->startedUnreported, entry->inFlight, entry->held, entry->waited});
     entry->startedUnreported = 0;
+    entry->waited = {};
     entry->activityDirty = false;
   }
   return activity;

@@ -75,6 +75,8 @@ struct ServiceEntry {
   // Activity of this worker, reported coalesced.
   std::uint64_t inFlight = 0;
   std::uint64_t startedUnreported = 0;
+  std::uint64_t held = 0;       // requests of this worker waiting for the service now
+  protocol::WaitCounts waited;  // waits that ended since the last report
   bool activityDirty = false;
 
   bool unknownLogged = false;  // "unknown service" is logged once, not per request
@@ -103,8 +105,8 @@ class ServiceTable {
   static bool claimWake(ServiceEntry& entry, std::int64_t nowMs);
 
   // Activity to report: the entries that changed, or with `everything`
-  // (right after subscribing) every entry with requests in flight or
-  // unreported starts. Resets what it reports. Empty when nothing to say.
+  // (right after subscribing) every entry with requests in flight or held,
+  // or unreported starts or waits. Resets what it reports. Empty when nothing to say.
   protocol::Activity takeActivity(bool everything);
   bool activityPending() const;
 

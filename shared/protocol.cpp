@@ -104,8 +104,26 @@ Decoded decodeActivity(const Value& doc) {
     Activity::Entry entry;
     entry.service.assign(member.name.GetString(), member.name.GetStringLength());
     Fields f(member.value);
-    if (!f.uint64("started", entry.started) || !f.uint64("in_flight", entry.inFlight)) {
+    if (!f.uint64("started", entry.started) || !f.uint64("in_flight", entry.inFlight) ||
+        !f.uint64("held", entry.held, false)) {
       return fail("services." + entry.service + ": " + f.error());
+    }
+    // Optional (older workers send none): {"sum_ms":N,"buckets":[one count per bucket]}.
+    const auto waited = member.value.FindMember("waited");
+    if (waited != member.value.MemberEnd()) {
+      const std::string where = "services." + entry.service + ".waited: ";
+      if (!waited->value.IsObject()) return fail(where + "must be an object");
+      Fields w(waited->value);
+      if (!w.uint64("sum_ms", entry.waited.sumMs)) return fail(where + w.error());
+      const auto buckets = waited->value.FindMember("buckets");
+      if (buckets == waited->value.MemberEnd() || !buckets->value.IsArray() ||
+          buckets->value.Size() != kWaitBucketCount) {
+        return fail(where + "\"buckets\" must be an array of " + std::to_string(kWaitBucketCount) + " counts");
+      }
+      for (rapidjson::SizeType i = 0; i < kWaitBucketCount; ++i) {
+        if (!buckets->value[i].IsUint64()) return fail(where + "each bucket must be a non-negative integer");
+        entry.waited.buckets[i] = buckets->value[i].GetUint64();
+      }
     }
     activity.entries.push_back(std::move(entry));
   }
@@ -250,7 +268,13 @@ std::string encode(const Activity& m) {
     w.key("services").startObject();
     for (const auto& e : m.entries) {
       w.key(e.service).startObject();
-      w.u64("started", e.started).u64("in_flight", e.inFlight);
+      w.u64("started", e.started).u64("in_flight", e.inFlight).u64("held", e.held);
+      if (!e.waited.empty()) {
+        w.key("waited").startObject().u64("sum_ms", e.waited.sumMs).key("buckets").startArray();
+        for (std::uint64_t c : e.waited.buckets)
+          w.uint64(c);
+        w.endArray().endObject();
+      }
       w.endObject();
     }
     w.endObject();
@@ -323,12 +347,29 @@ void writeOperations(JsonWriter& w, const StatusReply::Service& s) {
   w.endArray();
 }
 
+void writeHistogram(JsonWriter& w, std::string_view key, const StatusReply::Histogram& h) {
+  w.key(key).startObject().key("bounds_ms").startArray();
+  for (std::uint64_t b : h.boundsMs)
+    w.uint64(b);
+  w.endArray().key("counts").startArray();
+  for (std::uint64_t c : h.counts)
+    w.uint64(c);
+  w.endArray().u64("sum_ms", h.sumMs).endObject();
+}
+
 void writeService(JsonWriter& w, const StatusReply::Service& s) {
   w.startObject();
   w.str("name", s.name).str("state", toString(s.state)).str("phase", s.phase).u64("epoch", s.epoch);
   w.i64("since", s.sinceMs).str("cause", s.cause).str("reason", s.reason).i64("starting_since", s.startingSinceMs);
   w.i64("retry_at", s.retryAtMs).u64("starts_ok", s.startsOk).u64("starts_failed", s.startsFailed);
   w.i64("last_start_ms", s.lastStartMs).u64("in_flight", s.inFlight).u64("started_total", s.startedTotal);
+  w.u64("requests_waiting", s.requestsWaiting);
+  w.key("stops").startObject();
+  for (const auto& [reason, count] : s.stops)
+    w.u64(reason, count);
+  w.endObject();
+  writeHistogram(w, "cold_start_histogram", s.coldStart);
+  writeHistogram(w, "wait_histogram", s.wait);
   w.key("idle_stop_at");
   if (s.idleStopAtMs) {
     w.int64(*s.idleStopAtMs);
@@ -353,6 +394,27 @@ std::string encode(const StatusReply& m) {
       writeService(w, s);
     w.endArray();
   });
+}
+
+void WaitCounts::add(std::uint64_t ms) {
+  std::size_t i = 0;
+  while (i < kWaitBucketsMs.size() && ms > kWaitBucketsMs[i])
+    ++i;
+  ++buckets[i];
+  sumMs += ms;
+}
+
+void WaitCounts::add(const WaitCounts& other) {
+  for (std::size_t i = 0; i < kWaitBucketCount; ++i)
+    buckets[i] += other.buckets[i];
+  sumMs += other.sumMs;
+}
+
+std::uint64_t WaitCounts::count() const {
+  std::uint64_t n = 0;
+  for (std::uint64_t c : buckets)
+    n += c;
+  return n;
 }
 
 std::string_view typeName(const Message& m) {

@@ -4,6 +4,7 @@
 // the reference; this header is its single implementation, compiled into both
 // controld and the nginx module.
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -92,13 +93,35 @@ struct Wake {
   std::string reason;  // "GET /api/generate" — shown in logs and Semaphore's task message
 };
 
-// worker -> controld, coalesced: requests started since the last report and
-// requests in flight now, per service.
+// The buckets in which workers count how long requests were held (ms, upper
+// bounds, inclusive); one more bucket counts the waits above the last bound.
+// controld's ondemand_wait_duration_seconds histogram uses the same bounds.
+inline constexpr std::array<std::uint64_t, 11> kWaitBucketsMs = {100,   250,   500,   1000,   2500,  5000,
+                                                                 10000, 30000, 60000, 120000, 300000};
+inline constexpr std::size_t kWaitBucketCount = kWaitBucketsMs.size() + 1;
+
+// Waits that ended (the request went on or was answered), counted per bucket
+// (not cumulative), with their total.
+struct WaitCounts {
+  std::array<std::uint64_t, kWaitBucketCount> buckets{};
+  std::uint64_t sumMs = 0;
+
+  void add(std::uint64_t ms);
+  void add(const WaitCounts& other);
+  std::uint64_t count() const;
+  bool empty() const { return count() == 0; }
+};
+
+// worker -> controld, coalesced: requests started since the last report,
+// requests in flight and held (waiting for the service) now, and the waits
+// that ended since the last report, per service.
 struct Activity {
   struct Entry {
     std::string service;
     std::uint64_t started = 0;
     std::uint64_t inFlight = 0;
+    std::uint64_t held = 0;
+    WaitCounts waited;
   };
   std::vector<Entry> entries;
 };
@@ -219,6 +242,12 @@ struct StatusReply {
     std::int64_t taskId = 0;
     std::string taskStatus;
   };
+  // Per bucket (not cumulative), one count more than bounds (above the last).
+  struct Histogram {
+    std::vector<std::uint64_t> boundsMs;
+    std::vector<std::uint64_t> counts;
+    std::uint64_t sumMs = 0;
+  };
   struct Service {
     std::string name;
     ServiceState state = ServiceState::Cold;
@@ -234,6 +263,9 @@ struct StatusReply {
     std::int64_t lastStartMs = 0;
     std::uint64_t inFlight = 0;
     std::uint64_t startedTotal = 0;
+    std::uint64_t requestsWaiting = 0;                         // held by the workers now
+    std::vector<std::pair<std::string, std::uint64_t>> stops;  // finished stops, by reason
+    Histogram coldStart, wait;
     std::optional<std::int64_t> idleStopAtMs;
     std::string driver;
     std::string machine;

@@ -56,6 +56,12 @@ int serveDaemon(const std::string& configOption, const ServeOverrides& overrides
       std::cerr << formatProblem(e) << "\n";
     return kExitUsage;
   }
+  if (overrides.statsdHost.empty() && !result.config->statsd &&
+      (overrides.statsdPort != 0 || overrides.statsdNamespace)) {
+    std::cerr << "controld serve: --statsd-port and --statsd-namespace need --statsd-host (or statsd: in the "
+                 "configuration)\n";
+    return kExitUsage;
+  }
   Daemon daemon(std::move(*result.config), processEnvironment(), overrides);
   return daemon.run();
 }
@@ -113,6 +119,12 @@ int cliMain(int argc, char** argv) {
   auto* serve = app.add_subcommand("serve", "run the daemon in the foreground (logs to stderr)");
   std::string serveStateDir;
   serve->add_option("--state-dir", serveStateDir, "keep state here instead of the configuration's state_dir");
+  ServeOverrides overrides;
+  std::string statsdNamespace;
+  serve->add_option("--statsd-host", overrides.statsdHost, "send StatsD metrics to this host (wins over statsd.host)");
+  serve->add_option("--statsd-port", overrides.statsdPort, "StatsD port (default 8125)")->check(CLI::Range(1, 65535));
+  auto* namespaceOption =
+      serve->add_option("--statsd-namespace", statsdNamespace, "prefix of every StatsD metric (default ondemand)");
 
   auto* statusCmd = app.add_subcommand("status", "show services: state, since, idle-stop in, in flight, last task");
   statusCmd->add_option("service", service, "one service, in detail with its history");
@@ -153,7 +165,12 @@ int cliMain(int argc, char** argv) {
     return kExitOk;
   }
   if (*check) return checkConfig(checkFile, configOption, online);
-  if (*serve) return serveDaemon(configOption, ServeOverrides{socketOption, serveStateDir});
+  if (*serve) {
+    overrides.socketPath = socketOption;
+    overrides.stateDir = serveStateDir;
+    if (*namespaceOption) overrides.statsdNamespace = statsdNamespace;
+    return serveDaemon(configOption, overrides);
+  }
   SocketChoice socket;
   if (auto rc = chooseSocket(socketOption, configOption, socket)) return *rc;
   if (*statusCmd) return status(socket, service, json);

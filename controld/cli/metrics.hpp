@@ -5,10 +5,16 @@
 
 #include <rapidjson/document.h>
 
+#include <cstdint>
 #include <string>
 
 namespace ondemand::controld {
 
+// The same text `GET /metrics` serves (metrics_listen): the daemon renders
+// its own status reply with it.
 std::string prometheusText(const rapidjson::Value& status);
+
+// Unix milliseconds as exact decimal seconds ("1763890000.123").
+std::string millisAsSeconds(std::int64_t ms);
 
 }  // namespace ondemand::controld

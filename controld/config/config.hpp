@@ -76,6 +76,13 @@ struct ServiceConfig {
 // Which file format a Config was read from: messages use that format's key names.
 enum class ConfigFormat { Native, Hestia };
 
+// `statsd:` (or `serve --statsd-host/--statsd-port/--statsd-namespace`).
+struct StatsdSettings {
+  std::string host;
+  int port = 8125;
+  std::string prefix = "ondemand";  // `namespace`: every metric name starts with it and a dot
+};
+
 struct Config {
   std::string sourceFile;
   ConfigFormat format = ConfigFormat::Native;
@@ -85,6 +92,8 @@ struct Config {
   std::string stateDir = "/var/lib/controld";
   std::size_t historySize = 20;  // transitions kept per service for `controld status`
   std::optional<SemaphoreSettings> semaphore;
+  std::string metricsListen;                      // "HOST:PORT" serving GET /metrics; empty = none
+  std::optional<StatsdSettings> statsd;           // unset = nothing is sent
   std::map<std::string, ServiceConfig> services;  // by name
 
   // Dotted key -> the line that sets it, for every key the file sets. Lets

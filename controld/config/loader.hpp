@@ -31,8 +31,8 @@ inline constexpr std::string_view kHestiaServiceKeys[] = {"idle_timeout_ms", "re
                                                           "retry_delay_ms",  "fallback_url",
                                                           "instances",       "strategy",
                                                           "routing"};
-inline constexpr std::string_view kNativeTopKeys[] = {"socket",    "socket_mode",  "socket_group",
-                                                      "state_dir", "history_size", "semaphore"};
+inline constexpr std::string_view kNativeTopKeys[] = {"socket",       "socket_mode", "socket_group",   "state_dir",
+                                                      "history_size", "semaphore",   "metrics_listen", "statsd"};
 inline constexpr std::string_view kNativeServiceKeys[] = {
     "warmup",       "start_timeout", "idle_timeout",  "failure_backoff", "health_interval", "health_timeout",
     "stop_timeout", "machine",       "start_command", "stop_command",    "semaphore"};
@@ -95,6 +95,7 @@ class Loader {
  private:
   // Native controld.yaml
   void readNativeSemaphore(const Setting& s, Config& config);
+  void readNativeStatsd(const Setting& s, Config& config);
   void readNativeService(const std::string& name, const Setting& s, const FormatGuess& guess, Config& config);
   void readServiceSemaphore(const Setting& s, SemaphoreServiceSettings& out);
   void readExtraVars(const Setting& s, std::string& out);

@@ -5,6 +5,7 @@
 
 #include <charconv>
 
+#include "controld/config/host_port.hpp"
 #include "controld/config/loader.hpp"
 #include "controld/config/yaml_json.hpp"
 #include "shared/json_writer.hpp"
@@ -55,6 +56,18 @@ void Loader::loadNative(const YAML::Node& root, const FormatGuess& guess, Config
                      }
                    }},
                   {"semaphore", [&](const Setting& s) { readNativeSemaphore(s, config); }},
+                  {"metrics_listen",
+                   [&](const Setting& s) {
+                     std::string text;
+                     if (!read_.text(s, text, "HOST:PORT like 127.0.0.1:9464")) return;
+                     std::string why;
+                     if (parseHostPort(text, why)) {
+                       config.metricsListen = text;
+                     } else {
+                       read_.error(s, why + "; got " + quote(text));
+                     }
+                   }},
+                  {"statsd", [&](const Setting& s) { readNativeStatsd(s, config); }},
                   {"services",
                    [&](const Setting& s) {
                      readServices(s, [&](const std::string& name, const Setting& svc) {
@@ -63,6 +76,30 @@ void Loader::loadNative(const YAML::Node& root, const FormatGuess& guess, Config
                    }},
               },
               [&](std::string_view key) { return otherFormatNote(guess, key, true); });
+}
+
+void Loader::readNativeStatsd(const Setting& s, Config& config) {
+  if (!s.node.IsMap()) {
+    read_.expected(s, "a mapping with host, and optionally port and namespace");
+    return;
+  }
+  StatsdSettings statsd;
+  readMapping(problems_, s.node, s.key,
+              {
+                  {"host", [&](const Setting& v) { read_.text(v, statsd.host, "a host name or address"); }},
+                  {"port",
+                   [&](const Setting& v) {
+                     std::int64_t port = 0;
+                     if (read_.integer(v, port, 1, 65535, "a port number from 1 to 65535")) {
+                       statsd.port = static_cast<int>(port);
+                     }
+                   }},
+                  {"namespace", [&](const Setting& v) { read_.text(v, statsd.prefix, "a metric name prefix"); }},
+              });
+  if (statsd.host.empty() && !problems_.lines.count(s.key + ".host")) {
+    problems_.error(s.line, s.key + ".host", "missing: where StatsD listens (host, and port if not 8125)");
+  }
+  config.statsd = std::move(statsd);
 }
 
 void Loader::readNativeSemaphore(const Setting& s, Config& config) {

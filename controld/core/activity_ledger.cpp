@@ -14,8 +14,21 @@ std::uint64_t ActivityLedger::inFlight(const std::string& service) const {
   return total;
 }
 
+void ActivityLedger::reportHeld(ConnectionId connection, const std::string& service, std::uint64_t held) {
+  held_[connection][service] = held;
+}
+
+std::uint64_t ActivityLedger::held(const std::string& service) const {
+  std::uint64_t total = 0;
+  for (const auto& [connection, counts] : held_) {
+    if (auto it = counts.find(service); it != counts.end()) total += it->second;
+  }
+  return total;
+}
+
 ActivityLedger::Dropped ActivityLedger::dropConnection(ConnectionId connection) {
   Dropped dropped;
+  held_.erase(connection);
   if (auto it = inFlight_.find(connection); it != inFlight_.end()) {
     for (const auto& [service, count] : it->second) {
       if (count != 0) dropped.inFlightChanged.push_back(service);

@@ -21,6 +21,10 @@ class ActivityLedger {
   void report(ConnectionId connection, const std::string& service, std::uint64_t inFlight);
   // The sum over every connection still open.
   std::uint64_t inFlight(const std::string& service) const;
+  // A worker's latest count of requests it holds (waiting for the service),
+  // and their sum over every connection still open.
+  void reportHeld(ConnectionId connection, const std::string& service, std::uint64_t held);
+  std::uint64_t held(const std::string& service) const;
 
   // A connection is gone: its counts no longer add up and it owes no answer.
   struct Dropped {
@@ -42,6 +46,7 @@ class ActivityLedger {
 
  private:
   std::map<ConnectionId, std::map<std::string, std::uint64_t>> inFlight_;
+  std::map<ConnectionId, std::map<std::string, std::uint64_t>> held_;
   std::map<std::string, std::set<ConnectionId>> awaiting_;
 };
 

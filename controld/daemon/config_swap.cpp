@@ -7,6 +7,12 @@ namespace ondemand::controld {
 Config withOverrides(Config config, const ServeOverrides& overrides) {
   if (!overrides.socketPath.empty()) config.socketPath = overrides.socketPath;
   if (!overrides.stateDir.empty()) config.stateDir = overrides.stateDir;
+  if (!overrides.statsdHost.empty() && !config.statsd) config.statsd = StatsdSettings{};
+  if (config.statsd) {
+    if (!overrides.statsdHost.empty()) config.statsd->host = overrides.statsdHost;
+    if (overrides.statsdPort != 0) config.statsd->port = overrides.statsdPort;
+    if (overrides.statsdNamespace) config.statsd->prefix = *overrides.statsdNamespace;
+  }
   return config;
 }
 
@@ -23,10 +29,13 @@ std::optional<Config> reloadConfig(const Config& running, const ServeOverrides& 
     return std::nullopt;
   }
   Config next = withOverrides(std::move(*result.config), overrides);
-  if (next.socketPath != running.socketPath || next.stateDir != running.stateDir) {
-    LogLine(LogLevel::Warning, "reload_partial").kv("why", "socket and state_dir changes need a restart");
+  if (next.socketPath != running.socketPath || next.stateDir != running.stateDir ||
+      next.metricsListen != running.metricsListen) {
+    LogLine(LogLevel::Warning, "reload_partial")
+        .kv("why", "socket, state_dir and metrics_listen changes need a restart");
     next.socketPath = running.socketPath;
     next.stateDir = running.stateDir;
+    next.metricsListen = running.metricsListen;
   }
   return next;
 }

@@ -16,6 +16,10 @@ namespace ondemand::controld {
 struct ServeOverrides {
   std::string socketPath;  // empty: the file's
   std::string stateDir;    // empty: the file's
+  // --statsd-host/--statsd-port/--statsd-namespace: each wins over `statsd:`.
+  std::string statsdHost;
+  int statsdPort = 0;
+  std::optional<std::string> statsdNamespace;
 };
 
 Config withOverrides(Config config, const ServeOverrides& overrides);

@@ -4,9 +4,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <rapidjson/document.h>
+
+#include "controld/cli/metrics.hpp"
 #include "controld/daemon/status_render.hpp"
 #include "controld/drivers/command_driver.hpp"
 #include "controld/io/log.hpp"
+#include "controld/io/systemd.hpp"
 #include "controld/version.hpp"
 
 namespace ondemand::controld {
@@ -20,13 +24,15 @@ Daemon::Daemon(Config config, Environment environment, ServeOverrides overrides)
       overrides_(std::move(overrides)),
       store_(config_.stateDir),
       signals_(
-          loop_, [this] { shutdown(); }, [this] { reload(); }) {
+          loop_, [this] { shutdown(); }, [this] { reload(); }),
+      watchdog_(loop_) {
   uv_loop_init(loop_);
   http_ = std::make_unique<HttpClient>(loop_);
   writer_ = std::make_unique<StateWriter>(loop_, store_);
   services_ = std::make_unique<ServiceRegistry>(loop_, *http_, store_);
   services_->useConfig(config_);
   server_ = std::make_unique<ControlServer>(loop_, *this, versionString());
+  telemetry_ = std::make_unique<Telemetry>(loop_);
 }
 
 Daemon::~Daemon() {
@@ -35,6 +41,7 @@ Daemon::~Daemon() {
   services_->clear();
   CommandDriver::forgetOrphans(loop_);  // commands still followed go on without us
   services_.reset();  // the Semaphore client's live-updates thread and handles go while the loop is open
+  telemetry_.reset();
   server_.reset();
   http_.reset();
   signals_.stop();
@@ -227,6 +234,7 @@ void Daemon::publish(Service& s) {
         .kv("task_id", t.taskId)
         .kv("detail", t.detail);
     event = eventLine(s);
+    telemetry_->transition(s.config.name, t, snap);
   }
   const std::string line = protocol::encode(statePush(s));
   server_->forEach([&](ControlConnection& c) {
@@ -294,6 +302,8 @@ void Daemon::handleActivity(ControlConnection& c, const protocol::Activity& acti
     Service* s = services_->find(entry.service);
     if (!s) continue;
     ledger_.report(c.id(), entry.service, entry.inFlight);
+    ledger_.reportHeld(c.id(), entry.service, entry.held);
+    telemetry_->waitsEnded(entry.service, entry.waited);
     s->startedTotal += entry.started;
     apply(*s, s->machine.activity(now, ledger_.inFlight(entry.service), entry.started > 0));
   }
@@ -314,8 +324,7 @@ void Daemon::handleCommand(ControlConnection& c, const protocol::Command& comman
   };
   if (command.verb == "status") {
     std::string error;
-    std::string line = statusReplyLine(
-        command.id, command.service, StatusSources{config_, *services_, *server_, machineQueue_, startedAtMs_}, error);
+    std::string line = statusReplyLine(command.id, command.service, statusSources(), error);
     if (!error.empty()) return reply(false, error, nullptr);
     c.send(std::move(line));
     return;
@@ -342,6 +351,20 @@ void Daemon::handleCommand(ControlConnection& c, const protocol::Command& comman
   return reply(true, "", s);
 }
 
+StatusSources Daemon::statusSources() const {
+  return StatusSources{config_, *services_, *server_, machineQueue_, startedAtMs_, ledger_, *telemetry_};
+}
+
+// GET /metrics: the status reply in Prometheus' text format, exactly what
+// `controld metrics` prints.
+std::string Daemon::metricsPage() const {
+  std::string error;
+  const std::string json = statusReplyLine(0, "", statusSources(), error);
+  rapidjson::Document doc;
+  doc.Parse(json.c_str(), json.size());
+  return doc.IsObject() ? prometheusText(doc) : std::string();
+}
+
 // --- lifecycle --------------------------------------------------------------
 
 int Daemon::run() {
@@ -355,18 +378,33 @@ int Daemon::run() {
     services_->add(c);
   // Signals first: once the socket exists, clients (and systemd) may signal us.
   signals_.start();
-  if (auto error = server_->listen(config_.socketPath, config_.socketMode, config_.socketGroup)) {
+  std::string activationError;
+  const auto inherited = systemdSocketFor(config_.socketPath, activationError);
+  if (!activationError.empty()) {
+    LogLine(LogLevel::Error, "startup_failed").kv("why", activationError);
+    return 1;
+  }
+  if (auto error = inherited ? server_->adopt(*inherited)
+                             : server_->listen(config_.socketPath, config_.socketMode, config_.socketGroup)) {
     LogLine(LogLevel::Error, "startup_failed").kv("why", *error);
     return 1;
   }
+
+  if (auto error = telemetry_->listen(config_.metricsListen, [this] { return metricsPage(); })) {
+    LogLine(LogLevel::Error, "startup_failed").kv("why", *error);
+    return 1;
+  }
+  telemetry_->configureStatsd(config_.statsd);
 
   restoreFromDisk();
   LogLine(LogLevel::Info, "ready")
       .kv("version", versionString())
       .kv("socket", config_.socketPath)
+      .kv("socket_from", inherited ? "systemd" : "bound")
       .kv("services", static_cast<std::uint64_t>(services_->size()))
       .kv("state_dir", config_.stateDir);
   notifySystemd("READY=1");
+  watchdog_.start();
   uv_run(loop_, UV_RUN_DEFAULT);
   return exitCode_;
 }
@@ -414,6 +452,7 @@ void Daemon::shutdown() {
     s->timer.stop();
   }
   server_->closeAll();
+  watchdog_.stop();
   signals_.stop();
   uv_stop(loop_);
 }
@@ -430,10 +469,12 @@ void Daemon::reload() {
     if (s.driver) s.driver->detach();
     if (s.holdsMachine) machineQueue_.release(s.config.machine, s.config.name);
     ledger_.forgetDrain(s.config.name);
+    telemetry_->forget(s.config.name);
     LogLine(LogLevel::Info, "service_removed").kv("service", s.config.name);
     sendToSubscribers(protocol::encode(protocol::Removed{s.config.name}));
   });
   config_ = std::move(*next);
+  telemetry_->configureStatsd(config_.statsd);
   for (const auto& change : changes) {
     if (change.added) {
       LogLine(LogLevel::Info, "service_added").kv("service", change.service->config.name);

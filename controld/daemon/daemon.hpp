@@ -20,9 +20,12 @@
 #include "controld/daemon/config_swap.hpp"
 #include "controld/daemon/service_registry.hpp"
 #include "controld/daemon/signals.hpp"
+#include "controld/daemon/status_render.hpp"
+#include "controld/daemon/telemetry.hpp"
 #include "controld/io/control_server.hpp"
 #include "controld/io/http_client.hpp"
 #include "controld/io/state_store.hpp"
+#include "controld/io/systemd.hpp"
 
 namespace ondemand::controld {
 
@@ -63,6 +66,8 @@ class Daemon : public ControlServer::Handler {
   void reload();
   void shutdown();
   void warnIfStateDirNotWritable() const;
+  StatusSources statusSources() const;
+  std::string metricsPage() const;
 
   uv_loop_t* loop_;
   uv_loop_t loopStorage_;
@@ -75,10 +80,12 @@ class Daemon : public ControlServer::Handler {
   std::unique_ptr<HttpClient> http_;
   std::unique_ptr<ServiceRegistry> services_;
   std::unique_ptr<ControlServer> server_;
+  std::unique_ptr<Telemetry> telemetry_;
   MachineQueue machineQueue_;
   ActivityLedger ledger_;
   std::map<std::string, std::uint64_t> unknownWakes_;  // unknown service name -> count (logged once)
   DaemonSignals signals_;
+  Watchdog watchdog_;
   std::int64_t startedAtMs_ = 0;
   int exitCode_ = 0;
 };

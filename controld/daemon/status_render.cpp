@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include "controld/daemon/telemetry.hpp"
 #include "controld/version.hpp"
 
 namespace ondemand::controld {
@@ -58,6 +59,8 @@ protocol::StatusReply::Service serviceStatus(const Service& s, const StatusSourc
   out.lastStartMs = snap.lastStartMs;
   out.inFlight = s.machine.inFlight();
   out.startedTotal = s.startedTotal;
+  out.requestsWaiting = src.ledger.held(s.config.name);
+  src.telemetry.fill(s.config.name, out);
   out.idleStopAtMs = s.machine.idleStopAtMs();
   out.driver = driverName(s.config);
   out.machine = s.config.machine;

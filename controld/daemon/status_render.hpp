@@ -7,12 +7,15 @@
 #include <string>
 
 #include "controld/config/config.hpp"
+#include "controld/core/activity_ledger.hpp"
 #include "controld/core/machine_queue.hpp"
 #include "controld/daemon/service_registry.hpp"
 #include "controld/io/control_server.hpp"
 #include "shared/protocol.hpp"
 
 namespace ondemand::controld {
+
+class Telemetry;
 
 protocol::StatePush statePush(const Service& service);
 
@@ -29,6 +32,8 @@ struct StatusSources {
   const ControlServer& server;
   const MachineQueue& machineQueue;
   std::int64_t startedAtMs;
+  const ActivityLedger& ledger;  // requests held, per service
+  const Telemetry& telemetry;    // histograms and stops
 };
 
 // The `status` reply for every service, or only `only`; sets `error` (and

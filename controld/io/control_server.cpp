@@ -146,6 +146,20 @@ std::optional<std::string> ControlServer::listen(const std::string& path, std::o
   return std::nullopt;
 }
 
+std::optional<std::string> ControlServer::adopt(int fd) {
+  auto* pipe = new uv_pipe_t;
+  uv_pipe_init(loop_, pipe, 0);
+  pipe->data = this;
+  listener_.adopt(pipe);
+  int rc = uv_pipe_open(pipe, fd);
+  if (rc != 0) return std::string("cannot use the socket from systemd: ") + uv_strerror(rc);
+  rc = uv_listen(reinterpret_cast<uv_stream_t*>(pipe), 128, [](uv_stream_t* server, int status) {
+    if (status == 0 && server->data) static_cast<ControlServer*>(server->data)->accept();
+  });
+  if (rc != 0) return std::string("cannot listen on the socket from systemd: ") + uv_strerror(rc);
+  return std::nullopt;
+}
+
 void ControlServer::closeAll() {
   listener_.reset();
   if (!path_.empty()) {

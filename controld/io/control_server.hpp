@@ -75,6 +75,9 @@ class ControlServer {
   // Creates the socket (removing a stale one; refusing when another daemon
   // answers on it), with the given mode and group. Returns an error text.
   std::optional<std::string> listen(const std::string& path, std::optional<mode_t> mode, const std::string& group);
+  // Takes a socket that is bound and listening already (systemd's socket
+  // activation). Its path is never unlinked here: systemd owns it.
+  std::optional<std::string> adopt(int fd);
   void closeAll();
 
   void forEach(const std::function<void(ControlConnection&)>& fn);

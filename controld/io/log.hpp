@@ -2,6 +2,11 @@
 // One line per event on stderr, as key=value pairs, readable in a terminal and
 // under systemd (journald adds its own timestamps, so ours are left out there):
 //   level=info event=transition service=comfyui from=cold to=starting cause=request detail="GET /"
+// Under journald (JOURNAL_STREAM set) each line goes to the journal's native
+// socket instead, with the line as MESSAGE= and structured fields beside it:
+// PRIORITY=, EVENT=, SERVICE= and STATE= (the state a transition went to, or
+// the one recovered), so `journalctl -u controld SERVICE=comfyui` works. A
+// line the journal does not take at once goes to stderr as before.
 
 #include <cstdint>
 #include <string>
@@ -27,6 +32,8 @@ class LogLine {
 
  private:
   std::string line_;
+  LogLevel level_ = LogLevel::Info;
+  std::string event_, service_, state_;
 };
 
 // Lines below this level are dropped (CONTROLD_LOG_LEVEL=debug|info|warning|error).

@@ -92,7 +92,7 @@ class ControldTest(OndemandTestCase):
         self.assertIn("starts:         1 ok, 0 failed; the last took", self.cli("status", "notes").stdout)
         metrics = self.cli("metrics").stdout.splitlines()
         self.assertIn('ondemand_service_state{service="notes",state="warm"} 1', metrics)
-        self.assertIn('ondemand_service_starts_total{service="notes",result="ok"} 1', metrics)
+        self.assertIn('ondemand_starts_total{service="notes",result="ok"} 1', metrics)
 
     def test_idle_stop_runs_stop_command_but_not_with_a_request_in_flight(self):
         port = free_port()

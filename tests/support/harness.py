@@ -58,12 +58,12 @@ def http_request(port, path="/", method="GET", headers=None, body=None, timeout=
 class Process:
     """A child process whose output goes to a file in the test directory."""
 
-    def __init__(self, argv, log_path, env=None, cwd=None):
+    def __init__(self, argv, log_path, env=None, cwd=None, pass_fds=()):
         self.argv = argv
         self.log_path = log_path
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                     start_new_session=True)
+                                     start_new_session=True, pass_fds=pass_fds)
 
     @property
     def pid(self):
@@ -160,8 +160,8 @@ class OndemandTestCase(unittest.TestCase):
             f.write(textwrap.dedent(text))
         return p
 
-    def spawn(self, argv, log_name, env=None, check_log=True, cwd=None):
-        proc = Process(argv, self.path(log_name), env=env, cwd=cwd)
+    def spawn(self, argv, log_name, env=None, check_log=True, cwd=None, pass_fds=()):
+        proc = Process(argv, self.path(log_name), env=env, cwd=cwd, pass_fds=pass_fds)
         self._processes.append(proc)
         if check_log:
             self._checked_logs.append(proc.log_path)

@@ -37,8 +37,8 @@ TEST_CASE("metrics: one sample per service and state, counters and the last star
   CHECK(hasLine(text, R"(ondemand_service_state{service="never-started",state="cold"} 1)"));
   CHECK(hasLine(text, R"(ondemand_service_in_flight{service="comfyui"} 3)"));
   CHECK(hasLine(text, R"(ondemand_service_requests_started_total{service="comfyui"} 5123)"));
-  CHECK(hasLine(text, R"(ondemand_service_starts_total{service="comfyui",result="ok"} 31)"));
-  CHECK(hasLine(text, R"(ondemand_service_starts_total{service="comfyui",result="failed"} 1)"));
+  CHECK(hasLine(text, R"(ondemand_starts_total{service="comfyui",result="ok"} 31)"));
+  CHECK(hasLine(text, R"(ondemand_starts_total{service="comfyui",result="failed"} 1)"));
   CHECK(hasLine(text, R"(ondemand_service_last_start_seconds{service="comfyui"} 41.25)"));
   // No good start yet: no figure rather than a made-up 0.
   CHECK(text.find(R"(ondemand_service_last_start_seconds{service="never-started"})") == std::string::npos);
@@ -46,7 +46,7 @@ TEST_CASE("metrics: one sample per service and state, counters and the last star
   // Exact: an integer unix time, not 1.76389e+09.
   CHECK(hasLine(text, "ondemand_controld_start_time_seconds 1763890000"));
   CHECK(hasLine(text, R"(ondemand_controld_messages_received_total{type="wake"} 2)"));
-  CHECK(hasLine(text, "# TYPE ondemand_service_starts_total counter"));
+  CHECK(hasLine(text, "# TYPE ondemand_starts_total counter"));
   // Every family is declared once, before its samples.
   CHECK(text.find("# TYPE ondemand_service_state gauge") < text.find("ondemand_service_state{"));
 }

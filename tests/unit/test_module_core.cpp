@@ -363,3 +363,22 @@ TEST_CASE("activity reports what changed, and everything in flight after subscri
   CHECK(table.takeActivity(false).entries.empty());
   CHECK(table.takeActivity(true).entries.size() == 2);
 }
+
+TEST_CASE("activity reports held requests, and each ended wait once") {
+  ServiceTable table;
+  ServiceEntry& a = table.get("a");
+  a.held = 2;
+  a.waited.add(300);
+  a.activityDirty = true;
+  auto activity = table.takeActivity(false);
+  REQUIRE(activity.entries.size() == 1);
+  CHECK(activity.entries[0].held == 2);
+  CHECK(activity.entries[0].waited.count() == 1);
+  CHECK(activity.entries[0].waited.sumMs == 300);
+  CHECK(a.waited.empty());
+  // After subscribing again: still held, the wait is not sent twice.
+  activity = table.takeActivity(true);
+  REQUIRE(activity.entries.size() == 1);
+  CHECK(activity.entries[0].held == 2);
+  CHECK(activity.entries[0].waited.empty());
+}

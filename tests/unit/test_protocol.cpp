@@ -33,8 +33,8 @@ TEST_CASE("a state push survives encode and decode unchanged") {
 
 TEST_CASE("activity reports carry every service's counters") {
   Activity a;
-  a.entries.push_back({"a", 3, 1});
-  a.entries.push_back({"b", 0, 0});
+  a.entries.push_back({"a", 3, 1, 0, {}});
+  a.entries.push_back({"b", 0, 0, 0, {}});
   const std::string line = encode(a);
   const auto decoded = decode(std::string_view(line).substr(0, line.size() - 1));
   REQUIRE(decoded.message);
@@ -43,6 +43,42 @@ TEST_CASE("activity reports carry every service's counters") {
   CHECK(back.entries[0].service == "a");
   CHECK(back.entries[0].started == 3);
   CHECK(back.entries[0].inFlight == 1);
+}
+
+TEST_CASE("activity reports carry held requests and the waits that ended, by bucket") {
+  Activity a;
+  Activity::Entry e{"a", 1, 2, 3, {}};
+  e.waited.add(0);
+  e.waited.add(100);  // bounds are inclusive
+  e.waited.add(101);
+  e.waited.add(999999);  // above the last bound
+  a.entries.push_back(e);
+  a.entries.push_back({"b", 0, 0, 0, {}});
+  const std::string line = encode(a);
+  CHECK(line.find("\"waited\"") == line.find("\"waited\":{\"sum_ms\":1000200"));
+  CHECK(line.find("\"b\":{\"started\":0,\"in_flight\":0,\"held\":0}") != std::string::npos);  // no empty waits
+  const auto decoded = decode(std::string_view(line).substr(0, line.size() - 1));
+  REQUIRE(decoded.message);
+  const auto& back = std::get<Activity>(*decoded.message);
+  REQUIRE(back.entries.size() == 2);
+  CHECK(back.entries[0].held == 3);
+  CHECK(back.entries[0].waited.count() == 4);
+  CHECK(back.entries[0].waited.sumMs == 1000200);
+  CHECK(back.entries[0].waited.buckets[0] == 2);
+  CHECK(back.entries[0].waited.buckets[1] == 1);
+  CHECK(back.entries[0].waited.buckets[kWaitBucketCount - 1] == 1);
+  CHECK(back.entries[1].waited.empty());
+
+  // An older worker sends neither field.
+  const auto old = decode(R"({"type":"activity","services":{"a":{"started":1,"in_flight":0}}})");
+  REQUIRE(old.message);
+  CHECK(std::get<Activity>(*old.message).entries[0].held == 0);
+
+  CHECK(
+      decode(R"({"type":"activity","services":{"a":{"started":1,"in_flight":0,"waited":{"sum_ms":1,"buckets":[1]}}}})")
+          .error == "services.a.waited: \"buckets\" must be an array of 12 counts");
+  CHECK(decode(R"({"type":"activity","services":{"a":{"started":1,"in_flight":0,"held":-1}}})").error ==
+        "services.a: field \"held\" must be a non-negative integer");
 }
 
 TEST_CASE("malformed messages are rejected with a reason, never thrown") {
