@@ -371,6 +371,7 @@ void ControlLink::wake(ServiceEntry& entry, std::string_view reason) {
 }
 
 void ControlLink::requestStarted(ServiceEntry& entry) {
+  countsChanged_ = true;
   ++entry.inFlight;
   ++entry.startedUnreported;
   entry.activityDirty = true;
@@ -378,6 +379,7 @@ void ControlLink::requestStarted(ServiceEntry& entry) {
 }
 
 void ControlLink::requestFinished(ServiceEntry& entry) {
+  countsChanged_ = true;
   if (entry.inFlight > 0) --entry.inFlight;
   entry.activityDirty = true;
   scheduleActivity(entry.inFlight == 0);
@@ -398,12 +400,14 @@ void ControlLink::waitEnded(ServiceEntry& entry, std::uint64_t waitedMs) {
 
 void ControlLink::scheduleActivity(bool urgent) {
   if (conn_ == nullptr || connecting_ || closed_) return;  // reported after (re)subscribing
-  if (activityTimer_.timer_set) return;                    // a report is already due
   const ngx_msec_t elapsed = ngx_current_msec - lastActivityAt_;
   if (urgent && elapsed >= kActivityIntervalMs) {
+    // At once, even when a coalesced report (held requests, waits) is due.
+    if (activityTimer_.timer_set) ngx_del_timer(&activityTimer_);
     sendActivity(false);
     return;
   }
+  if (activityTimer_.timer_set) return;  // a report is already due
   ngx_add_timer(&activityTimer_, elapsed >= kActivityIntervalMs ? kActivityIntervalMs : kActivityIntervalMs - elapsed);
 }
 
@@ -411,7 +415,10 @@ void ControlLink::sendActivity(bool everything) {
   protocol::Activity activity = table_.takeActivity(everything);
   if (activity.entries.empty()) return;
   send(protocol::encode(activity));
-  lastActivityAt_ = ngx_current_msec;
+  // Only reports of requests started or ended pace the urgent ones: a report
+  // of held requests and waits does not delay the next 0<->1 change.
+  if (countsChanged_) lastActivityAt_ = ngx_current_msec;
+  countsChanged_ = false;
 }
 
 // --- event handlers ---------------------------------------------------------------

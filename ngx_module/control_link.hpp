@@ -116,6 +116,7 @@ class ControlLink {
   ngx_event_t reconnectTimer_{};
   ngx_event_t activityTimer_{};
   ngx_msec_t lastActivityAt_ = 0;
+  bool countsChanged_ = false;  // in-flight counts changed since the last report
 
   protocol::LineFramer framer_;
   std::string out_;

@@ -27,6 +27,8 @@ MODULE_PKG = "libnginx-mod-http-ondemand"
 MODULE_LINK = "/etc/nginx/modules-enabled/50-mod-http-ondemand.conf"
 MODULE_CONF = "/usr/share/nginx/modules-available/mod-http-ondemand.conf"
 UNIT = "/lib/systemd/system/controld.service"
+SOCKET_UNIT = "/lib/systemd/system/controld.socket"
+RECORDED_EXPOSURE = 8.4  # docs/OPERATIONS.md, "The systemd unit"
 NO_MODULE = ("the nginx module target (ngx_http_ondemand_module) is not built in this tree, "
              "so there is no libnginx-mod-http-ondemand package")
 
@@ -208,9 +210,60 @@ class PackagingTest(OndemandTestCase):
         local = self.path("controld.service")
         with open(local, "w") as f:
             f.write(unit.replace("/usr/bin/controld", os.path.join(root, "usr/bin/controld")))
-        verify = run(["systemd-analyze", "verify", local], check=False)
+        # The socket unit the service requires, beside it.
+        with open(os.path.join(root, SOCKET_UNIT.lstrip("/"))) as f:
+            socket_unit = f.read()
+        self.assertIn("ListenStream=/run/controld/controld.sock\n", socket_unit)
+        self.assertIn("SocketGroup=www-data\n", socket_unit)
+        self.assertEqual(settings["Requires"], ["controld.socket"])
+        self.assertEqual(settings["WatchdogSec"], ["30s"])
+        self.assertEqual(settings["EnvironmentFile"], ["-/etc/default/controld"])
+        with open(self.path("controld.socket"), "w") as f:
+            f.write(socket_unit)
+        # (verify also runs `man` for Documentation=man:controld(8): the package's page)
+        verify = run(["systemd-analyze", "verify", local, self.path("controld.socket")], check=False,
+                     env=dict(os.environ, MANPATH=os.path.join(root, "usr/share/man")))
         self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
         self.assertEqual((verify.stdout + verify.stderr).strip(), "")
+        # The exposure score docs/OPERATIONS.md records (lower is better).
+        security = run(["systemd-analyze", "security", "--offline=yes", local], check=False)
+        m = re.search(r"Overall exposure level for controld.service: ([0-9.]+)", security.stdout + security.stderr)
+        self.assertIsNotNone(m, security.stdout + security.stderr)
+        print("systemd-analyze security --offline=yes: %s" % m.group(1))
+        self.assertLessEqual(float(m.group(1)), RECORDED_EXPOSURE)
+
+    def test_lintian_finds_no_errors_and_the_docs_a_distribution_needs_are_there(self):
+        for package in (CONTROLD_PKG, MODULE_PKG):
+            if package == MODULE_PKG and not MODULE:
+                continue
+            files = self.contents(package)
+            doc = "./usr/share/doc/%s/" % package
+            self.assertIn(doc + "copyright", files)
+            self.assertIn(doc + "changelog.Debian.gz", files)
+            maintainer = self.field(package, "Maintainer")
+            self.assertNotIn("localhost", maintainer)
+            self.assertRegex(maintainer, r"^[^<>]+ <[^@<>]+@[^@<>]+>$")
+        files = self.contents(CONTROLD_PKG)
+        self.assertIn("./usr/share/man/man8/controld.8.gz", files)
+        self.assertIn("./usr/share/bash-completion/completions/controld", files)
+        self.assertIn("./lib/systemd/system/controld.socket", files)
+        if MODULE:
+            self.assertIn("./usr/share/man/man8/ngx_http_ondemand_module.8.gz", self.contents(MODULE_PKG))
+        # The man page renders (what `man controld` shows after install).
+        root = self.extract(CONTROLD_PKG)
+        if shutil.which("man"):
+            page = run(["man", "-l", os.path.join(root, "usr/share/man/man8/controld.8.gz")],
+                       env=dict(os.environ, MANPAGER="cat", MANWIDTH="80")).stdout
+            self.assertIn("controld - wake services behind nginx", " ".join(page.replace("\u2010", "-").split()))
+        if not shutil.which("lintian"):
+            self.fail("lintian is missing (scripts/install-deps installs it)")
+        for package in (CONTROLD_PKG, MODULE_PKG):
+            if package == MODULE_PKG and not MODULE:
+                continue
+            out = run(["lintian", "--no-tag-display-limit", self.deb(package)], check=False, timeout=300)
+            errors = [line for line in out.stdout.splitlines() if line.startswith("E:")]
+            print("lintian %s:\n%s" % (package, out.stdout))
+            self.assertEqual(errors, [], out.stdout + out.stderr)
 
     # --- the nginx module ---------------------------------------------------
 
