@@ -44,6 +44,7 @@ struct LocConf {
   PageTemplate* page;     // ondemand_page; nullptr: the built-in page
   ngx_array_t* passive;   // ondemand_passive: its predicates; nullptr: not passive
   ngx_flag_t status;      // ondemand_status
+  ngx_flag_t reasons;     // ondemand_reasons: failure reasons in answers and status pages
   ngx_uint_t endpoint;    // from the server's ondemand_control, set when merged
 };
 

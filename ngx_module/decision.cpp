@@ -117,6 +117,10 @@ Decision decide(const Situation& s) {
   return s.passive ? passively(d) : d;
 }
 
+Decision decideWithoutLink(DaemonDownPolicy policy) {
+  return policy == DaemonDownPolicy::Open ? pass() : answer(AnswerKind::DaemonDown);
+}
+
 bool isBrowserNavigation(std::string_view method, std::string_view accept, std::string_view secFetchMode,
                          std::string_view upgrade) {
   if (method != "GET" && method != "HEAD") return false;

@@ -57,6 +57,10 @@ struct Decision {
 };
 
 Decision decide(const Situation& s);
+// The worker has no link to controld at all (setting it up failed when the
+// worker started): controld is unreachable for good. open passes; closed, and
+// last_known, which knows nothing, answer DaemonDown. Never a silent pass.
+Decision decideWithoutLink(DaemonDownPolicy policy);
 
 // Request properties the decision needs, from raw header values.
 // A browser navigation: GET or HEAD, Accept includes text/html, no WebSocket

@@ -112,6 +112,8 @@ ngx_command_t kCommands[] = {
      offsetof(LocConf, passive), nullptr},
     {ngx_string("ondemand_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, guardedSetter<setStatus>,
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("ondemand_reasons"), kAnyLevel | NGX_CONF_FLAG, ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, reasons), nullptr},
     ngx_null_command,
 };
 
@@ -237,6 +239,7 @@ void* createLocConf(ngx_conf_t* cf) {
   conf->page = static_cast<PageTemplate*>(NGX_CONF_UNSET_PTR);
   conf->passive = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
   conf->endpoint = NGX_CONF_UNSET_UINT;
+  conf->reasons = NGX_CONF_UNSET;
   return conf;
 }
 
@@ -251,6 +254,7 @@ char* mergeLocConf(ngx_conf_t* cf, void* parent, void* child) {
   ngx_conf_merge_uint_value(conf->daemonDown, prev->daemonDown, static_cast<ngx_uint_t>(DaemonDownPolicy::LastKnown));
   ngx_conf_merge_ptr_value(conf->page, prev->page, nullptr);
   ngx_conf_merge_ptr_value(conf->passive, prev->passive, nullptr);
+  ngx_conf_merge_value(conf->reasons, prev->reasons, 1);
 
   // The controld of the server this location is in: only endpoints that
   // some location needs get a connection in the workers.

@@ -10,6 +10,7 @@
 #include "ngx_module/http_util.hpp"
 #include "ngx_module/request_ctx.hpp"
 #include "ngx_module/worker.hpp"
+#include "shared/utf8.hpp"
 
 namespace ondemand::module {
 
@@ -119,6 +120,8 @@ void onWaitTimeout(ngx_event_t* ev) {
 
 // --- answers ------------------------------------------------------------------
 
+ngx_int_t sendFacts(ngx_http_request_t* r, const AnswerFacts& facts, LocConf* lcf);
+
 ngx_int_t sendAnswer(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
   const ServiceEntry& entry = *ctx->service;
   const std::int64_t now = unixMillis();
@@ -148,14 +151,19 @@ ngx_int_t sendAnswer(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
     facts.taskId = st.taskId;
     facts.lastStartMs = st.lastStartMs;
     if (st.state == ServiceState::Failed) {
-      facts.reason = st.reason;
+      // ondemand_reasons off: the reason (Ansible output, hosts, paths)
+      // stays with controld's CLI; the answer still says the start failed.
+      if (lcf->reasons) facts.reason = st.reason;
       if (st.retryAtMs > now) facts.retryInMs = st.retryAtMs - now;
     }
   }
   facts.waitedMs = static_cast<std::int64_t>(ctx->waitedMs);
   facts.waitLimitMs = static_cast<std::int64_t>(lcf->wait);
   facts.maxWaiting = lcf->maxWaiting;
+  return sendFacts(r, facts, lcf);
+}
 
+ngx_int_t sendFacts(ngx_http_request_t* r, const AnswerFacts& facts, LocConf* lcf) {
   const bool html = prefersHtml(headerValue(r, "Accept"));
   const Answer answer = renderAnswer(facts, html, lcf->page);
 
@@ -246,7 +254,21 @@ ngx_int_t decideAndAct(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
 ngx_int_t handle(ngx_http_request_t* r, LocConf* lcf) {
   Worker* worker = Worker::current();
   ControlLink* link = worker != nullptr ? worker->link(lcf->endpoint) : nullptr;
-  if (link == nullptr) return NGX_DECLINED;
+  if (link == nullptr) {
+    // The worker could not set up its link to controld (logged when it
+    // started): controld is unreachable for good, and ondemand_daemon_down
+    // decides. last_known knows nothing, so it answers as closed does.
+    const Decision d = decideWithoutLink(static_cast<DaemonDownPolicy>(lcf->daemonDown));
+    if (d.action == Action::Pass) return NGX_DECLINED;
+    AnswerFacts facts;
+    facts.kind = d.answer;
+    facts.service = view(lcf->service);
+    facts.state = "unreachable";
+    facts.waitLimitMs = static_cast<std::int64_t>(lcf->wait);
+    facts.maxWaiting = lcf->maxWaiting;
+    ngx_http_finalize_request(r, sendFacts(r, facts, lcf));
+    return NGX_DONE;
+  }
 
   auto* ctx = static_cast<RequestCtx*>(ngx_http_get_module_ctx(r, ngx_http_ondemand_module));
   if (ctx != nullptr) {
@@ -318,7 +340,8 @@ void resumeRequest(RequestCtx* ctx) {
 std::string wakeReason(ngx_http_request_t* r) {
   std::string reason(view(r->method_name));
   reason += ' ';
-  reason += view(r->uri).substr(0, 200);
+  // The decoded path: "%ff" is a raw byte by now, made valid UTF-8 here.
+  reason += validUtf8(view(r->uri).substr(0, 200));
   return reason;
 }
 

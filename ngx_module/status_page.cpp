@@ -23,7 +23,7 @@ const char* linkStatusName(LinkStatus s) {
   return "unknown";
 }
 
-std::string statusJson(ControlLink& link) {
+std::string statusJson(ControlLink& link, bool reasons) {
   JsonWriter w;
   w.startObject().i64("pid", static_cast<std::int64_t>(ngx_pid));
   w.key("controld").startObject();
@@ -35,7 +35,7 @@ std::string statusJson(ControlLink& link) {
     if (!e->known) continue;
     w.startObject().str("name", e->name).str("state", stateNameFor(*e)).u64("epoch", e->state.epoch);
     w.i64("since", e->state.sinceMs).i64("starting_since", e->state.startingSinceMs);
-    w.str("cause", e->state.cause).str("reason", e->state.reason).i64("task_id", e->state.taskId);
+    w.str("cause", e->state.cause).str("reason", reasons ? std::string_view(e->state.reason) : std::string_view()).i64("task_id", e->state.taskId);
     w.u64("in_flight", e->inFlight).u64("waiting", e->parked.size());
     w.endObject();
   }
@@ -43,7 +43,7 @@ std::string statusJson(ControlLink& link) {
   return w.line();
 }
 
-std::string statusHtml(ControlLink& link) {
+std::string statusHtml(ControlLink& link, bool reasons) {
   const std::int64_t now = unixMillis();
   std::string body =
       "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>ondemand status</title>\n"
@@ -59,7 +59,7 @@ std::string statusHtml(ControlLink& link) {
     body += "<tr><td>" + htmlEscape(e->name) + "</td><td>" + stateNameFor(*e) + "</td><td>" + humanSeconds(forSeconds) +
             "</td><td>" + std::to_string(e->inFlight) + "</td><td>" + std::to_string(e->parked.size()) + "</td><td>" +
             (e->state.taskId > 0 ? std::to_string(e->state.taskId) : std::string()) + "</td><td>" +
-            htmlEscape(e->state.reason) + "</td></tr>\n";
+            (reasons ? htmlEscape(e->state.reason) : std::string()) + "</td></tr>\n";
   }
   body += "</table>\n</body>\n</html>\n";
   return body;
@@ -74,9 +74,9 @@ ngx_int_t handleStatus(ngx_http_request_t* r) {
   if (link == nullptr) return NGX_HTTP_SERVICE_UNAVAILABLE;
   if (!addHeader(r, "Cache-Control", "no-store")) return NGX_HTTP_INTERNAL_SERVER_ERROR;
   if (prefersHtml(headerValue(r, "Accept"))) {
-    return sendBody(r, NGX_HTTP_OK, "text/html; charset=utf-8", statusHtml(*link));
+    return sendBody(r, NGX_HTTP_OK, "text/html; charset=utf-8", statusHtml(*link, locConf(r)->reasons));
   }
-  return sendBody(r, NGX_HTTP_OK, "application/json", statusJson(*link));
+  return sendBody(r, NGX_HTTP_OK, "application/json", statusJson(*link, locConf(r)->reasons));
 }
 
 }  // namespace

@@ -51,24 +51,33 @@ std::optional<Millis> parseDuration(std::string_view text, DefaultUnit plainUnit
   return Millis(static_cast<long long>(ms));
 }
 
-std::string formatDuration(Millis d) {
-  long long ms = d.count();
-  if (ms < 0) return "-" + formatDuration(Millis(-ms));
+namespace {
+
+std::string formatMagnitude(unsigned long long ms) {
   if (ms < 1000) return std::to_string(ms) + "ms";
   if (ms < 60'000) {
-    const long long whole = ms / 1000;
-    const long long tenths = (ms % 1000) / 100;
+    const unsigned long long whole = ms / 1000;
+    const unsigned long long tenths = (ms % 1000) / 100;
     return std::to_string(whole) + (tenths ? "." + std::to_string(tenths) : "") + "s";
   }
-  const long long totalSeconds = ms / 1000;
-  const long long hours = totalSeconds / 3600;
-  const long long minutes = (totalSeconds % 3600) / 60;
-  const long long seconds = totalSeconds % 60;
+  const unsigned long long totalSeconds = ms / 1000;
+  const unsigned long long hours = totalSeconds / 3600;
+  const unsigned long long minutes = (totalSeconds % 3600) / 60;
+  const unsigned long long seconds = totalSeconds % 60;
   std::string out;
   if (hours) out += std::to_string(hours) + "h";
   if (minutes) out += std::to_string(minutes) + "m";
   if (seconds || out.empty()) out += std::to_string(seconds) + "s";
   return out;
+}
+
+}  // namespace
+
+std::string formatDuration(Millis d) {
+  const long long ms = d.count();
+  // INT64_MIN has no positive counterpart: the magnitude is taken unsigned.
+  if (ms < 0) return "-" + formatMagnitude(0ULL - static_cast<unsigned long long>(ms));
+  return formatMagnitude(static_cast<unsigned long long>(ms));
 }
 
 }  // namespace ondemand

@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "shared/json_writer.hpp"
+#include "shared/json_read.hpp"
 
 namespace ondemand::protocol {
 
@@ -23,12 +24,21 @@ bool LineFramer::append(std::string_view bytes) {
     buffer_.erase(0, consumed_);
     consumed_ = 0;
   }
+  const std::size_t oldSize = buffer_.size();
   buffer_.append(bytes);
-  // Only the unfinished tail can be over the limit; complete lines are
-  // checked in next().
-  const auto lastNewline = buffer_.rfind('\n');
-  const std::size_t tailStart = lastNewline == std::string::npos ? consumed_ : lastNewline + 1;
-  return buffer_.size() - tailStart <= maxLineBytes_;
+  // Every line these bytes complete, and the unfinished one, is checked
+  // whole: whether a line passes never depends on how reads split it.
+  std::size_t lineStart = consumed_;
+  if (oldSize > consumed_) {
+    const auto newline = buffer_.rfind('\n', oldSize - 1);
+    if (newline != std::string::npos && newline >= consumed_) lineStart = newline + 1;
+  }
+  for (auto newline = buffer_.find('\n', oldSize); newline != std::string::npos;
+       newline = buffer_.find('\n', newline + 1)) {
+    if (newline - lineStart > maxLineBytes_) return false;
+    lineStart = newline + 1;
+  }
+  return buffer_.size() - lineStart <= maxLineBytes_;
 }
 
 std::optional<std::string_view> LineFramer::next() {
@@ -152,11 +162,9 @@ Decoded decodeState(const Value& doc) {
 Decoded decode(std::string_view line) {
   if (line.size() > kMaxMessageBytes) return fail("message larger than the limit");
   rapidjson::Document doc;
-  doc.Parse<rapidjson::kParseStopWhenDoneFlag>(line.data(), line.size());
-  if (doc.HasParseError()) {
-    return fail(std::string("not JSON: ") + rapidjson::GetParseError_En(doc.GetParseError()) + " at offset " +
-                std::to_string(doc.GetErrorOffset()));
-  }
+  // One object and nothing after it (white space aside), nested at most
+  // kMaxJsonDepth deep.
+  if (auto error = parseJson(doc, line); !error.empty()) return fail(std::move(error));
   if (!doc.IsObject()) return fail("message is not a JSON object");
   std::string type;
   Fields f(doc);

@@ -21,6 +21,9 @@ namespace ondemand::protocol {
 inline constexpr int kVersion = 1;
 // A line longer than this is a protocol error: the connection is closed.
 inline constexpr std::size_t kMaxMessageBytes = 64 * 1024;
+// The limit for the lines controld sends a CLI: a status reply of 10,000
+// services with full histories (about 5 KiB each) fits.
+inline constexpr std::size_t kMaxReplyBytes = 256 * 1024 * 1024;
 // Failure reasons are cut to this size before they travel.
 inline constexpr std::size_t kMaxReasonBytes = 4096;
 

@@ -22,6 +22,7 @@
 #include "controld/io/json_fields.hpp"
 #include "shared/duration.hpp"
 #include "shared/protocol.hpp"
+#include "shared/json_read.hpp"
 
 namespace ondemand::controld::cli {
 
@@ -93,8 +94,7 @@ class ControlClient {
         break;
     }
     rapidjson::Document doc;
-    doc.Parse(welcome.c_str());
-    if (!doc.IsObject() || jsonString(doc, "type") != "welcome") {
+    if (!parseJson(doc, welcome).empty() || !doc.IsObject() || jsonString(doc, "type") != "welcome") {
       return ClientError{Unreachable::Other, "unexpected answer: " + welcome};
     }
     return std::nullopt;
@@ -171,8 +171,7 @@ class ControlClient {
         return std::nullopt;
       }
       rapidjson::Document doc;
-      doc.Parse(line.c_str());
-      const std::string type = doc.IsObject() ? jsonString(doc, "type") : "";
+      const std::string type = parseJson(doc, line).empty() && doc.IsObject() ? jsonString(doc, "type") : "";
       if (type == "reply" && jsonInt64(doc, "id") == id) {
         for (auto& l : other)
           pending_.push_back(std::move(l));
@@ -212,7 +211,7 @@ class ControlClient {
   std::string path_;
   ScopedFd fd_;
   pid_t peerPid_ = 0;
-  protocol::LineFramer framer_;
+  protocol::LineFramer framer_{protocol::kMaxReplyBytes};  // status replies of 10,000 services
   std::deque<std::string> pending_;
   ClientError error_;
   std::int64_t nextId_ = 1;

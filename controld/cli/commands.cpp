@@ -10,6 +10,7 @@
 #include "controld/cli/render.hpp"
 #include "controld/io/json_fields.hpp"
 #include "shared/duration.hpp"
+#include "shared/json_read.hpp"
 
 namespace ondemand::controld::cli {
 
@@ -32,7 +33,7 @@ int startOrStop(const SocketChoice& socket, const std::string& verb, const std::
   }
   auto reply = client.command(verb, service);
   if (!reply) return unreachable(socket, client.error(), client.peerPid());
-  if (!(*reply)["ok"].GetBool()) {
+  if (!jsonReplyOk(*reply)) {
     std::cerr << "controld " << verb << ": " << jsonString(*reply, "error") << "\n";
     return jsonString(*reply, "error").rfind("unknown service", 0) == 0 ? kExitUsage : kExitFailed;
   }
@@ -80,8 +81,7 @@ int startOrStop(const SocketChoice& socket, const std::string& verb, const std::
         continue;
       }
       rapidjson::Document doc;
-      doc.Parse(line.c_str());
-      if (!doc.IsObject() || jsonString(doc, "type") != "state" || jsonString(doc, "service") != service) continue;
+      if (!parseJson(doc, line).empty() || !doc.IsObject() || jsonString(doc, "type") != "state" || jsonString(doc, "service") != service) continue;
       // The subscription's first burst can be older than the reply.
       if (jsonInt64(doc, "epoch") < epoch) continue;
       epoch = jsonInt64(doc, "epoch");
@@ -96,8 +96,8 @@ int startOrStop(const SocketChoice& socket, const std::string& verb, const std::
   if (!isStart && wait && state == "warm") {
     // The stop failed: its reason is in the last operation.
     auto status = client.command("status", service);
-    if (status && (*status)["services"].IsArray() && !(*status)["services"].Empty()) {
-      const auto& last = (*status)["services"][0]["last_operation"];
+    if (status && !jsonServices(*status).Empty()) {
+      const auto& last = jsonMemberOrNull(jsonServices(*status)[0], "last_operation");
       reason = last.IsObject() ? jsonString(last, "reason") : "";
     }
   }
@@ -128,7 +128,7 @@ int status(const SocketChoice& socket, const std::string& service, bool json) {
   if (auto error = client.connect(socket.path)) return unreachable(socket, *error, client.peerPid());
   auto reply = client.command("status", service);
   if (!reply) return unreachable(socket, client.error(), client.peerPid());
-  if (!(*reply)["ok"].GetBool()) {
+  if (!jsonReplyOk(*reply)) {
     std::cerr << "controld status: " << jsonString(*reply, "error") << "\n";
     return kExitUsage;
   }
@@ -154,7 +154,7 @@ int metrics(const SocketChoice& socket) {
   if (auto error = client.connect(socket.path)) return unreachable(socket, *error, client.peerPid());
   auto reply = client.command("status", "");
   if (!reply) return unreachable(socket, client.error(), client.peerPid());
-  if (!(*reply)["ok"].GetBool()) {
+  if (!jsonReplyOk(*reply)) {
     std::cerr << "controld metrics: " << jsonString(*reply, "error") << "\n";
     return kExitUsage;
   }
@@ -234,8 +234,7 @@ int events(const SocketChoice& socket, bool json) {
       continue;
     }
     rapidjson::Document doc;
-    doc.Parse(line.c_str());
-    if (!doc.IsObject() || jsonString(doc, "type") != "event") continue;
+    if (!parseJson(doc, line).empty() || !doc.IsObject() || jsonString(doc, "type") != "event") continue;
     const std::string service = jsonString(doc, "service");
     const auto seen = seenEpoch.find(service);
     if (seen != seenEpoch.end() && jsonInt64(doc, "epoch") <= seen->second) continue;

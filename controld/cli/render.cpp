@@ -55,7 +55,8 @@ void printTable(const rapidjson::Document& reply) {
   std::cout << padRight("SERVICE", 20) << padRight("STATE", 10) << padRight("SINCE", 10) << padRight("IDLE-STOP IN", 14)
             << padRight("IN FLIGHT", 11) << "LAST OPERATION\n";
   std::vector<std::string> reasons;
-  for (const auto& s : reply["services"].GetArray()) {
+  for (const auto& s : jsonServices(reply)) {
+    if (!s.IsObject()) continue;
     std::string idle = "-";
     if (s.HasMember("idle_stop_at") && s["idle_stop_at"].IsInt64()) {
       idle = formatDuration(Millis(std::max<std::int64_t>(0, s["idle_stop_at"].GetInt64() - now)));
@@ -73,7 +74,8 @@ void printTable(const rapidjson::Document& reply) {
 
 void printDetail(const rapidjson::Document& reply) {
   const std::int64_t now = jsonInt64(reply, "now");
-  for (const auto& s : reply["services"].GetArray()) {
+  for (const auto& s : jsonServices(reply)) {
+    if (!s.IsObject()) continue;
     std::cout << "service:        " << jsonString(s, "name") << "\n"
               << "state:          " << jsonString(s, "state") << " since " << clockTime(jsonInt64(s, "since")) << " ("
               << ago(now, jsonInt64(s, "since")) << " ago, cause " << jsonString(s, "cause") << ")\n";
@@ -101,12 +103,12 @@ void printDetail(const rapidjson::Document& reply) {
                 << formatDuration(Millis(std::max<std::int64_t>(0, s["idle_stop_at"].GetInt64() - now))) << "\n";
     }
     std::cout << "operation:      " << describeOperation(s, now) << "\n";
-    const auto& last = s["last_operation"];
+    const auto& last = jsonMemberOrNull(s, "last_operation");
     if (last.IsObject() && !jsonString(last, "reason").empty())
       std::cout << "last reason:    " << jsonString(last, "reason") << "\n";
     std::cout << "history:\n";
-    if (s["history"].IsArray()) {
-      const auto& history = s["history"].GetArray();
+    if (const auto& h = jsonMemberOrNull(s, "history"); h.IsArray()) {
+      const auto& history = h.GetArray();
       for (auto it = history.End(); it != history.Begin();) {
         --it;
         std::string line = "  " + clockTime(jsonInt64(*it, "at")) + "  " + jsonString(*it, "from") + " -> " +

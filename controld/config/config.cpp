@@ -23,6 +23,21 @@ std::string withoutTrailingSlashes(std::string url) {
   return url;
 }
 
+std::string urlUserinfo(std::string_view url) {
+  const auto scheme = url.find("://");
+  if (scheme == std::string_view::npos) return {};
+  const std::string_view authority = url.substr(scheme + 3, url.find_first_of("/?#", scheme + 3) - (scheme + 3));
+  const auto at = authority.rfind('@');
+  return at == std::string_view::npos ? std::string() : std::string(authority.substr(0, at));
+}
+
+std::string withoutCredentials(std::string_view url) {
+  const std::string userinfo = urlUserinfo(url);
+  if (userinfo.empty()) return std::string(url);
+  const auto start = url.find("://") + 3;
+  return std::string(url.substr(0, start)) + "***" + std::string(url.substr(start + userinfo.size()));
+}
+
 std::string formatProblem(const ConfigProblem& problem) {
   std::string out = problem.where.file;
   if (problem.where.line > 0) out += ":" + std::to_string(problem.where.line);

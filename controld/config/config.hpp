@@ -63,6 +63,9 @@ struct ServiceConfig {
 
   std::vector<std::string> startCommand;  // argv, empty = none
   std::vector<std::string> stopCommand;
+  // What start and stop commands find in their environment besides PATH,
+  // HOME, LANG, TZ and the like: nothing else of controld's is passed on.
+  std::map<std::string, std::string> environment;
   std::optional<SemaphoreServiceSettings> semaphore;
 
   enum class DriverKind { None, Command, Semaphore };
@@ -90,6 +93,11 @@ struct Config {
   std::optional<mode_t> socketMode;  // e.g. 0660; unset = leave the umask's choice
   std::string socketGroup;           // empty = leave the group
   std::string stateDir = "/var/lib/controld";
+  // Who may start and stop services over the socket (besides root and
+  // controld's own user); everyone else who can connect may only watch,
+  // wake and report requests, as nginx workers do.
+  std::vector<std::string> adminUsers;
+  std::vector<std::string> adminGroups;
   std::size_t historySize = 20;  // transitions kept per service for `controld status`
   std::optional<SemaphoreSettings> semaphore;
   std::string metricsListen;                      // "HOST:PORT" serving GET /metrics; empty = none
@@ -106,6 +114,11 @@ struct ConfigProblem {
   std::string key;  // dotted path: "services.comfyui.idle_timeout"
   std::string message;
 };
+
+// The "user:password" of a URL ("" when it has none), and the URL with it
+// replaced by "***", for everything that shows a URL.
+std::string urlUserinfo(std::string_view url);
+std::string withoutCredentials(std::string_view url);
 
 // "controld.yaml:12: services.comfyui.idle_timeout: expected a duration like 30s, 5m, 250ms; got \"5 minutes\""
 std::string formatProblem(const ConfigProblem& problem);

@@ -43,7 +43,7 @@ void Loader::loadHestia(const YAML::Node& root, const FormatGuess& guess, Config
        [&](const Setting& s) {
          sem.baseUrl.clear();
          if (s.isNull()) return;
-         if (read_.url(s, sem.baseUrl)) sem.baseUrl = withoutTrailingSlashes(sem.baseUrl);
+         if (read_.serverUrl(s, sem.baseUrl)) sem.baseUrl = withoutTrailingSlashes(sem.baseUrl);
        }},
       {"semaphore_timeout", [&](const Setting& s) { read_.duration(s, sem.httpTimeout, DefaultUnit::Seconds, false); }},
       {"semaphore_username", optionalText(sem.username, "a user name or e-mail address")},

@@ -48,6 +48,10 @@ void Loader::loadNative(const YAML::Node& root, const FormatGuess& guess, Config
                    }},
                   {"socket_group", [&](const Setting& s) { read_.text(s, config.socketGroup, "a group name"); }},
                   {"state_dir", [&](const Setting& s) { path(s, config.stateDir); }},
+                  {"admin_users",
+                   [&](const Setting& s) { read_.names(s, config.adminUsers, "a user name or a list of them"); }},
+                  {"admin_groups",
+                   [&](const Setting& s) { read_.names(s, config.adminGroups, "a group name or a list of them"); }},
                   {"history_size",
                    [&](const Setting& s) {
                      std::int64_t n = 0;
@@ -113,7 +117,7 @@ void Loader::readNativeSemaphore(const Setting& s, Config& config) {
       {
           {"base_url",
            [&](const Setting& v) {
-             if (read_.url(v, sem.baseUrl)) sem.baseUrl = withoutTrailingSlashes(sem.baseUrl);
+             if (read_.serverUrl(v, sem.baseUrl)) sem.baseUrl = withoutTrailingSlashes(sem.baseUrl);
            }},
           {"project_id",
            [&](const Setting& v) { read_.integer(v, sem.projectId, 1, INT64_MAX, "a project id (1 or more)"); }},
@@ -168,6 +172,7 @@ void Loader::readNativeService(const std::string& name, const Setting& s, const 
                   {"machine", [&](const Setting& v) { read_.text(v, svc.machine, "a machine name"); }},
                   {"start_command", [&](const Setting& v) { read_.argv(v, svc.startCommand); }},
                   {"stop_command", [&](const Setting& v) { read_.argv(v, svc.stopCommand); }},
+                  {"environment", [&](const Setting& v) { read_.environment(v, svc.environment); }},
                   {"semaphore",
                    [&](const Setting& v) {
                      SemaphoreServiceSettings sem;

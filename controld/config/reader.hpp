@@ -119,6 +119,67 @@ class Reader {
     return true;
   }
 
+  // The Semaphore server's URL: credentials in it would show in logs, in
+  // failure reasons and on public pages, so they are refused.
+  bool serverUrl(const Setting& s, std::string& out) {
+    std::string url;
+    if (!this->url(s, url)) return false;
+    if (!urlUserinfo(url).empty()) {
+      error(s,
+            "a URL with credentials (user:password@) is refused: they would show in logs and failure "
+            "reasons; give them as username and password (semaphore_username and semaphore_password), or "
+            "an API token, instead");
+      return false;
+    }
+    out = url;
+    return true;
+  }
+
+  // A list of names (users, groups): one name or a list of them.
+  bool names(const Setting& s, std::vector<std::string>& out, std::string_view what) {
+    std::vector<std::string> names;
+    const auto add = [&](const YAML::Node& item) {
+      if (!item.IsScalar() || trim(item.Scalar()).empty()) return false;
+      names.push_back(trim(item.Scalar()));
+      return true;
+    };
+    bool ok = true;
+    if (s.node.IsSequence()) {
+      for (const YAML::Node& item : s.node)
+        ok = ok && add(item);
+    } else {
+      ok = add(s.node);
+    }
+    if (!ok) {
+      expected(s, what);
+      return false;
+    }
+    out = std::move(names);
+    return true;
+  }
+
+  // A mapping of environment variable names to values.
+  bool environment(const Setting& s, std::map<std::string, std::string>& out) {
+    constexpr std::string_view what =
+        "a mapping of environment variable names to values, e.g. { CUDA_VISIBLE_DEVICES: \"0\" }";
+    if (!s.node.IsMap()) {
+      expected(s, what);
+      return false;
+    }
+    std::map<std::string, std::string> vars;
+    for (auto it = s.node.begin(); it != s.node.end(); ++it) {
+      const std::string name = it->first.IsScalar() ? it->first.Scalar() : std::string();
+      const bool validName = !name.empty() && name.find_first_of("=\0") == std::string::npos;
+      if (!validName || !it->second.IsScalar()) {
+        expected(s, what);
+        return false;
+      }
+      vars[name] = it->second.Scalar();
+    }
+    out = std::move(vars);
+    return true;
+  }
+
   bool integer(const Setting& s, std::int64_t& out, std::int64_t min, std::int64_t max, std::string_view what) {
     auto v = scalar(s, what);
     if (!v) return false;

@@ -1,6 +1,8 @@
 // validateConfig: the facts that hold between keys and between services,
 // whatever the format.
 
+#include <algorithm>
+#include <cctype>
 #include <map>
 
 #include "controld/config/config.hpp"
@@ -33,6 +35,28 @@ std::string keyName(const Config& config, const std::string& service, std::strin
 int lineOf(const Config& config, const std::string& key, int fallback) {
   const auto it = config.lines.find(key);
   return it != config.lines.end() ? it->second : fallback;
+}
+
+// "http://Semaphore.internal/x" -> "http://semaphore.internal:80": who answers
+// a URL, to tell whether two URLs reach the same server.
+std::string originOf(std::string_view url) {
+  const auto schemeEnd = url.find("://");
+  if (schemeEnd == std::string_view::npos) return {};
+  std::string scheme(url.substr(0, schemeEnd));
+  std::transform(scheme.begin(), scheme.end(), scheme.begin(), [](unsigned char c) { return std::tolower(c); });
+  std::string_view rest = url.substr(schemeEnd + 3);
+  rest = rest.substr(0, rest.find_first_of("/?#"));
+  if (const auto at = rest.rfind('@'); at != std::string_view::npos) rest.remove_prefix(at + 1);
+  std::string host(rest);
+  std::string port = scheme == "https" ? "443" : "80";
+  const auto colon = host.rfind(':');
+  if (colon != std::string::npos && host.find(']', colon) == std::string::npos) {
+    port = host.substr(colon + 1);
+    host.resize(colon);
+  }
+  std::transform(host.begin(), host.end(), host.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (host == "localhost" || host == "[::1]") host = "127.0.0.1";
+  return scheme + "://" + host + ":" + port;
 }
 
 }  // namespace
@@ -68,6 +92,15 @@ ConfigProblems validateConfig(const Config& config) {
               hestia ? "Semaphore is enabled, but there is no semaphore_base_url (nor SEMAPHORE_BASE_URL)"
                      : "this service uses Semaphore, but there is no top-level \"semaphore:\" section "
                        "(base_url, credentials)");
+      }
+      if (config.semaphore && !svc.baseUrl.empty() && originOf(svc.baseUrl) == originOf(config.semaphore->baseUrl)) {
+        const std::string semaphoreKey = keyName(config, "", "semaphore.base_url");
+        error(line("base_url"), key("base_url"),
+              svc.baseUrl + " is the Semaphore server controld uses (" + semaphoreKey + " " +
+                  config.semaphore->baseUrl + ", line " +
+                  std::to_string(lineOf(config, semaphoreKey, lineOf(config, keyName(config, "", "semaphore"), 0))) +
+                  "): Semaphore cannot start itself, so once stopped this service could never come back; manage "
+                  "Semaphore outside controld");
       }
       if (svc.semaphore->startTemplateId <= 0) {
         error(line("semaphore"), key("semaphore"),

@@ -34,13 +34,34 @@ std::optional<double> parseFloat(const std::string& s) {
   return v;
 }
 
-}  // namespace
+// How much one YAML value may become as JSON. Aliases make a tree of a few
+// hundred bytes stand for billions of values (an "alias bomb"): the walk
+// stops at these limits with an error instead of growing without bound.
+constexpr std::size_t kMaxYamlValues = 100'000;
+constexpr std::size_t kMaxYamlDepth = 32;
 
-// Converts a YAML value to JSON the way Ansible would have read it from YAML:
-// plain scalars that look like numbers or booleans become numbers and booleans,
-// quoted ones stay strings.
-bool yamlToJson(const YAML::Node& node, rapidjson::Value& out, rapidjson::Document::AllocatorType& alloc,
-                const std::string& path, int line, Problems& problems) {
+struct YamlBudget {
+  std::size_t values = 0;
+  std::size_t depth = 0;
+};
+
+bool convert(const YAML::Node& node, rapidjson::Value& out, rapidjson::Document::AllocatorType& alloc,
+             const std::string& path, int line, Problems& problems, YamlBudget& budget) {
+  if (++budget.values > kMaxYamlValues) {
+    problems.error(line, path,
+                   "more than " + std::to_string(kMaxYamlValues) +
+                       " values once YAML aliases are expanded: too large to send with every task");
+    return false;
+  }
+  if (budget.depth >= kMaxYamlDepth) {
+    problems.error(line, path, "nested deeper than " + std::to_string(kMaxYamlDepth) + " levels");
+    return false;
+  }
+  struct Deeper {
+    std::size_t& depth;
+    explicit Deeper(std::size_t& d) : depth(d) { ++depth; }
+    ~Deeper() { --depth; }
+  } deeper(budget.depth);
   switch (node.Type()) {
     case YAML::NodeType::Null:
     case YAML::NodeType::Undefined:
@@ -50,7 +71,7 @@ bool yamlToJson(const YAML::Node& node, rapidjson::Value& out, rapidjson::Docume
       out.SetArray();
       for (const YAML::Node& item : node) {
         rapidjson::Value v;
-        if (!yamlToJson(item, v, alloc, path, line, problems)) return false;
+        if (!convert(item, v, alloc, path, line, problems, budget)) return false;
         out.PushBack(v, alloc);
       }
       return true;
@@ -60,8 +81,9 @@ bool yamlToJson(const YAML::Node& node, rapidjson::Value& out, rapidjson::Docume
       bool ok = true;
       forEachEntry(problems, node, path,
                    [&](const std::string& key, const std::string& dotted, int keyLine, const YAML::Node& value) {
+                     if (!ok) return;  // one error is enough
                      rapidjson::Value v;
-                     if (!yamlToJson(value, v, alloc, dotted, keyLine, problems)) {
+                     if (!convert(value, v, alloc, dotted, keyLine, problems, budget)) {
                        ok = false;
                        return;
                      }
@@ -100,6 +122,17 @@ bool yamlToJson(const YAML::Node& node, rapidjson::Value& out, rapidjson::Docume
   }
   problems.error(line, path, "expected a YAML value");
   return false;
+}
+
+}  // namespace
+
+// Converts a YAML value to JSON the way Ansible would have read it from YAML:
+// plain scalars that look like numbers or booleans become numbers and booleans,
+// quoted ones stay strings.
+bool yamlToJson(const YAML::Node& node, rapidjson::Value& out, rapidjson::Document::AllocatorType& alloc,
+                const std::string& path, int line, Problems& problems) {
+  YamlBudget budget;
+  return convert(node, out, alloc, path, line, problems, budget);
 }
 
 }  // namespace ondemand::controld::config_detail

@@ -1,5 +1,7 @@
 #include "controld/core/activity_ledger.hpp"
 
+#include "shared/saturating.hpp"
+
 namespace ondemand::controld {
 
 void ActivityLedger::report(ConnectionId connection, const std::string& service, std::uint64_t inFlight) {
@@ -9,7 +11,8 @@ void ActivityLedger::report(ConnectionId connection, const std::string& service,
 std::uint64_t ActivityLedger::inFlight(const std::string& service) const {
   std::uint64_t total = 0;
   for (const auto& [connection, counts] : inFlight_) {
-    if (auto it = counts.find(service); it != counts.end()) total += it->second;
+    // Counts come from clients: one sending 2^64-1 must not wrap the sum to nothing.
+    if (auto it = counts.find(service); it != counts.end()) total = saturatingAdd(total, it->second);
   }
   return total;
 }

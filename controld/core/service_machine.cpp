@@ -4,6 +4,8 @@
 #include <utility>
 
 #include "shared/enum_names.hpp"
+#include "shared/saturating.hpp"
+#include "shared/utf8.hpp"
 
 namespace ondemand::controld {
 
@@ -54,6 +56,9 @@ Effects ServiceMachine::transition(std::int64_t nowMs, ServiceState to, Phase ph
   t.from = s_.state;
   t.to = to;
   t.cause = cause;
+  // Details carry text from outside (a request's path, a command's output):
+  // made valid UTF-8 here, before a state file or a status answer holds it.
+  detail = validUtf8(detail);
   t.detail = detail;
   if (s_.lastOperation) {
     t.taskId = s_.lastOperation->taskId;
@@ -67,7 +72,7 @@ Effects ServiceMachine::transition(std::int64_t nowMs, ServiceState to, Phase ph
   if (s_.state == ServiceState::Starting && s_.startingSinceMs > 0) {
     if (to == ServiceState::Warm) {
       ++s_.startsOk;
-      s_.lastStartMs = nowMs - s_.startingSinceMs;
+      s_.lastStartMs = saturatingSub(nowMs, s_.startingSinceMs);
     } else if (to == ServiceState::Failed) {
       ++s_.startsFailed;
     }
@@ -107,13 +112,14 @@ Effects ServiceMachine::beginStart(std::int64_t nowMs, Cause cause, const std::s
 
 Effects ServiceMachine::enterReadiness(std::int64_t nowMs) {
   s_.phase = Phase::Readiness;
+  healthAnswered_ = false;
   Effects e;
   e.persist = true;
   if (settings_.hasHealthCheck) {
     e.beginReadiness = true;
     return e;
   }
-  readyAtMs_ = nowMs + settings_.warmup.count();
+  readyAtMs_ = saturatingAdd(nowMs, settings_.warmup.count());
   if (settings_.warmup.count() == 0) e |= transition(nowMs, ServiceState::Warm, Phase::None, Cause::Health, "ready");
   return e;
 }
@@ -133,7 +139,7 @@ void ServiceMachine::finishOperation(std::int64_t nowMs, const OperationOutcome&
   }
   summary.endedAtMs = nowMs;
   summary.ok = outcome.ok;
-  summary.reason = outcome.reason;
+  summary.reason = validUtf8(outcome.reason);
   if (outcome.taskId) summary.taskId = outcome.taskId;
   summary.taskStatus = outcome.taskStatus;
   s_.lastOperation = summary;
@@ -246,7 +252,14 @@ Effects ServiceMachine::operationDone(std::int64_t nowMs, const OperationOutcome
 }
 
 Effects ServiceMachine::healthy(std::int64_t nowMs) {
-  if (s_.state == ServiceState::Starting && s_.phase == Phase::Readiness) {
+  if (s_.state == ServiceState::Starting && s_.phase == Phase::Readiness && !healthAnswered_) {
+    if (settings_.warmup.count() > 0) {
+      // Model servers answer health before their models are loaded: warmup
+      // is waited for after the first healthy answer (tick() ends it).
+      healthAnswered_ = true;
+      readyAtMs_ = saturatingAdd(nowMs, settings_.warmup.count());
+      return {};
+    }
     return transition(nowMs, ServiceState::Warm, Phase::None, Cause::Health, "health check answered");
   }
   return {};
@@ -291,18 +304,33 @@ std::optional<std::int64_t> ServiceMachine::idleStopAtMs() const {
       inFlight_ > 0) {
     return std::nullopt;
   }
-  return std::max(s_.lastActivityMs, s_.sinceMs) + settings_.idleTimeout.count();
+  return saturatingAdd(std::max(s_.lastActivityMs, s_.sinceMs), settings_.idleTimeout.count());
 }
 
 bool ServiceMachine::inFailureBackoff(std::int64_t nowMs) const {
-  return s_.state == ServiceState::Failed && nowMs < s_.failedAtMs + settings_.failureBackoff.count();
+  const auto retryAt = retryAtMs();
+  return retryAt && nowMs < *retryAt;
+}
+
+std::optional<std::int64_t> ServiceMachine::retryAtMs() const {
+  if (s_.state != ServiceState::Failed) return std::nullopt;
+  return saturatingAdd(s_.failedAtMs, settings_.failureBackoff.count());
+}
+
+bool ServiceMachine::warmingUp() const {
+  return s_.state == ServiceState::Starting && s_.phase == Phase::Readiness &&
+         (!settings_.hasHealthCheck || healthAnswered_);
+}
+
+std::int64_t ServiceMachine::startDeadlineMs() const {
+  return saturatingAdd(s_.startingSinceMs, settings_.startTimeout.count());
 }
 
 std::optional<std::int64_t> ServiceMachine::nextDeadlineMs() const {
   switch (s_.state) {
     case ServiceState::Starting: {
-      std::int64_t deadline = s_.startingSinceMs + settings_.startTimeout.count();
-      if (s_.phase == Phase::Readiness && !settings_.hasHealthCheck) deadline = std::min(deadline, readyAtMs_);
+      std::int64_t deadline = startDeadlineMs();
+      if (warmingUp()) deadline = std::min(deadline, readyAtMs_);
       return deadline;
     }
     case ServiceState::Warm:
@@ -318,7 +346,7 @@ std::optional<std::int64_t> ServiceMachine::nextDeadlineMs() const {
 Effects ServiceMachine::tick(std::int64_t nowMs) {
   switch (s_.state) {
     case ServiceState::Starting: {
-      if (nowMs >= s_.startingSinceMs + settings_.startTimeout.count()) {
+      if (nowMs >= startDeadlineMs()) {
         Effects e;
         e.cancelDriver = s_.phase == Phase::Driver;
         e.stopReadiness = s_.phase == Phase::Readiness;
@@ -328,9 +356,10 @@ Effects ServiceMachine::tick(std::int64_t nowMs) {
                       " within start_timeout " + formatDuration(settings_.startTimeout));
         return e;
       }
-      if (s_.phase == Phase::Readiness && !settings_.hasHealthCheck && nowMs >= readyAtMs_) {
+      if (warmingUp() && nowMs >= readyAtMs_) {
         return transition(nowMs, ServiceState::Warm, Phase::None, Cause::Health,
-                          "warmup " + formatDuration(settings_.warmup) + " elapsed");
+                          std::string(healthAnswered_ ? "health check answered, then " : "") + "warmup " +
+                              formatDuration(settings_.warmup) + " elapsed");
       }
       return {};
     }
@@ -339,7 +368,7 @@ Effects ServiceMachine::tick(std::int64_t nowMs) {
       if (!stopAt || nowMs < *stopAt) return {};
       Effects e = transition(nowMs, ServiceState::Stopping, Phase::Draining, Cause::Idle,
                              "idle for " + formatDuration(settings_.idleTimeout));
-      drainDeadlineMs_ = nowMs + settings_.drainTimeout.count();
+      drainDeadlineMs_ = saturatingAdd(nowMs, settings_.drainTimeout.count());
       e.announceStopping = true;
       return e;
     }

@@ -5,6 +5,7 @@
 // input returns (run a driver, begin health checks, persist, push the state).
 // That makes every transition testable with a fake clock.
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <optional>
@@ -34,7 +35,7 @@ struct MachineSettings {
   Millis startTimeout = Millis(600'000);
   Millis idleTimeout = Millis(900'000);  // 0 = never stop on idle
   Millis failureBackoff = Millis(30'000);
-  Millis warmup = Millis(0);            // readiness by waiting, when there is no health check
+  Millis warmup = Millis(0);            // waited after readiness: the health check's first answer, or the driver's end
   Millis drainTimeout = Millis(2'000);  // longest wait for workers to acknowledge `stopping`
   bool hasStartDriver = false;
   bool hasStopDriver = false;
@@ -137,6 +138,9 @@ class ServiceMachine {
 
   // After a restart: continue from what was persisted.
   Effects restore(std::int64_t nowMs, MachineSnapshot snapshot);
+  // Epochs start from at least this (see Daemon: a floor taken from the
+  // clock when controld starts, so that they never go back across restarts).
+  void raiseEpoch(std::uint64_t floor) { s_.epoch = std::max(s_.epoch, floor); }
   // The config changed (SIGHUP): new timeouts and drivers apply from now on.
   void updateSettings(MachineSettings settings) { settings_ = settings; }
 
@@ -151,6 +155,8 @@ class ServiceMachine {
   std::optional<std::int64_t> idleStopAtMs() const;
   // Whether a wake now would be answered with the last failure (backoff).
   bool inFailureBackoff(std::int64_t nowMs) const;
+  // Failed: from when a request may wake it again (failure_backoff after the failure).
+  std::optional<std::int64_t> retryAtMs() const;
 
  private:
   // restore(): whether the recorded operation's driver may have sent or
@@ -161,13 +167,16 @@ class ServiceMachine {
   Effects enterReadiness(std::int64_t nowMs);
   Effects fail(std::int64_t nowMs, Cause cause, std::string reason);
   void finishOperation(std::int64_t nowMs, const OperationOutcome& outcome);
+  std::int64_t startDeadlineMs() const;
+  bool warmingUp() const;  // starting, ready but for warmup (no health check, or it answered)
 
   std::string name_;
   MachineSettings settings_;
   std::size_t historySize_;
   MachineSnapshot s_;
-  std::uint64_t inFlight_ = 0;  // not persisted: workers report it again on reconnect
-  std::int64_t readyAtMs_ = 0;  // warmup deadline while in readiness without health check
+  std::uint64_t inFlight_ = 0;   // not persisted: workers report it again on reconnect
+  std::int64_t readyAtMs_ = 0;   // warmup deadline while warmingUp()
+  bool healthAnswered_ = false;  // readiness: the health check answered, warmup runs
   std::int64_t drainDeadlineMs_ = 0;
 };
 

@@ -1,17 +1,23 @@
 #include "controld/daemon/daemon.hpp"
 
+#include <grp.h>
 #include <pwd.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <rapidjson/document.h>
 
+#include <algorithm>
+
 #include "controld/cli/metrics.hpp"
 #include "controld/daemon/status_render.hpp"
 #include "controld/drivers/command_driver.hpp"
+#include "controld/io/clock.hpp"
 #include "controld/io/log.hpp"
 #include "controld/io/systemd.hpp"
 #include "controld/version.hpp"
+#include "shared/utf8.hpp"
 
 namespace ondemand::controld {
 
@@ -53,7 +59,7 @@ void Daemon::restoreFromDisk() {
   for (const auto& [file, error] : loaded.errors) {
     LogLine(LogLevel::Warning, "state_file_ignored").kv("file", file).kv("why", error);
   }
-  const auto now = unixMillisNow();
+  const auto now = clockMillisNow();
   for (auto& [name, snapshot] : loaded.services) {
     Service* s = services_->find(name);
     if (!s) {
@@ -65,8 +71,11 @@ void Daemon::restoreFromDisk() {
         .kv("state", std::string(toString(snapshot.state)))
         .kv("phase", toString(snapshot.phase))
         .kv("task_id", snapshot.operation ? snapshot.operation->taskId : 0);
+    // Transitions a previous process made but could not save (state_dir
+    // full) are lost with it: the floor keeps epochs from going back anyway.
+    snapshot.epoch = std::max(snapshot.epoch, services_->epochFloor());
     s->eventEpoch = snapshot.epoch;  // that transition was reported by the previous process
-    apply(*s, s->machine.restore(now, std::move(snapshot)));
+    apply(*s, s->machine.restore(now, withTimes(std::move(snapshot), fromWallMs)));
   }
 }
 
@@ -88,20 +97,23 @@ void Daemon::apply(Service& s, Effects e, const std::string& why) {
   if (e.stateChanged) publish(s);
   launchWhenDurable(s, e, why);
   if (e.beginReadiness && s.health) {
-    s.health->start([this, &s] { apply(s, s.machine.healthy(unixMillisNow())); });
+    s.health->start([this, &s] { apply(s, s.machine.healthy(clockMillisNow())); });
   }
   if (e.confirmHealth && s.health) {
     s.health->probeOnce([this, &s](bool healthy, std::string detail) {
       if (healthy) {
         LogLine(LogLevel::Info, "recovered_warm").kv("service", s.config.name).kv("health", "answering");
       } else {
-        apply(s, s.machine.unhealthy(unixMillisNow(), detail));
+        apply(s, s.machine.unhealthy(clockMillisNow(), detail));
       }
     });
   }
   if (e.announceStopping) beginDrain(s);
-  // A reload that waited for the operation under way applies once things are still.
-  services_->applyPendingConfig(s);
+  // A reload that waited for the operation under way applies once things are
+  // still. A new failure_backoff moves retry_at: workers must know, or they
+  // keep parking requests on the old one while controld ignores their wakes.
+  const auto retryBefore = s.machine.retryAtMs();
+  if (services_->applyPendingConfig(s) && s.machine.retryAtMs() != retryBefore) publish(s);
   reschedule(s);
 }
 
@@ -119,17 +131,30 @@ void Daemon::launchWhenDurable(Service& s, const Effects& e, const std::string& 
     }
   }
   if (!e.persist && !launch) return;
-  std::function<void()> whenDurable;
+  StateWriter::Durable whenDurable;
   if (launch) {
-    whenDurable = [this, service = &s, epoch = s.machine.epoch(), e, why] {
+    whenDurable = [this, service = &s, epoch = s.machine.epoch(), e, why](const std::string& error) {
       if (shuttingDown_ || !services_->holds(service)) return;
       if (service->machine.epoch() != epoch || service->machine.phase() != Phase::Driver) return;
+      if (!error.empty() && (e.runStartDriver || e.runStopDriver)) {
+        // Without its record on disk a crash would forget the operation
+        // (and a restarted controld could launch it a second time): refused.
+        OperationOutcome refused;
+        refused.reason = std::string("not ") + (e.runStartDriver ? "started" : "stopped") +
+                         ": the record of the operation could not be saved in state_dir (" + error + ")";
+        LogLine(LogLevel::Error, "operation_refused")
+            .kv("service", service->config.name)
+            .kv("operation", e.runStartDriver ? "start" : "stop")
+            .kv("why", refused.reason);
+        apply(*service, service->machine.operationDone(clockMillisNow(), refused));
+        return;
+      }
       if (e.runStartDriver) runOperation(*service, OperationKind::Start, why);
       if (e.runStopDriver) runOperation(*service, OperationKind::Stop, why);
       if (e.resumeDriver) resumeOperation(*service);
     };
   }
-  writer_->save(s.config.name, s.machine.snapshot(), std::move(whenDurable));
+  writer_->save(s.config.name, withTimes(s.machine.snapshot(), toWallMs), std::move(whenDurable));
 }
 
 void Daemon::runOperation(Service& s, OperationKind kind, const std::string& why) {
@@ -188,7 +213,7 @@ void Daemon::operationFinished(Service& s, OperationOutcome outcome) {
     s.holdsMachine = false;
     machineQueue_.release(s.config.machine, s.config.name);
   }
-  apply(s, s.machine.operationDone(unixMillisNow(), outcome));
+  apply(s, s.machine.operationDone(clockMillisNow(), outcome));
 }
 
 void Daemon::beginDrain(Service& s) {
@@ -203,7 +228,7 @@ void Daemon::beginDrain(Service& s) {
 void Daemon::maybeFinishDrain(Service& s) {
   if (s.machine.state() != ServiceState::Stopping || s.machine.phase() != Phase::Draining) return;
   if (!ledger_.drained(s.config.name)) return;
-  apply(s, s.machine.drainFinished(unixMillisNow(), ledger_.inFlight(s.config.name)));
+  apply(s, s.machine.drainFinished(clockMillisNow(), ledger_.inFlight(s.config.name)));
 }
 
 void Daemon::reschedule(Service& s) {
@@ -212,34 +237,40 @@ void Daemon::reschedule(Service& s) {
     s.timer.stop();
     return;
   }
-  const auto delay = std::max<std::int64_t>(0, *deadline - unixMillisNow());
-  s.timer.start(Millis(delay), [this, &s] { apply(s, s.machine.tick(unixMillisNow())); });
+  const auto delay = std::max<std::int64_t>(0, *deadline - clockMillisNow());
+  s.timer.start(Millis(delay), [this, &s] { apply(s, s.machine.tick(clockMillisNow())); });
 }
 
 void Daemon::publish(Service& s) {
   const auto& snap = s.machine.snapshot();
   // A push within the same epoch (the operation learnt its task id) is no
   // new transition: workers get the state again, event followers nothing.
-  const bool newTransition = !snap.history.empty() && snap.epoch != s.eventEpoch;
+  // One input may have made several (stopping -> cold -> starting): each is
+  // logged and sent, oldest first; every transition adds one to the epoch.
+  std::size_t fresh = 0;
+  if (snap.epoch > s.eventEpoch) {
+    fresh = static_cast<std::size_t>(std::min<std::uint64_t>(snap.epoch - s.eventEpoch, snap.history.size()));
+  }
   s.eventEpoch = snap.epoch;
-  std::string event;
-  if (newTransition) {
-    const Transition& t = snap.history.back();
+  std::string events;
+  for (std::size_t i = snap.history.size() - fresh; i < snap.history.size(); ++i) {
+    const Transition& t = snap.history[i];
+    const std::uint64_t epoch = snap.epoch - (snap.history.size() - 1 - i);
     LogLine(t.to == ServiceState::Failed ? LogLevel::Warning : LogLevel::Info, "transition")
         .kv("service", s.config.name)
         .kv("from", std::string(toString(t.from)))
         .kv("to", std::string(toString(t.to)))
         .kv("cause", toString(t.cause))
-        .kv("epoch", snap.epoch)
+        .kv("epoch", epoch)
         .kv("task_id", t.taskId)
         .kv("detail", t.detail);
-    event = eventLine(s);
+    events += eventLine(s, t, epoch);
     telemetry_->transition(s.config.name, t, snap);
   }
   const std::string line = protocol::encode(statePush(s));
   server_->forEach([&](ControlConnection& c) {
     if (c.subscribed) c.send(line);
-    if (c.wantsEvents && !event.empty()) c.send(event);
+    if (c.wantsEvents && !events.empty()) c.send(events);
   });
 }
 
@@ -275,7 +306,7 @@ void Daemon::onMessage(ControlConnection& c, protocol::Message&& message) {
 }
 
 void Daemon::onClosed(ControlConnection& c) {
-  const auto now = unixMillisNow();
+  const auto now = clockMillisNow();
   const auto dropped = ledger_.dropConnection(c.id());
   for (const auto& name : dropped.inFlightChanged) {
     if (Service* s = services_->find(name)) apply(*s, s->machine.activity(now, ledger_.inFlight(name), false));
@@ -288,16 +319,30 @@ void Daemon::onClosed(ControlConnection& c) {
 void Daemon::handleWake(ControlConnection&, const protocol::Wake& wake) {
   Service* s = services_->find(wake.service);
   if (!s) {
-    if (unknownWakes_[wake.service]++ == 0) {
-      LogLine(LogLevel::Warning, "unknown_service").kv("service", wake.service).kv("why", "a wake names it");
+    // Names a client chooses: remembered (and logged once each) up to a
+    // limit, then only counted, so they cannot grow memory or the log.
+    constexpr std::size_t kMaxUnknownNames = 1000;
+    auto known = unknownWakes_.find(wake.service);
+    if (known != unknownWakes_.end()) {
+      ++known->second;
+    } else if (unknownWakes_.size() < kMaxUnknownNames) {
+      unknownWakes_.emplace(wake.service, 1);
+      LogLine(LogLevel::Warning, "unknown_service")
+          .kv("service", protocol::truncateUtf8(validUtf8(wake.service), 200))
+          .kv("why", "a wake names it");
+    } else if (unknownWakesOther_++ == 0) {
+      LogLine(LogLevel::Warning, "unknown_service")
+          .kv("why", "wakes name more than " + std::to_string(kMaxUnknownNames) +
+                         " unknown services; further names are only counted");
     }
     return;
   }
-  apply(*s, s->machine.wake(unixMillisNow(), Cause::Request, wake.reason), wake.reason);
+  const std::string reason = validUtf8(wake.reason);  // a path from anyone: "GET /x/%ff"
+  apply(*s, s->machine.wake(clockMillisNow(), Cause::Request, reason), reason);
 }
 
 void Daemon::handleActivity(ControlConnection& c, const protocol::Activity& activity) {
-  const auto now = unixMillisNow();
+  const auto now = clockMillisNow();
   for (const auto& entry : activity.entries) {
     Service* s = services_->find(entry.service);
     if (!s) continue;
@@ -336,9 +381,21 @@ void Daemon::handleCommand(ControlConnection& c, const protocol::Command& comman
   if (command.verb != "start" && command.verb != "stop") {
     return reply(false, "unknown command \"" + command.verb + "\"", nullptr);
   }
+  if (!isAdmin(c)) {
+    LogLine(LogLevel::Warning, "command_refused")
+        .kv("verb", command.verb)
+        .kv("service", command.service)
+        .kv("uid", static_cast<std::int64_t>(c.peerUid()))
+        .kv("pid", c.peerPid());
+    return reply(false,
+                 "permission denied: controld " + command.verb + " is for root, controld's own user and the " +
+                     "admin_users and admin_groups of its configuration; uid " + std::to_string(c.peerUid()) +
+                     " is none of them",
+                 nullptr);
+  }
   Service* s = services_->find(command.service);
   if (!s) return reply(false, "unknown service \"" + command.service + "\"", nullptr);
-  const auto now = unixMillisNow();
+  const auto now = clockMillisNow();
   if (command.verb == "start") {
     apply(*s, s->machine.wake(now, Cause::Cli, "controld start"), "controld start (cli)");
     return reply(true, "", s);
@@ -367,8 +424,62 @@ std::string Daemon::metricsPage() const {
 
 // --- lifecycle --------------------------------------------------------------
 
+void Daemon::resolveAdmins() {
+  adminUids_.clear();
+  adminGids_.clear();
+  for (const auto& name : config_.adminUsers) {
+    if (const passwd* pw = ::getpwnam(name.c_str())) {
+      adminUids_.insert(pw->pw_uid);
+    } else {
+      LogLine(LogLevel::Warning, "config_warning").kv("problem", "admin_users: there is no user \"" + name + "\"");
+    }
+  }
+  for (const auto& name : config_.adminGroups) {
+    if (const group* gr = ::getgrnam(name.c_str())) {
+      adminGids_.insert(gr->gr_gid);
+    } else {
+      LogLine(LogLevel::Warning, "config_warning").kv("problem", "admin_groups: there is no group \"" + name + "\"");
+    }
+  }
+}
+
+bool Daemon::isAdmin(const ControlConnection& c) const {
+  const uid_t uid = c.peerUid();
+  if (uid == static_cast<uid_t>(-1)) return false;
+  if (uid == 0 || uid == ::geteuid() || adminUids_.count(uid)) return true;
+  if (adminGids_.empty()) return false;
+  if (adminGids_.count(c.peerGid())) return true;
+  // Supplementary groups: the kernel only tells the primary one.
+  const passwd* pw = ::getpwuid(uid);
+  if (!pw) return false;
+  int count = 64;
+  std::vector<gid_t> groups(static_cast<std::size_t>(count));
+  if (::getgrouplist(pw->pw_name, pw->pw_gid, groups.data(), &count) < 0) {
+    groups.resize(static_cast<std::size_t>(count));
+    if (::getgrouplist(pw->pw_name, pw->pw_gid, groups.data(), &count) < 0) return false;
+  }
+  groups.resize(static_cast<std::size_t>(count));
+  return std::any_of(groups.begin(), groups.end(), [&](gid_t g) { return adminGids_.count(g) > 0; });
+}
+
+ControlServer::Limits Daemon::connectionLimits() {
+  ControlServer::Limits limits;
+  // Clients may take all descriptors but a reserve for state files, health
+  // probes, Semaphore and commands; never more than the default.
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY) {
+    const auto usable = files.rlim_cur > 128 ? files.rlim_cur - 64 : files.rlim_cur / 2;
+    limits.maxConnections = std::clamp<std::size_t>(usable, 16, limits.maxConnections);
+  }
+  return limits;
+}
+
 int Daemon::run() {
-  startedAtMs_ = unixMillisNow();
+  startedAtMs_ = clockMillisNow();
+  // Epochs of this process start above any a previous one can have reached
+  // (which would need more than 1,024 transitions a millisecond), saved or
+  // not; still below 2^53 (kMaxEpoch) until the year 2248.
+  services_->setEpochFloor(static_cast<std::uint64_t>(std::max<std::int64_t>(unixMillisNow(), 0)) * 1024);
   if (auto error = store_.prepare()) {
     LogLine(LogLevel::Error, "startup_failed").kv("why", *error);
     return 1;
@@ -378,6 +489,8 @@ int Daemon::run() {
     services_->add(c);
   // Signals first: once the socket exists, clients (and systemd) may signal us.
   signals_.start();
+  server_->setLimits(connectionLimits());
+  resolveAdmins();
   std::string activationError;
   const auto inherited = systemdSocketFor(config_.socketPath, activationError);
   if (!activationError.empty()) {
@@ -475,6 +588,7 @@ void Daemon::reload() {
   });
   config_ = std::move(*next);
   telemetry_->configureStatsd(config_.statsd);
+  resolveAdmins();
   for (const auto& change : changes) {
     if (change.added) {
       LogLine(LogLevel::Info, "service_added").kv("service", change.service->config.name);

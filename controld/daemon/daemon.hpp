@@ -7,10 +7,12 @@
 // beside it: the service registry (services built from config), the activity
 // ledger (core/), status rendering, signals and the reloaded configuration.
 
+#include <sys/types.h>
 #include <uv.h>
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "controld/config/config.hpp"
@@ -68,6 +70,9 @@ class Daemon : public ControlServer::Handler {
   void warnIfStateDirNotWritable() const;
   StatusSources statusSources() const;
   std::string metricsPage() const;
+  static ControlServer::Limits connectionLimits();
+  void resolveAdmins();
+  bool isAdmin(const ControlConnection& connection) const;
 
   uv_loop_t* loop_;
   uv_loop_t loopStorage_;
@@ -83,7 +88,10 @@ class Daemon : public ControlServer::Handler {
   std::unique_ptr<Telemetry> telemetry_;
   MachineQueue machineQueue_;
   ActivityLedger ledger_;
-  std::map<std::string, std::uint64_t> unknownWakes_;  // unknown service name -> count (logged once)
+  std::map<std::string, std::uint64_t> unknownWakes_;  // unknown service name -> count (logged once), bounded
+  std::uint64_t unknownWakesOther_ = 0;                // wakes for unknown names past that bound
+  std::set<uid_t> adminUids_;                          // admin_users, resolved
+  std::set<gid_t> adminGids_;                          // admin_groups, resolved
   DaemonSignals signals_;
   Watchdog watchdog_;
   std::int64_t startedAtMs_ = 0;

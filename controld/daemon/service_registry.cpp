@@ -29,7 +29,7 @@ std::unique_ptr<Driver> ServiceRegistry::makeDriver(const ServiceConfig& c) {
   switch (c.driverKind()) {
     case ServiceConfig::DriverKind::Command:
       return std::make_unique<CommandDriver>(loop_, c.startCommand, c.stopCommand, c.startTimeout, c.stopTimeout,
-                                             c.name, store_.commandOutputPath(c.name));
+                                             c.name, store_.commandOutputPath(c.name), c.environment);
     case ServiceConfig::DriverKind::Semaphore:
       if (!c.semaphore || !semaphoreSettings_) return nullptr;  // the config loader does not let this happen
       return std::make_unique<SemaphoreDriver>(semaphore_.client(*semaphoreSettings_), c.name, *c.semaphore);
@@ -62,6 +62,8 @@ Service& ServiceRegistry::add(const ServiceConfig& c) {
   auto service = std::make_unique<Service>(loop_, c, machineSettings(c, driver.get()), historySize_);
   service->driver = std::move(driver);
   service->health = makeHealthChecker(c);
+  service->machine.raiseEpoch(epochFloor_);
+  service->eventEpoch = service->machine.epoch();
   auto& slot = services_[c.name];
   slot = std::move(service);
   return *slot;

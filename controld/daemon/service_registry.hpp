@@ -53,6 +53,10 @@ class ServiceRegistry {
   // What every service shares: the history size and the Semaphore connection.
   void useConfig(const Config& config);
 
+  // Services built from now on start their epochs at `floor` (Daemon::run).
+  void setEpochFloor(std::uint64_t floor) { epochFloor_ = floor; }
+  std::uint64_t epochFloor() const { return epochFloor_; }
+
   Service& add(const ServiceConfig& config);
   Service* find(const std::string& name);
   const Service* find(const std::string& name) const;
@@ -91,6 +95,7 @@ class ServiceRegistry {
   const StateStore& store_;
   SemaphoreSession semaphore_;
   std::size_t historySize_ = 20;
+  std::uint64_t epochFloor_ = 0;
   std::optional<SemaphoreSettings> semaphoreSettings_;
   Map services_;
 };

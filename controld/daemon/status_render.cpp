@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include "controld/daemon/telemetry.hpp"
+#include "controld/io/clock.hpp"
+#include "controld/io/state_store.hpp"
 #include "controld/version.hpp"
 
 namespace ondemand::controld {
@@ -10,15 +12,14 @@ namespace ondemand::controld {
 namespace {
 
 std::int64_t retryAt(const Service& s) {
-  const auto& snap = s.machine.snapshot();
-  return snap.state == ServiceState::Failed ? snap.failedAtMs + s.config.failureBackoff.count() : 0;
+  return toWallMs(s.machine.retryAtMs().value_or(0));
 }
 
 protocol::StatusReply::Daemon daemonStatus(const StatusSources& src) {
   protocol::StatusReply::Daemon d;
   d.version = versionString();
   d.pid = ::getpid();
-  d.startedAtMs = src.startedAtMs;
+  d.startedAtMs = toWallMs(src.startedAtMs);
   d.config = src.config.sourceFile;
   d.workerConnections = src.server.connectionCount("worker");
   d.cliConnections = src.server.connectionCount("cli");
@@ -28,7 +29,8 @@ protocol::StatusReply::Daemon daemonStatus(const StatusSources& src) {
 }
 
 // The persisted record: the operation under way, the last one, the history.
-void addRecord(protocol::StatusReply::Service& out, const MachineSnapshot& snap) {
+void addRecord(protocol::StatusReply::Service& out, const MachineSnapshot& machineSnapshot) {
+  const MachineSnapshot snap = withTimes(machineSnapshot, toWallMs);  // shown: the wall clock
   if (const auto& op = snap.operation) {
     out.operation = protocol::StatusReply::Operation{toString(op->kind), op->driver,     op->taskId, op->pid,
                                                      op->startedAtMs,    op->operationId};
@@ -49,10 +51,10 @@ protocol::StatusReply::Service serviceStatus(const Service& s, const StatusSourc
   out.state = snap.state;
   out.phase = toString(snap.phase);
   out.epoch = snap.epoch;
-  out.sinceMs = snap.sinceMs;
+  out.sinceMs = toWallMs(snap.sinceMs);
   out.cause = toString(snap.cause);
   out.reason = snap.reason;
-  out.startingSinceMs = snap.startingSinceMs;
+  out.startingSinceMs = toWallMs(snap.startingSinceMs);
   out.retryAtMs = retryAt(s);
   out.startsOk = snap.startsOk;
   out.startsFailed = snap.startsFailed;
@@ -61,11 +63,11 @@ protocol::StatusReply::Service serviceStatus(const Service& s, const StatusSourc
   out.startedTotal = s.startedTotal;
   out.requestsWaiting = src.ledger.held(s.config.name);
   src.telemetry.fill(s.config.name, out);
-  out.idleStopAtMs = s.machine.idleStopAtMs();
+  if (const auto at = s.machine.idleStopAtMs()) out.idleStopAtMs = toWallMs(*at);
   out.driver = driverName(s.config);
   out.machine = s.config.machine;
-  out.healthUrl = s.config.healthUrl;
-  out.baseUrl = s.config.baseUrl;
+  out.healthUrl = withoutCredentials(s.config.healthUrl);  // a password in it is not for whoever reads status
+  out.baseUrl = withoutCredentials(s.config.baseUrl);
   out.idleTimeoutMs = s.config.idleTimeout.count();
   out.queued = src.machineQueue.waiting(s.config.machine, s.config.name);
   addRecord(out, snap);
@@ -80,8 +82,8 @@ protocol::StatePush statePush(const Service& s) {
   p.service = s.config.name;
   p.state = snap.state;
   p.epoch = snap.epoch;
-  p.sinceMs = snap.sinceMs;
-  p.startingSinceMs = snap.startingSinceMs;
+  p.sinceMs = toWallMs(snap.sinceMs);
+  p.startingSinceMs = toWallMs(snap.startingSinceMs);
   p.cause = toString(snap.cause);
   p.reason = snap.reason;
   if (snap.operation && snap.operation->taskId) {
@@ -94,11 +96,9 @@ protocol::StatePush statePush(const Service& s) {
   return p;
 }
 
-std::string eventLine(const Service& s) {
-  const auto& snap = s.machine.snapshot();
-  const Transition& t = snap.history.back();
+std::string eventLine(const Service& s, const Transition& t, std::uint64_t epoch) {
   return protocol::encode(
-      protocol::Event{s.config.name, t.atMs, t.from, t.to, toString(t.cause), t.detail, t.taskId, snap.epoch});
+      protocol::Event{s.config.name, toWallMs(t.atMs), t.from, t.to, toString(t.cause), t.detail, t.taskId, epoch});
 }
 
 std::string replyLine(std::int64_t id, bool ok, const std::string& error, const Service* s) {

@@ -19,8 +19,8 @@ class Telemetry;
 
 protocol::StatePush statePush(const Service& service);
 
-// One `event` line for the service's latest transition.
-std::string eventLine(const Service& service);
+// One `event` line for one of the service's transitions, which made `epoch`.
+std::string eventLine(const Service& service, const Transition& transition, std::uint64_t epoch);
 
 // A command's reply; with `service`, its state after the command.
 std::string replyLine(std::int64_t id, bool ok, const std::string& error, const Service* service);

@@ -19,6 +19,7 @@
 #include <sstream>
 #include <utility>
 
+#include "controld/io/clock.hpp"
 #include "controld/io/fd.hpp"
 
 #ifndef SYS_pidfd_open
@@ -139,7 +140,8 @@ class SpawnSettings {
 
 // Spawns argv with stdin on /dev/null, stdout and stderr on `output` (an fd
 // above 2) and no other descriptor. Returns 0 and the pid, or an errno.
-int spawnCommand(const std::vector<std::string>& argv, int output, pid_t& pid) {
+int spawnCommand(const std::vector<std::string>& argv, const std::vector<std::string>& environment, int output,
+                 pid_t& pid) {
   SpawnSettings s;
   sigset_t all;
   sigset_t none;
@@ -169,9 +171,13 @@ int spawnCommand(const std::vector<std::string>& argv, int output, pid_t& pid) {
   for (const auto& arg : argv)
     args.push_back(const_cast<char*>(arg.c_str()));
   args.push_back(nullptr);
-  // posix_spawnp looks the program up in PATH as execvp does (but runs no
-  // /bin/sh for a script without a #! line).
-  return posix_spawnp(&pid, args[0], s.actions(), s.attr(), args.data(), environ);
+  std::vector<char*> env;
+  for (const auto& entry : environment)
+    env.push_back(const_cast<char*>(entry.c_str()));
+  env.push_back(nullptr);
+  // posix_spawnp looks the program up in controld's PATH as execvp does (but
+  // runs no /bin/sh for a script without a #! line).
+  return posix_spawnp(&pid, args[0], s.actions(), s.attr(), args.data(), env.data());
 }
 
 OperationOutcome succeeded() {
@@ -240,7 +246,8 @@ struct CommandDriver::Operation {
   struct Spawn {
     uv_work_t work{};
     std::vector<std::string> argv;
-    ScopedFd output;  // the command's stdout and stderr; ours closed once it runs
+    std::vector<std::string> environment;  // "NAME=value"
+    ScopedFd output;                       // the command's stdout and stderr; ours closed once it runs
     pid_t pid = 0;
     int error = 0;
     Operation* op = nullptr;  // nullptr when the operation went first
@@ -263,10 +270,11 @@ struct CommandDriver::Operation {
   Operation(const Operation&) = delete;
   Operation& operator=(const Operation&) = delete;
 
-  void startSpawn(const std::vector<std::string>& argv, ScopedFd output) {
+  void startSpawn(const std::vector<std::string>& argv, const std::vector<std::string>& environment, ScopedFd output) {
     auto* job = new Spawn;
     job->work.data = job;
     job->argv = argv;
+    job->environment = environment;
     job->output = std::move(output);
     job->op = this;
     spawning = job;
@@ -276,7 +284,7 @@ struct CommandDriver::Operation {
         loop, &job->work,
         [](uv_work_t* w) {
           auto* j = static_cast<Spawn*>(w->data);
-          j->error = spawnCommand(j->argv, j->output.get(), j->pid);
+          j->error = spawnCommand(j->argv, j->environment, j->output.get(), j->pid);
           j->output.reset();
         },
         [](uv_work_t* w, int) {
@@ -469,7 +477,8 @@ struct CommandDriver::Operation {
 
 CommandDriver::CommandDriver(uv_loop_t* loop, std::vector<std::string> startCommand,
                              std::vector<std::string> stopCommand, Millis startTimeout, Millis stopTimeout,
-                             std::string serviceName, std::string outputPath, Millis killGrace)
+                             std::string serviceName, std::string outputPath,
+                             const std::map<std::string, std::string>& environment, Millis killGrace)
     : loop_(loop),
       startCommand_(std::move(startCommand)),
       stopCommand_(std::move(stopCommand)),
@@ -477,7 +486,35 @@ CommandDriver::CommandDriver(uv_loop_t* loop, std::vector<std::string> startComm
       stopTimeout_(stopTimeout),
       serviceName_(std::move(serviceName)),
       outputPath_(std::move(outputPath)),
+      environment_(commandEnvironment(serviceName_, environment)),
       killGrace_(killGrace) {}
+
+std::vector<std::string> commandEnvironment(const std::string& service,
+                                            const std::map<std::string, std::string>& configured) {
+  // What a program needs to run as it would from a login shell, and no
+  // more: controld's own secrets (SEMAPHORE_API_TOKEN, whatever its unit's
+  // EnvironmentFile holds) stay with controld.
+  static constexpr std::string_view kKept[] = {"PATH", "HOME", "USER",   "LOGNAME",  "SHELL",
+                                               "LANG", "TZ",   "TMPDIR", "LANGUAGE", "TERM"};
+  std::map<std::string, std::string> vars;
+  for (char** entry = environ; entry && *entry; ++entry) {
+    const std::string_view text(*entry);
+    const auto eq = text.find('=');
+    if (eq == std::string_view::npos) continue;
+    const std::string_view name = text.substr(0, eq);
+    const bool kept =
+        std::find(std::begin(kKept), std::end(kKept), name) != std::end(kKept) || name.substr(0, 3) == "LC_";
+    if (kept) vars[std::string(name)] = std::string(text.substr(eq + 1));
+  }
+  if (!vars.count("PATH")) vars["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+  vars["ONDEMAND_SERVICE"] = service;
+  for (const auto& [name, value] : configured)
+    vars[name] = value;
+  std::vector<std::string> out;
+  for (const auto& [name, value] : vars)
+    out.push_back(name + "=" + value);
+  return out;
+}
 
 CommandDriver::~CommandDriver() {
   *alive_ = false;
@@ -537,7 +574,7 @@ void CommandDriver::run(const OperationRequest& request, ProgressCallback progre
 
   op->record.kind = request.kind;
   op->record.driver = "command";
-  op->record.startedAtMs = unixMillisNow();
+  op->record.startedAtMs = clockMillisNow();
   const auto alive = alive_;
   if (progress) {
     progress(op->record);
@@ -560,7 +597,7 @@ void CommandDriver::run(const OperationRequest& request, ProgressCallback progre
   // that has ended (pid 0) and judges readiness as usual, so a health check
   // waits in vain until start_timeout. Never a second run, which is what the
   // record is for.
-  op->startSpawn(argv, std::move(outputForCommand));
+  op->startSpawn(argv, environment_, std::move(outputForCommand));
 
   uv_update_time(loop_);  // timers count from the loop's cached time, which may be stale here
   op->deadline.start(op->timeout, [this] { onTimeout(); });
@@ -607,7 +644,7 @@ void CommandDriver::resume(const OperationRecord& record, ProgressCallback, Done
   op->output.reset(::open(outputPath_.c_str(), O_RDONLY | O_CLOEXEC));
 
   uv_update_time(loop_);
-  const auto elapsed = Millis(record.startedAtMs > 0 ? unixMillisNow() - record.startedAtMs : 0);
+  const auto elapsed = Millis(record.startedAtMs > 0 ? clockMillisNow() - record.startedAtMs : 0);
   op->deadline.start(op->timeout - elapsed, [this] { onTimeout(); });
 }
 

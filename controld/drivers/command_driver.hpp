@@ -36,6 +36,7 @@
 
 #include <uv.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,12 +47,21 @@
 
 namespace ondemand::controld {
 
+// The environment of a service's start and stop commands: PATH, HOME, USER,
+// LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR and TERM of controld's,
+// ONDEMAND_SERVICE (the service's name), then what the configuration names
+// (a service's `environment:`), and nothing else.
+std::vector<std::string> commandEnvironment(const std::string& service,
+                                            const std::map<std::string, std::string>& configured);
+
 class CommandDriver : public Driver {
  public:
   // `outputPath` is the file commands write to (StateStore::commandOutputPath).
+  // `environment` is added to what commands get of controld's own
+  // (commandEnvironment).
   CommandDriver(uv_loop_t* loop, std::vector<std::string> startCommand, std::vector<std::string> stopCommand,
                 Millis startTimeout, Millis stopTimeout, std::string serviceName, std::string outputPath,
-                Millis killGrace = std::chrono::seconds(5));
+                const std::map<std::string, std::string>& environment = {}, Millis killGrace = std::chrono::seconds(5));
   ~CommandDriver() override;  // kills a command still running, like cancel()
   CommandDriver(const CommandDriver&) = delete;
   CommandDriver& operator=(const CommandDriver&) = delete;
@@ -106,6 +116,7 @@ class CommandDriver : public Driver {
   Millis stopTimeout_;
   std::string serviceName_;
   std::string outputPath_;
+  std::vector<std::string> environment_;  // "NAME=value", what every command gets
   Millis killGrace_;
 
   std::unique_ptr<Operation> op_;

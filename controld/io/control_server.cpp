@@ -6,8 +6,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "controld/io/fd.hpp"
@@ -18,11 +20,16 @@ namespace ondemand::controld {
 namespace {
 
 // A client that has this much unread output is not keeping up; it is dropped.
+// Each queued line counts with its write request, so many small lines weigh
+// what they cost.
 constexpr std::size_t kMaxWriteBacklog = 8 * 1024 * 1024;
 
 struct WriteRequest {
   uv_write_t req;
   std::string data;
+  std::shared_ptr<ControlServer*> server;  // null inside once the server is gone
+  std::uint64_t connection = 0;
+  std::size_t cost = 0;
 };
 
 // True when something accepts connections on the socket path.
@@ -54,15 +61,25 @@ std::optional<std::string> makeParentDirectory(const std::string& path) {
 void ControlConnection::send(std::string line) {
   if (closing_) return;
   auto* stream = reinterpret_cast<uv_stream_t*>(pipe_.get());
-  if (uv_stream_get_write_queue_size(stream) > kMaxWriteBacklog) {
-    close("client does not read its messages");
+  const std::size_t cost = line.size() + sizeof(WriteRequest) + 64;  // the allocations' own overhead
+  if (queued_ > 0 && queued_ + cost > kMaxWriteBacklog) {
+    close("client does not read its messages (" + std::to_string(queued_) + " bytes queued)");
     return;
   }
-  auto* w = new WriteRequest{{}, std::move(line)};
+  if (server_.queuedTotal_ > 0 && server_.queuedTotal_ + cost > server_.limits_.maxQueuedBytes) {
+    close("output queued for all clients together passed " + std::to_string(server_.limits_.maxQueuedBytes) + " bytes");
+    return;
+  }
+  auto* w = new WriteRequest{{}, std::move(line), server_.self_, id_, cost};
   uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
-  const int rc =
-      uv_write(&w->req, stream, &buf, 1, [](uv_write_t* req, int) { delete reinterpret_cast<WriteRequest*>(req); });
+  queued_ += cost;
+  server_.queuedTotal_ += cost;
+  const int rc = uv_write(&w->req, stream, &buf, 1, [](uv_write_t* req, int) {
+    std::unique_ptr<WriteRequest> done(reinterpret_cast<WriteRequest*>(req));
+    if (*done->server) (*done->server)->written(done->connection, done->cost);
+  });
   if (rc != 0) {
+    server_.written(id_, cost);
     delete w;
     close(std::string("write failed: ") + uv_strerror(rc));
   }
@@ -104,6 +121,26 @@ ControlServer::ControlServer(uv_loop_t* loop, Handler& handler, std::string daem
 
 ControlServer::~ControlServer() {
   closeAll();
+  *self_ = nullptr;  // writes still queued finish without us
+}
+
+void ControlServer::written(std::uint64_t connection, std::size_t cost) {
+  queuedTotal_ -= std::min(cost, queuedTotal_);
+  if (auto it = connections_.find(connection); it != connections_.end()) {
+    it->second->queued_ -= std::min(cost, it->second->queued_);
+  }
+}
+
+void ControlServer::sweepHellos() {
+  const std::uint64_t now = uv_now(loop_);
+  std::vector<ControlConnection*> silent;
+  for (auto& [id, c] : connections_) {
+    if (c->role_.empty() && c->isOpen() && now - c->openedAtMs_ >= limits_.helloTimeoutMs) silent.push_back(c.get());
+  }
+  for (auto* c : silent) {
+    c->send(protocol::encode(protocol::Error{"no hello within " + std::to_string(limits_.helloTimeoutMs) + " ms"}));
+    c->close("no hello within " + std::to_string(limits_.helloTimeoutMs) + " ms");
+  }
 }
 
 std::optional<std::string> ControlServer::listen(const std::string& path, std::optional<mode_t> mode,
@@ -181,7 +218,55 @@ void ControlServer::accept() {
   uv_pipe_init(loop_, pipe, 0);
   pipe->data = connection.get();
   connection->pipe_.adopt(pipe);
+  connection->openedAtMs_ = uv_now(loop_);
   if (uv_accept(reinterpret_cast<uv_stream_t*>(listener_.get()), reinterpret_cast<uv_stream_t*>(pipe)) != 0) return;
+  uv_os_fd_t fd = -1;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(pipe), &fd) == 0) {
+    ucred cred{};
+    socklen_t length = sizeof cred;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) == 0) {
+      connection->uid_ = cred.uid;
+      connection->gid_ = cred.gid;
+    }
+  }
+  if (connections_.size() >= limits_.maxConnections) {
+    // Refused at once, with a line saying why: descriptors stay free for
+    // the state files, the commands and the clients already connected.
+    static const std::string refusal = protocol::encode(protocol::Error{
+        "too many connections to controld (" + std::to_string(limits_.maxConnections) + "); try again later"});
+    if (fd >= 0) {
+      [[maybe_unused]] const auto n = ::send(fd, refusal.data(), refusal.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    LogLine(LogLevel::Warning, "connection_refused")
+        .kv("why", "too many connections")
+        .kv("limit", static_cast<std::uint64_t>(limits_.maxConnections));
+    return;  // the pipe closes with `connection`
+  }
+  // Connections that have not said hello yet hold a slot each: past
+  // maxSilent of them the oldest goes, so idle sockets can never keep the
+  // CLI or a worker out.
+  ControlConnection* oldestSilent = nullptr;
+  std::size_t silent = 0;
+  for (auto& [otherId, c] : connections_) {
+    if (!c->role_.empty() || !c->isOpen()) continue;
+    ++silent;
+    if (!oldestSilent) oldestSilent = c.get();
+  }
+  if (silent >= limits_.maxSilent && oldestSilent) oldestSilent->close("too many connections without hello");
+  if (!helloSweep_) {
+    auto* timer = new uv_timer_t;
+    uv_timer_init(loop_, timer);
+    timer->data = this;
+    helloSweep_.adopt(timer);
+    uv_unref(reinterpret_cast<uv_handle_t*>(timer));
+    const std::uint64_t every = std::max<std::uint64_t>(limits_.helloTimeoutMs / 4, 10);
+    uv_timer_start(
+        timer,
+        [](uv_timer_t* t) {
+          if (t->data) static_cast<ControlServer*>(t->data)->sweepHellos();
+        },
+        every, every);
+  }
   uv_read_start(
       reinterpret_cast<uv_stream_t*>(pipe),
       [](uv_handle_t*, std::size_t suggested, uv_buf_t* buf) {

@@ -29,6 +29,10 @@ class ControlConnection {
   std::uint64_t id() const { return id_; }
   const std::string& role() const { return role_; }  // "worker", "cli"; empty before hello
   std::int64_t peerPid() const { return pid_; }
+  // Who is at the other end, as the kernel says (SO_PEERCRED), not as the
+  // client claims; -1 when unknown.
+  uid_t peerUid() const { return uid_; }
+  gid_t peerGid() const { return gid_; }
   bool isOpen() const { return !closing_; }
 
   // Queues one encoded line. A client that stops reading is dropped once its
@@ -47,8 +51,12 @@ class ControlConnection {
 
   ControlServer& server_;
   std::uint64_t id_;
+  std::uint64_t openedAtMs_ = 0;  // uv_now when accepted, for the hello timeout
+  std::size_t queued_ = 0;        // bytes of output not yet written, with each write request's own cost
   std::string role_;
   std::int64_t pid_ = 0;
+  uid_t uid_ = static_cast<uid_t>(-1);
+  gid_t gid_ = static_cast<gid_t>(-1);
   bool closing_ = false;
   UvHandle<uv_pipe_t> pipe_;
   protocol::LineFramer framer_;
@@ -85,12 +93,27 @@ class ControlServer {
 
   // Messages received, by type ("wake", "activity", ...), for `status --json`.
   const std::map<std::string, std::uint64_t>& messagesReceived() const { return received_; }
+  std::size_t queuedBytes() const { return queuedTotal_; }
+
+  // Limits against clients that hold memory or descriptors: the most
+  // connections at once (more are refused with an error line), the time a
+  // new connection has to send hello, and the output queued for all clients
+  // together (past it, the client being written to is dropped).
+  struct Limits {
+    std::size_t maxConnections = 4096;
+    std::size_t maxSilent = 64;  // connections without hello at once; past it the oldest goes
+    std::uint64_t helloTimeoutMs = 5000;
+    std::size_t maxQueuedBytes = 256 * 1024 * 1024;
+  };
+  void setLimits(const Limits& limits) { limits_ = limits; }
 
  private:
   friend class ControlConnection;
   void accept();
   void closed(ControlConnection& connection);
   void dispatch(ControlConnection& connection, std::string_view line);
+  void sweepHellos();
+  void written(std::uint64_t connection, std::size_t cost);
 
   uv_loop_t* loop_;
   Handler& handler_;
@@ -103,6 +126,10 @@ class ControlServer {
   UvHandle<uv_idle_t> reaper_;
   int walking_ = 0;  // forEach() calls under way: closed connections must stay allocated
   std::map<std::string, std::uint64_t> received_;
+  UvHandle<uv_timer_t> helloSweep_;
+  Limits limits_;
+  std::size_t queuedTotal_ = 0;
+  std::shared_ptr<ControlServer*> self_ = std::make_shared<ControlServer*>(this);
 };
 
 }  // namespace ondemand::controld

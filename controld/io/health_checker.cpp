@@ -40,6 +40,7 @@ HttpRequest HealthChecker::makeRequest() const {
   HttpRequest request;
   request.url = url_;
   request.timeout = probeTimeout_;
+  request.discardBody = true;  // the status says it all; a 64 MiB answer every 20 ms must cost nothing
   return request;
 }
 

@@ -224,6 +224,10 @@ struct HttpClient::Impl {
     if (result == CURLE_OK) curl_easy_getinfo(t.easy, CURLINFO_RESPONSE_CODE, &status);
     if (result == CURLE_OK && status > 0) {
       r.status = status;
+      if (const std::size_t tail = t.request.keepBodyTail; tail > 0 && r.body.size() > tail) {
+        r.body.erase(0, r.body.size() - tail);
+        r.bodyCut = true;
+      }
       return;
     }
     r.status = 0;
@@ -332,11 +336,21 @@ struct HttpClient::Impl {
   static size_t onBody(char* data, size_t size, size_t count, void* userp) {
     auto* t = static_cast<Transfer*>(userp);
     const size_t n = size * count;
-    if (t->response.body.size() + n > kMaxBodyBytes) {
+    if (t->request.discardBody) return n;
+    std::string& body = t->response.body;
+    if (const std::size_t tail = t->request.keepBodyTail; tail > 0) {
+      body.append(data, n);
+      if (body.size() > 2 * tail) {  // trimmed now and then, not at every chunk
+        body.erase(0, body.size() - tail);
+        t->response.bodyCut = true;
+      }
+      return n;
+    }
+    if (body.size() + n > kMaxBodyBytes) {
       t->bodyTooLarge = true;
       return 0;  // curl aborts the transfer
     }
-    t->response.body.append(data, n);
+    body.append(data, n);
     return n;
   }
 

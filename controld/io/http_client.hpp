@@ -22,12 +22,19 @@ struct HttpRequest {
   std::vector<std::string> headers;  // "Name: value"
   std::string body;                  // sent when non-empty, or when method is POST/PUT
   std::chrono::milliseconds timeout{30000};
+  // What of the answer's body is kept. By default all of it up to 64 MiB (a
+  // larger one fails the request); with keepBodyTail only its last bytes, of
+  // a body of any length (bodyCut tells whether bytes were dropped); with
+  // discardBody none (a health probe needs only the status).
+  std::size_t keepBodyTail = 0;
+  bool discardBody = false;
 };
 
 struct HttpResponse {
   long status = 0;    // 0 when no HTTP answer arrived
   std::string error;  // curl's error text when status == 0 ("Connection refused", "Timeout was reached")
   std::string body;
+  bool bodyCut = false;                                      // keepBodyTail: the body's beginning was dropped
   std::vector<std::pair<std::string, std::string>> headers;  // names lower-cased
 
   bool ok() const { return status >= 200 && status < 300; }

@@ -22,6 +22,7 @@
 #include "controld/io/json_fields.hpp"
 #include "controld/io/log.hpp"
 #include "shared/json_writer.hpp"
+#include "shared/json_read.hpp"
 
 namespace ondemand::controld {
 
@@ -76,10 +77,22 @@ std::string snapshotToJson(const MachineSnapshot& s) {
   return w.text();
 }
 
+MachineSnapshot withTimes(MachineSnapshot s, std::int64_t (*convert)(std::int64_t)) {
+  for (std::int64_t* t : {&s.sinceMs, &s.startingSinceMs, &s.failedAtMs, &s.lastActivityMs})
+    *t = convert(*t);
+  if (s.operation) s.operation->startedAtMs = convert(s.operation->startedAtMs);
+  if (s.lastOperation) {
+    s.lastOperation->startedAtMs = convert(s.lastOperation->startedAtMs);
+    s.lastOperation->endedAtMs = convert(s.lastOperation->endedAtMs);
+  }
+  for (auto& t : s.history)
+    t.atMs = convert(t.atMs);
+  return s;
+}
+
 std::optional<MachineSnapshot> snapshotFromJson(const std::string& text, std::string& error) {
   rapidjson::Document doc;
-  doc.Parse(text.c_str(), text.size());
-  if (doc.HasParseError() || !doc.IsObject()) {
+  if (!parseJson(doc, text).empty() || !doc.IsObject()) {
     error = "not a JSON object";
     return std::nullopt;
   }
@@ -94,6 +107,11 @@ std::optional<MachineSnapshot> snapshotFromJson(const std::string& text, std::st
   s.phase = *phase;
   const auto* epoch = jsonMember(doc, "epoch");
   s.epoch = epoch && epoch->IsUint64() ? epoch->GetUint64() : 0;
+  if (s.epoch > kMaxEpoch) {
+    // No controld makes that many transitions; going on would wrap it.
+    error = "epoch " + std::to_string(s.epoch) + " out of range (at most " + std::to_string(kMaxEpoch) + ")";
+    return std::nullopt;
+  }
   s.sinceMs = jsonInt64(doc, "since");
   s.startingSinceMs = jsonInt64(doc, "starting_since");
   s.failedAtMs = jsonInt64(doc, "failed_at");
@@ -197,14 +215,21 @@ std::optional<std::string> StateStore::writeText(const std::string& service, con
   {
     ScopedFd fd(::open(tempPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640));
     if (!fd) return errnoText("cannot write", tempPath);
+    // A half-written temp file only takes space a retry needs.
+    auto failed = [&](const char* what) {
+      std::string error = errnoText(what, tempPath);
+      ::unlink(tempPath.c_str());
+      return error;
+    };
     std::size_t written = 0;
     while (written < text.size()) {
       const ssize_t n = ::write(fd.get(), text.data() + written, text.size() - written);
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return errnoText("cannot write", tempPath);
+      if (n == 0) errno = ENOSPC;
+      if (n <= 0) return failed("cannot write");
       written += static_cast<std::size_t>(n);
     }
-    if (::fsync(fd.get()) != 0) return errnoText("cannot fsync", tempPath);
+    if (::fsync(fd.get()) != 0) return failed("cannot fsync");
   }
   if (::rename(tempPath.c_str(), finalPath.c_str()) != 0) return errnoText("cannot rename onto", finalPath);
   ScopedFd dir(::open(servicesDir().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -249,8 +274,9 @@ namespace ondemand::controld {
 // What is waiting to be written for one service, and who waits for it.
 struct StateWriter::Pending {
   bool writing = false;
-  std::optional<std::string> text;             // the newest snapshot not yet handed to a job
-  std::vector<std::function<void()>> waiters;  // run when `text` is durable
+  bool failed = false;                        // the last write failed; `text` waits for the retry
+  std::optional<std::string> text;            // the newest snapshot not yet handed to a job
+  std::vector<StateWriter::Durable> waiters;  // run when `text` is durable (or failed)
 };
 
 struct StateWriter::Job {
@@ -258,13 +284,15 @@ struct StateWriter::Job {
   StateWriter* writer = nullptr;
   std::string service;
   std::string text;
-  std::vector<std::function<void()>> waiters;
+  std::vector<StateWriter::Durable> waiters;
   std::optional<std::string> error;
 };
 
-StateWriter::StateWriter(uv_loop_t* loop, const StateStore& store) : loop_(loop), store_(store) {}
+StateWriter::StateWriter(uv_loop_t* loop, const StateStore& store, Millis retryEvery)
+    : loop_(loop), store_(store), retryEvery_(retryEvery), retry_(std::make_unique<Timer>(loop)) {}
 
 StateWriter::~StateWriter() {
+  retry_.reset();
   // Jobs reference this writer: let them finish. Only the loop's thread pool
   // work is left by now, so this does not run anything else.
   while (running_ > 0)
@@ -275,7 +303,14 @@ bool StateWriter::idle() const {
   return running_ == 0;
 }
 
-void StateWriter::save(const std::string& service, const MachineSnapshot& snapshot, std::function<void()> durable) {
+std::size_t StateWriter::failing() const {
+  std::size_t n = 0;
+  for (const auto& [name, pending] : services_)
+    n += pending->failed;
+  return n;
+}
+
+void StateWriter::save(const std::string& service, const MachineSnapshot& snapshot, Durable durable) {
   auto& pending = services_[service];
   if (!pending) pending = std::make_unique<Pending>();
   pending->text = snapshotToJson(snapshot) + "\n";
@@ -309,12 +344,30 @@ void StateWriter::launch(const std::string& service) {
 void StateWriter::finished(Job* job) {
   std::unique_ptr<Job> owned(job);
   --running_;
-  if (job->error) LogLine(LogLevel::Error, "state_not_saved").kv("service", job->service).kv("why", *job->error);
   auto& pending = *services_[job->service];
   pending.writing = false;
-  if (pending.text) launch(job->service);
+  if (job->error) {
+    if (!pending.failed) {
+      LogLine(LogLevel::Error, "state_not_saved").kv("service", job->service).kv("why", *job->error);
+    }
+    pending.failed = true;
+    // Kept for the retry unless a newer snapshot replaced it meanwhile.
+    if (!pending.text) pending.text = std::move(job->text);
+    if (retry_ && !retry_->active()) retry_->start(retryEvery_, [this] { retryFailed(); });
+  } else {
+    if (pending.failed) LogLine(LogLevel::Info, "state_saved_again").kv("service", job->service);
+    pending.failed = false;
+    if (pending.text) launch(job->service);
+  }
+  const std::string error = job->error.value_or(std::string());
   for (auto& waiter : job->waiters)
-    waiter();
+    waiter(error);
+}
+
+void StateWriter::retryFailed() {
+  for (auto& [service, pending] : services_) {
+    if (pending->failed && !pending->writing && pending->text) launch(service);
+  }
 }
 
 }  // namespace ondemand::controld

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "controld/core/service_machine.hpp"
+#include "controld/io/uv.hpp"
 
 namespace ondemand::controld {
 
@@ -68,27 +69,43 @@ class StateStore {
 // Saves snapshots off the event loop. Writes of one service are coalesced (a
 // newer snapshot replaces one still waiting) and never overlap; different
 // services write in parallel. `durable` runs on the loop once a snapshot at
-// least as new as the one given is on disk (or failed to be written: the
-// error is logged and the daemon carries on, as it cannot do better).
+// least as new as the one given is on disk (with an empty error), or once
+// writing it failed (with what failed: state_dir full or unwritable). A
+// failed write is logged and tried again every retryEvery until it lands, so
+// nothing is lost once space returns.
 class StateWriter {
  public:
-  StateWriter(uv_loop_t* loop, const StateStore& store);
+  using Durable = std::function<void(const std::string& error)>;
+  StateWriter(uv_loop_t* loop, const StateStore& store, Millis retryEvery = Millis(1000));
   ~StateWriter();  // waits for writes under way
 
-  void save(const std::string& service, const MachineSnapshot& snapshot, std::function<void()> durable = {});
+  void save(const std::string& service, const MachineSnapshot& snapshot, Durable durable = {});
   bool idle() const;
+  // Services whose newest snapshot is not on disk because writing it failed.
+  std::size_t failing() const;
 
  private:
   struct Pending;
   struct Job;
   void launch(const std::string& service);
   void finished(Job* job);
+  void retryFailed();
 
   uv_loop_t* loop_;
   const StateStore& store_;
+  Millis retryEvery_;
   std::map<std::string, std::unique_ptr<Pending>> services_;
   std::size_t running_ = 0;
+  std::unique_ptr<Timer> retry_;
 };
+
+// The largest epoch a state file may hold: 2^53 - 1, exact in every JSON
+// reader, and a billion years of a transition a second from wrapping.
+inline constexpr std::uint64_t kMaxEpoch = (std::uint64_t{1} << 53) - 1;
+
+// The snapshot with every point in time (not the durations) passed through
+// convert: toWallMs to persist or show it, fromWallMs after loading it.
+MachineSnapshot withTimes(MachineSnapshot snapshot, std::int64_t (*convert)(std::int64_t));
 
 // JSON text of a snapshot and back; exposed for tests and `status --json`.
 std::string snapshotToJson(const MachineSnapshot& snapshot);

@@ -106,13 +106,17 @@ Admin endpoints (JSON; not recorded in the request log, no auth):
                                       "answer_delay_ms", "drop_task_posts":
                                       true/false, "tokens": [...], "users":
                                       {"name": {"password", "role"}},
-                                      "websocket": true/false} (any subset)
+                                      "websocket": true/false,
+                                      "task_post_answer": "500" | "truncated"
+                                      | ""} (any subset)
                                       drop_task_posts: a task-creating POST
                                       creates nothing and its connection is
                                       closed without an answer (after the
                                       response delay): a request lost on the
-                                      way. Delays and dropping apply to the
-                                      requests that arrive afterwards.
+                                      way. task_post_answer: the task is
+                                      created, its answer replaced by a 500 or
+                                      cut in half. Delays and dropping apply
+                                      to the requests that arrive afterwards.
   POST   /__double/sessions/expire   forgets every login session (the next
                                       call with a cookie gets 401)
   GET    /__double/websockets        {"connections", "pings", "pongs"}: live-
@@ -121,6 +125,8 @@ Admin endpoints (JSON; not recorded in the request log, no auth):
   POST   /__double/websockets/close  drops every live-update connection
                                       without a close frame (a restart)
   POST   /__double/websockets/ping   pings every live-update connection
+  POST   /__double/websockets/send   {"text", "repeat"}: sends text repeated that
+                                      many times as one text frame, JSON or not
 
 A request log entry: {"method", "path" (with the query), "headers" (names
 lower-cased), "body" (text), "status" (what the double answered; null while
@@ -395,6 +401,7 @@ class SemaphoreDouble:
         self.answer_delay = answer_delay_ms / 1000.0
         self.drop_task_posts = False
         self._faults = []  # [method, compiled path pattern, mode, times left or None, hits]
+        self.task_post_answer = None
         self._log = []
         self._task_ids = itertools.count(1)
         self._running_templates = set()
@@ -467,12 +474,14 @@ class SemaphoreDouble:
             self.sessions.clear()
 
     def configure(self, queue_delay_ms=None, response_delay_ms=None, tokens=None, users=None, websocket=None,
-                  answer_delay_ms=None, drop_task_posts=None):
+                  answer_delay_ms=None, drop_task_posts=None, task_post_answer=None):
         with self._cond:
             if answer_delay_ms is not None:
                 self.answer_delay = answer_delay_ms / 1000.0
             if drop_task_posts is not None:
                 self.drop_task_posts = bool(drop_task_posts)
+            if task_post_answer is not None:
+                self.task_post_answer = task_post_answer or None
             if websocket is not None:
                 self.websocket_enabled = bool(websocket)
             if queue_delay_ms is not None:
@@ -598,6 +607,7 @@ class SemaphoreDouble:
             delay = self.response_delay
             answer_delay = self.answer_delay if creates_task else 0
             drop = self.drop_task_posts and creates_task
+            mangle = self.task_post_answer if creates_task else None
         if delay and path.startswith("/api/"):
             time.sleep(delay)
         if drop:
@@ -615,6 +625,10 @@ class SemaphoreDouble:
             reply = Reply(500, "double failure: %r" % e, "text/plain")
         if answer_delay and reply.status == 201:
             time.sleep(answer_delay)
+        if mangle and reply.status == 201:
+            # The task exists; its answer is lost on the way.
+            reply = Reply(500, "internal error", "text/plain") if mangle == "500" else \
+                Reply(201, reply.body[:len(reply.body) // 2], "application/json")
         with self._cond:
             entry["status"] = reply.status
         return reply
@@ -1068,6 +1082,12 @@ class SemaphoreDouble:
             for ws in list(self._websockets):
                 ws.send(0x9, payload)
 
+    def send_websockets(self, text):
+        """Sends one text frame, whatever it holds, to every live-update connection."""
+        with self._cond:
+            for ws in list(self._websockets):
+                ws.send(0x1, text.encode())
+
     # --- admin endpoints --------------------------------------------------
 
     def _admin(self, method, path, body):
@@ -1095,7 +1115,8 @@ class SemaphoreDouble:
                 return Reply(204)
             if route == "config" and method == "POST":
                 self.configure(**{k: data[k] for k in ("queue_delay_ms", "response_delay_ms", "answer_delay_ms",
-                                                       "drop_task_posts", "tokens", "users", "websocket") if k in data})
+                                                       "drop_task_posts", "task_post_answer", "tokens", "users",
+                                                       "websocket") if k in data})
                 return Reply(204)
             if route == "sessions/expire" and method == "POST":
                 self.expire_sessions()
@@ -1107,6 +1128,9 @@ class SemaphoreDouble:
                 return Reply(204)
             if route == "websockets/ping" and method == "POST":
                 self.ping_websockets()
+                return Reply(204)
+            if route == "websockets/send" and method == "POST":
+                self.send_websockets(data.get("text", "") * int(data.get("repeat", 1)))
                 return Reply(204)
         except (BadTemplate, ValueError, TypeError) as e:
             return Reply(400, {"error": str(e)})

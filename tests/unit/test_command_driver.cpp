@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -83,7 +84,7 @@ std::string readFile(const std::string& path) {
 std::unique_ptr<CommandDriver> startDriver(TestLoop& loop, Argv start, Millis timeout = 10000ms, Millis grace = 5000ms,
                                            Argv stop = {}, const std::string& output = freshOutputPath()) {
   return std::make_unique<CommandDriver>(loop.get(), std::move(start), std::move(stop), timeout, 10000ms, "notes-app",
-                                         output, grace);
+                                         output, std::map<std::string, std::string>{}, grace);
 }
 
 OperationRequest startRequest() {

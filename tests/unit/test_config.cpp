@@ -687,3 +687,63 @@ TEST_CASE("Hestia: two services with one environment prefix are an error only wh
   CHECK(l->result.errors[0].where.line == 5);
   CHECK(contains(l->result.errors[0].message, "MY_SVC_HEALTH_URL could belong to either"));
 }
+
+TEST_CASE("a Semaphore-driven service whose base_url is controld's Semaphore server is an error naming both") {
+  const std::string config = R"(
+semaphore:
+  base_url: http://Semaphore.internal:3000/
+  api_token: abc
+services:
+  semaphore:
+    base_url: http://semaphore.internal:3000/auth/login
+    health_url: http://semaphore.internal:3000/api/ping
+    semaphore: { start_template_id: 3, stop_template_id: 4 }
+  other:
+    base_url: http://semaphore.internal:3001
+    health_url: http://gpu/health
+    semaphore: { start_template_id: 5 }
+)";
+  const auto loaded = load(config);
+  REQUIRE(loaded->result.errors.size() == 1);
+  const auto& e = loaded->result.errors[0];
+  INFO(formatProblem(e));
+  CHECK(e.key == "services.semaphore.base_url");
+  CHECK(e.where.line == 7);
+  CHECK(contains(e.message, "http://semaphore.internal:3000/auth/login is the Semaphore server controld uses"));
+  CHECK(contains(e.message, "semaphore.base_url http://Semaphore.internal:3000, line 3"));
+}
+
+TEST_CASE("an alias bomb in extra_vars is refused with one error, not expanded") {
+  std::string config = R"(
+semaphore:
+  base_url: http://semaphore:3000
+  api_token: abc
+x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]
+)";
+  for (int i = 1; i < 10; ++i) {
+    config += "x" + std::to_string(i) + ": &a" + std::to_string(i) + " [";
+    for (int j = 0; j < 9; ++j)
+      config += std::string(j ? ", " : "") + "*a" + std::to_string(i - 1);
+    config += "]\n";
+  }
+  config += R"(services:
+  vm:
+    health_url: http://vm/health
+    semaphore:
+      start_template_id: 3
+      extra_vars: { bomb: *a9 }
+)";
+  // 9^10 values once expanded: about 3.5 billion.
+  const auto loaded = load(config);
+  INFO(allProblems(loaded->result.errors));
+  REQUIRE_FALSE(loaded->result.config);
+  bool found = false;
+  for (const auto& e : loaded->result.errors) {
+    if (e.key.rfind("services.vm.semaphore.extra_vars", 0) == 0) {
+      CHECK(contains(e.message, "once YAML aliases are expanded"));
+      CHECK_FALSE(found);  // one error
+      found = true;
+    }
+  }
+  CHECK(found);
+}

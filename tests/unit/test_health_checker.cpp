@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -188,4 +189,25 @@ TEST_CASE("a single probe tells whether a service is still warm, and what answer
   loop.runFor(200ms);
   CHECK_FALSE(called);
   CHECK(http.inFlight() == 0);
+}
+
+TEST_CASE("a health answer's body is not kept: a 100 MB one is as healthy as any 200") {
+  TestHttpServer server;
+  server.routes().Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content_provider(100 * 1024 * 1024, "text/plain",
+                             [](std::size_t offset, std::size_t length, httplib::DataSink& sink) {
+                               static const std::string chunk(64 * 1024, 'x');
+                               (void)offset;
+                               sink.write(chunk.data(), std::min(length, chunk.size()));
+                               return true;
+                             });
+  });
+  server.start();
+  TestLoop loop;
+  HttpClient http(loop.get());
+  HealthChecker checker(http, loop.get(), server.url("/healthz"), 250ms, 20000ms);
+  bool healthy = false;
+  checker.start([&] { healthy = true; });
+  REQUIRE(loop.runUntil([&] { return healthy; }, 25000ms));
+  CHECK(checker.lastDetail() == "HTTP 200");
 }

@@ -382,3 +382,14 @@ TEST_CASE("activity reports held requests, and each ended wait once") {
   CHECK(activity.entries[0].held == 2);
   CHECK(activity.entries[0].waited.empty());
 }
+
+TEST_CASE("a worker without a link to controld follows ondemand_daemon_down, never passing silently") {
+  CHECK(decideWithoutLink(DaemonDownPolicy::Open).action == Action::Pass);
+  for (const auto policy : {DaemonDownPolicy::Closed, DaemonDownPolicy::LastKnown}) {
+    const Decision d = decideWithoutLink(policy);
+    CHECK(d.action == Action::Answer);
+    CHECK(d.answer == AnswerKind::DaemonDown);
+    CHECK(statusOf(d.answer) == 503);
+    CHECK_FALSE(d.wake);
+  }
+}

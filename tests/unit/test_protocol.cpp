@@ -1,8 +1,15 @@
+#include <pthread.h>
+
 #include <catch2/catch.hpp>
+#include <functional>
+#include <limits>
+#include <memory>
 
 #include "shared/duration.hpp"
+#include "shared/json_read.hpp"
 #include "shared/protocol.hpp"
 #include "shared/service_name.hpp"
+#include "shared/utf8.hpp"
 
 using namespace ondemand;
 using namespace ondemand::protocol;
@@ -108,6 +115,20 @@ TEST_CASE("the line framer splits a stream into messages and refuses oversized l
   CHECK(exact.next() == std::optional<std::string_view>("abcd"));
 }
 
+TEST_CASE("the line framer judges each line whole, however reads split it") {
+  const std::string tooLong = std::string(17, 'x') + "\n";
+  LineFramer whole(16);
+  CHECK_FALSE(whole.append("ok\n" + tooLong + "ok\n"));  // complete lines are checked too
+  LineFramer split(16);
+  REQUIRE(split.append("ok\n" + tooLong.substr(0, 10)));
+  CHECK_FALSE(split.append(tooLong.substr(10) + "ok\n"));
+  LineFramer fine(16);
+  CHECK(fine.append(std::string(16, 'y') + "\n" + std::string(8, 'z')));
+  CHECK(fine.append(std::string(8, 'z') + "\n"));
+  CHECK(fine.next() == std::optional<std::string_view>(std::string(16, 'y')));
+  CHECK(fine.next() == std::optional<std::string_view>(std::string(16, 'z')));
+}
+
 TEST_CASE("UTF-8 truncation never splits a character") {
   const std::string text = "ab\xC3\xA9";  // "abé"
   CHECK(truncateUtf8(text, 3) == "ab");
@@ -129,6 +150,12 @@ TEST_CASE("durations read the way people write them") {
   CHECK(formatDuration(Millis(1500)) == "1.5s");
   CHECK(formatDuration(Millis(90000)) == "1m30s");
   CHECK(formatDuration(Millis(0)) == "0ms");
+}
+
+TEST_CASE("every duration can be shown, the most negative one included") {
+  CHECK(formatDuration(Millis(-1500)) == "-1.5s");
+  CHECK(formatDuration(Millis(std::numeric_limits<std::int64_t>::min())) == "-2562047788015h12m55s");
+  CHECK(formatDuration(Millis(std::numeric_limits<std::int64_t>::max())) == "2562047788015h12m55s");
 }
 
 TEST_CASE("service names are kept to a safe alphabet") {
@@ -181,4 +208,77 @@ TEST_CASE("the status reply has every field of status --json, null where nothing
   CHECK(line.find("{\"name\":\"idle\"") != std::string::npos);
   CHECK(line.find("\"idle_stop_at\":null") != std::string::npos);
   CHECK(line.find("\"operation\":null,\"last_operation\":null,\"history\":[]}]}\n") != std::string::npos);
+}
+
+namespace {
+
+// Runs fn on a thread with a small stack (as controld may get under a tight
+// ulimit -s), so a recursive parse would overflow it.
+void onSmallStack(const std::function<void()>& fn) {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  pthread_t thread;
+  auto* copy = new std::function<void()>(fn);
+  REQUIRE(pthread_create(
+              &thread, &attr,
+              [](void* arg) -> void* {
+                std::unique_ptr<std::function<void()>> f(static_cast<std::function<void()>*>(arg));
+                (*f)();
+                return nullptr;
+              },
+              copy) == 0);
+  pthread_join(thread, nullptr);
+  pthread_attr_destroy(&attr);
+}
+
+}  // namespace
+
+TEST_CASE("a control message nested 65,536 deep is refused without exhausting the stack") {
+  const std::string line(kMaxMessageBytes - 1, '[');
+  Decoded decoded;
+  onSmallStack([&] { decoded = decode(line); });
+  CHECK_FALSE(decoded.message);
+  CHECK(decoded.error.find("nested deeper than 64 levels") != std::string::npos);
+
+  std::string deepObject = R"({"type":"wake","service":"a","reason":"x","extra":)";
+  for (int i = 0; i < 30000; ++i)
+    deepObject += R"({"a":)";
+  onSmallStack([&] { decoded = decode(deepObject); });
+  CHECK_FALSE(decoded.message);
+}
+
+TEST_CASE("JSON nesting is counted outside strings only and up to the limit") {
+  rapidjson::Document doc;
+  std::string ok;
+  for (std::size_t i = 0; i < kMaxJsonDepth; ++i)
+    ok += "[";
+  ok += R"("[[[[{{{{")";
+  for (std::size_t i = 0; i < kMaxJsonDepth; ++i)
+    ok += "]";
+  CHECK(parseJson(doc, ok).empty());
+  CHECK(doc.IsArray());
+  CHECK(parseJson(doc, "[" + ok + "]") == "nested deeper than 64 levels");
+  CHECK(jsonNestingDepth(R"({"a":"\"[[[","b":[1,{"c":[]}]})") == 4);
+}
+
+TEST_CASE("a control message with bytes after its JSON object is malformed") {
+  CHECK(decode(R"({"type":"subscribe"})").message);
+  CHECK(decode("{\"type\":\"subscribe\"} \t").message);
+  const auto twice = decode(R"({"type":"subscribe"}{"type":"wake","service":"x"})");
+  CHECK_FALSE(twice.message);
+  CHECK(twice.error.find("not JSON") != std::string::npos);
+  CHECK_FALSE(decode(R"({"type":"subscribe"} garbage)").message);
+}
+
+TEST_CASE("text from outside is made valid UTF-8, byte by byte") {
+  CHECK(validUtf8("GET /caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80") ==
+        "GET /caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80");
+  CHECK(validUtf8("GET /x/\xFF\xFE\xC0") == "GET /x/\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+  CHECK(validUtf8("\xC0\xAF") == "\xEF\xBF\xBD\xEF\xBF\xBD");                  // overlong '/'
+  CHECK(validUtf8("\xED\xA0\x80") == "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // a surrogate
+  CHECK(validUtf8("\xF4\x90\x80\x80").find("\xF4") == std::string::npos);      // past U+10FFFF
+  CHECK(validUtf8("cut \xE2\x82") == "cut \xEF\xBF\xBD\xEF\xBF\xBD");
+  CHECK(isValidUtf8(validUtf8("\x80\xBF\xF8\xFF")));
+  CHECK(isValidUtf8(""));
 }

@@ -708,6 +708,51 @@ TEST_CASE("a Semaphore task whose creation was never confirmed is found by its o
   CHECK(semaphore.requests("GET", "/api/project/1/tasks/1").size() >= 1);
 }
 
+namespace {
+
+// One start of template 22 by a fresh driver, to its outcome.
+Observed startToEnd(Daemon& daemon) {
+  SemaphoreDriver driver(daemon.client, "comfyui", serviceSettings(22));
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }, 10s));
+  return seen;
+}
+
+}  // namespace
+
+TEST_CASE("a task whose POST answer is lost, a 500 or unreadable is looked up by its operation id, not sent twice") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "after_ms": 200})"});
+  Daemon daemon(tokenSettings(semaphore, 1s));
+  SECTION("no answer within http_timeout") {
+    adminCall(semaphore.port(), "POST", "/__double/config", R"({"answer_delay_ms": 3000})");
+  }
+  SECTION("HTTP 500 after creating it") {
+    adminCall(semaphore.port(), "POST", "/__double/config", R"({"task_post_answer": "500"})");
+  }
+  SECTION("a truncated answer") {
+    adminCall(semaphore.port(), "POST", "/__double/config", R"({"task_post_answer": "truncated"})");
+  }
+  const Observed seen = startToEnd(daemon);
+  INFO(seen.outcome->reason);
+  CHECK(seen.outcome->ok);
+  CHECK(seen.outcome->taskId == 1);
+  CHECK(semaphore.requests("POST", "/api/project/1/tasks").size() == 1);
+  CHECK(semaphore.requests("GET", "/api/project/1/tasks/last").size() == 1);
+}
+
+TEST_CASE("a task POST that created nothing still fails the start with what Semaphore answered") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "after_ms": 200})"});
+  Daemon daemon(tokenSettings(semaphore, 300ms));
+  adminCall(semaphore.port(), "POST", "/__double/config", R"({"drop_task_posts": true})");
+  const Observed seen = startToEnd(daemon);
+  INFO(seen.outcome->reason);
+  CHECK_FALSE(seen.outcome->ok);
+  CHECK(seen.outcome->reason.rfind("could not reach Semaphore at " + semaphore.url(), 0) == 0);
+  CHECK(semaphore.requests("POST", "/api/project/1/tasks").size() == 1);
+  CHECK(semaphore.requests("GET", "/api/project/1/tasks/last").size() == 2);  // at once and after http_timeout
+}
+
 TEST_CASE("a Semaphore task created only after the restart is found by the second look, not sent twice") {
   // Semaphore is slow: it creates the task 700 ms after the POST arrived,
   // after the first look of the restarted controld.
@@ -1094,6 +1139,24 @@ TEST_CASE("a dropped live-update connection is reopened and the followed task lo
   CHECK(ms < 5000);  // the announcement, not the poll at 6.3 s
 }
 
+TEST_CASE("a live-update frame of a million open brackets neither crashes controld nor stops the task being followed") {
+  SemaphoreDouble semaphore({"--token", kToken, "--template", R"({"id": 22, "run": "succeed", "after_ms": 1500})"});
+  Daemon daemon(tokenSettings(semaphore));
+  auto settings = serviceSettings(22);
+  settings.pollInterval = 10s;
+  SemaphoreDriver driver(daemon.client, "comfyui", settings);
+  Observed seen;
+  driver.run(startRequest(), seen.onProgress(), seen.onDone());
+  REQUIRE(daemon.runUntil([&] { return semaphore.websockets("connections") == 1; }, 5s));
+  // Whatever answers on a plain-http base_url can send this (the frame limit is 1 MiB).
+  adminCall(semaphore.port(), "POST", "/__double/websockets/send", R"({"text": "[", "repeat": 1048570})");
+  adminCall(semaphore.port(), "POST", "/__double/websockets/send",
+            R"({"text": "{\"type\":\"update\",\"task_id\":1,\"status\":[[[[[[[[[[[[[[]]]]]]]]]]]]]]}"})");
+  REQUIRE(daemon.runUntil([&] { return seen.outcome.has_value(); }, 20s));
+  CHECK(seen.outcome->ok);
+  CHECK(semaphore.websockets("connections") == 1);  // the connection carried on
+}
+
 TEST_CASE("with a username and password, the live-update connection carries the session cookie") {
   SemaphoreDouble semaphore({"--user", "alice:wonderland", "--template", R"({"id": 22, "after_ms": 300})"});
   SemaphoreSettings settings = tokenSettings(semaphore);
@@ -1112,4 +1175,20 @@ TEST_CASE("with a username and password, the live-update connection carries the 
   CHECK(ws[0].authorization.empty());
   CHECK(ws[0].cookie == semaphore.requests("POST", "/api/project/1/tasks")[0].cookie);
   CHECK(semaphore.requests("POST", "/api/auth/login").size() == 1);
+}
+
+TEST_CASE("of a task output of any size only the end is read") {
+  std::string body = "[";
+  for (int i = 0; i < 20000; ++i)
+    body += R"({"task_id":1,"time":"2024-01-01T00:00:00Z","output":"TASK [step )" + std::to_string(i) +
+            R"(] },{\"not\":\"an entry\"}"},)";
+  body += R"({"task_id":1,"time":"2024-01-01T00:00:00Z","output":"fatal: out of memory"}])";
+  REQUIRE(body.size() > 2 * kOutputTailBytes);
+  const std::string tail = body.substr(body.size() - kOutputTailBytes);
+  const auto lines = lastOutputLines(tail, 3, true);
+  REQUIRE(lines);
+  CHECK(*lines == std::vector<std::string>{"TASK [step 19998] },{\"not\":\"an entry\"}",
+                                           "TASK [step 19999] },{\"not\":\"an entry\"}", "fatal: out of memory"});
+  CHECK(lastOutputLines(body, 1) == std::vector<std::string>{"fatal: out of memory"});
+  CHECK_FALSE(lastOutputLines("no entries at all", 3, true));
 }

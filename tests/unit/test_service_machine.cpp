@@ -2,6 +2,8 @@
 // one story a user would recognise.
 #include <catch2/catch.hpp>
 
+#include <limits>
+
 #include "controld/core/service_machine.hpp"
 
 using namespace ondemand;
@@ -458,4 +460,42 @@ TEST_CASE("history keeps only the last N transitions") {
   }
   CHECK(m.snapshot().history.size() == 3);
   CHECK(m.snapshot().history.back().to == ServiceState::Failed);
+}
+
+TEST_CASE("with a health check, warmup is waited for after the first healthy answer") {
+  auto settings = commandSettings();
+  settings.warmup = Millis(5'000);
+  ServiceMachine m("svc", settings);
+  m.wake(0, Cause::Request, "GET /");
+  CHECK(m.operationDone(500, ok()).beginReadiness);
+  CHECK(m.nextDeadlineMs() == 60'000);  // only start_timeout until health answers
+  CHECK_FALSE(m.tick(5'500).stateChanged);
+  const Effects healthy = m.healthy(8'000);
+  CHECK_FALSE(healthy.stateChanged);
+  CHECK(m.state() == ServiceState::Starting);
+  CHECK(m.nextDeadlineMs() == 13'000);
+  CHECK_FALSE(m.healthy(9'000).stateChanged);  // a second answer does not restart the wait
+  CHECK_FALSE(m.tick(12'999).stateChanged);
+  CHECK(m.tick(13'000).stateChanged);
+  CHECK(m.state() == ServiceState::Warm);
+  CHECK(m.snapshot().history.back().detail == "health check answered, then warmup 5s elapsed");
+}
+
+TEST_CASE("numbers from a state file at their limits neither wrap nor overflow") {
+  MachineSnapshot failedForever;
+  failedForever.state = ServiceState::Failed;
+  failedForever.failedAtMs = std::numeric_limits<std::int64_t>::max();
+  ServiceMachine m("svc", commandSettings());
+  m.restore(1'000, failedForever);
+  CHECK(m.retryAtMs() == std::numeric_limits<std::int64_t>::max());
+  CHECK(m.inFailureBackoff(1'000));
+
+  MachineSnapshot starting;
+  starting.state = ServiceState::Starting;
+  starting.phase = Phase::Readiness;
+  starting.startingSinceMs = std::numeric_limits<std::int64_t>::max() - 5;
+  ServiceMachine s("svc", commandSettings());
+  s.restore(1'000, starting);
+  CHECK(s.nextDeadlineMs() == std::numeric_limits<std::int64_t>::max());
+  CHECK_FALSE(s.tick(2'000).stateChanged);
 }

@@ -103,3 +103,50 @@ TEST_CASE("an unwritable state_dir gives an error naming it") {
   REQUIRE(error);
   CHECK(error->find("/proc/ondemand-cannot-exist") != std::string::npos);
 }
+
+TEST_CASE("a snapshot that cannot be written is reported to its waiter and written once state_dir allows it") {
+  TempDir dir;
+  StateStore store(dir.path);
+  REQUIRE_FALSE(store.prepare());
+  // Where the temp file goes, a directory: the write fails as on a full disk.
+  const std::string blocker = dir.path + "/services/svc.json.tmp";
+  std::filesystem::create_directory(blocker);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  {
+    StateWriter writer(&loop, store, Millis(20));
+    MachineSnapshot snapshot;
+    snapshot.state = ServiceState::Failed;
+    snapshot.epoch = 3;
+    std::optional<std::string> reported;
+    writer.save("svc", snapshot, [&](const std::string& error) { reported = error; });
+    while (!reported)
+      uv_run(&loop, UV_RUN_ONCE);
+    CHECK(reported->find(blocker) != std::string::npos);
+    CHECK(writer.failing() == 1);
+    CHECK(store.loadAll().services.empty());
+
+    std::filesystem::remove(blocker);
+    while (writer.failing() > 0)
+      uv_run(&loop, UV_RUN_ONCE);
+    const auto loaded = store.loadAll();
+    REQUIRE(loaded.services.count("svc") == 1);
+    CHECK(loaded.services.at("svc").epoch == 3);
+    CHECK(loaded.services.at("svc").state == ServiceState::Failed);
+
+    std::optional<std::string> second;
+    writer.save("svc", snapshot, [&](const std::string& error) { second = error; });
+    while (!second)
+      uv_run(&loop, UV_RUN_ONCE);
+    CHECK(second->empty());
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+}
+
+TEST_CASE("a state file with an epoch no controld reaches is refused, not wrapped") {
+  std::string error;
+  CHECK_FALSE(snapshotFromJson(R"({"state":"warm","phase":"none","epoch":18446744073709551615})", error));
+  CHECK(error.find("epoch") != std::string::npos);
+  CHECK(snapshotFromJson(R"({"state":"warm","phase":"none","epoch":9007199254740991})", error));
+}

@@ -10,6 +10,7 @@
 
 #include "controld/drivers/semaphore/semaphore_driver.hpp"
 #include "controld/io/http_client.hpp"
+#include "shared/json_read.hpp"
 
 namespace ondemand::controld {
 
@@ -67,8 +68,7 @@ class OnlineCheck {
 
 std::string versionOf(const std::string& body) {
   rapidjson::Document doc;
-  doc.Parse(body.data(), body.size());
-  if (doc.HasParseError() || !doc.IsObject()) return {};
+  if (!parseJson(doc, body).empty() || !doc.IsObject()) return {};
   const auto v = doc.FindMember("version");
   return v != doc.MemberEnd() && v->value.IsString() ? v->value.GetString() : std::string();
 }

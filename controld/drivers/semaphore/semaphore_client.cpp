@@ -32,9 +32,10 @@ bool SemaphoreClient::usesSession() const {
 }
 
 SemaphoreClient::RequestId SemaphoreClient::send(std::string method, std::string path, std::string body,
-                                                 Callback callback) {
+                                                 Callback callback, std::size_t keepBodyTail) {
   const RequestId id = nextId_++;
   Call call;
+  call.keepBodyTail = keepBodyTail;
   call.method = std::move(method);
   call.path = std::move(path);
   call.body = std::move(body);
@@ -70,6 +71,7 @@ void SemaphoreClient::dispatch(RequestId id) {
   }
   request.body = call.body;
   request.timeout = settings_.httpTimeout;
+  request.keepBodyTail = call.keepBodyTail;
   call.session = sessionGeneration_;
   call.httpId = http_.send(std::move(request), [this, alive = alive_, id](HttpResponse response) {
     if (*alive) onResponse(id, std::move(response));

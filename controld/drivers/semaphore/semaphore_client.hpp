@@ -47,7 +47,9 @@ class SemaphoreClient {
 
   // METHOD base_url + path ("/api/..."); `body` is JSON text or empty. The
   // callback runs on the loop, never from inside send().
-  RequestId send(std::string method, std::string path, std::string body, Callback callback);
+  // keepBodyTail: only the answer's last bytes are kept (HttpRequest).
+  RequestId send(std::string method, std::string path, std::string body, Callback callback,
+                 std::size_t keepBodyTail = 0);
   void cancel(RequestId id);  // no callback for it afterwards
 
   uv_loop_t* loop() const { return loop_; }
@@ -69,6 +71,7 @@ class SemaphoreClient {
     std::string path;
     std::string body;
     Callback callback;
+    std::size_t keepBodyTail = 0;
     HttpClient::RequestId httpId = 0;
     std::uint64_t session = 0;  // the login the call was sent with
     bool retried = false;

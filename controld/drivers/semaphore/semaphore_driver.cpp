@@ -1,6 +1,8 @@
 #include "controld/drivers/semaphore/semaphore_driver.hpp"
 
 #include "controld/drivers/semaphore/semaphore_task.hpp"
+#include "controld/io/clock.hpp"
+#include "shared/json_read.hpp"
 
 namespace ondemand::controld {
 
@@ -21,8 +23,7 @@ std::string SemaphoreDriver::taskEnvironment(OperationKind kind, const std::stri
   w.startObject().str("service_id", serviceId_).str("machine_id", settings_.machineId).str("action", toString(kind));
   w.str(kOperationKey, operationId);
   rapidjson::Document extra;
-  extra.Parse(settings_.extraVarsJson.data(), settings_.extraVarsJson.size());
-  if (!extra.HasParseError() && extra.IsObject()) {
+  if (parseJson(extra, settings_.extraVarsJson).empty() && extra.IsObject()) {
     for (const auto& member : extra.GetObject()) {
       const std::string_view name(member.name.GetString(), member.name.GetStringLength());
       if (name == "service_id" || name == "machine_id" || name == "action" || name == kOperationKey)
@@ -51,8 +52,7 @@ std::string SemaphoreDriver::cannotRun(OperationKind kind) const {
   if (!supports(kind)) return "service " + serviceId_ + " has no Semaphore " + toString(kind) + " template";
   if (!settings_.extraVarsJson.empty()) {
     rapidjson::Document extra;
-    extra.Parse(settings_.extraVarsJson.data(), settings_.extraVarsJson.size());
-    if (extra.HasParseError() || !extra.IsObject())
+    if (!parseJson(extra, settings_.extraVarsJson).empty() || !extra.IsObject())
       return "extra_vars of service " + serviceId_ + " is not a JSON object";
   }
   return {};
@@ -74,7 +74,7 @@ std::string SemaphoreDriver::taskBody(OperationKind kind, const std::string& ope
 
 void SemaphoreDriver::run(const OperationRequest& request, ProgressCallback progress, DoneCallback done) {
   const auto op = begin(request.kind, std::move(progress), std::move(done));
-  op->record.startedAtMs = unixMillisNow();
+  op->record.startedAtMs = clockMillisNow();
   if (std::string problem = cannotRun(request.kind); !problem.empty()) {
     op->report();
     if (op->active) op->failSoon(std::move(problem));
@@ -92,7 +92,7 @@ void SemaphoreDriver::resume(const OperationRecord& record, ProgressCallback pro
   const auto op = begin(record.kind, std::move(progress), std::move(done));
   op->record = record;
   op->record.driver = "semaphore";
-  if (record.startedAtMs <= 0) op->record.startedAtMs = unixMillisNow();
+  if (record.startedAtMs <= 0) op->record.startedAtMs = clockMillisNow();
   if (record.taskId > 0) {
     op->follow(true);
     return;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "controld/io/websocket.hpp"
+#include "shared/json_read.hpp"
 
 namespace ondemand::controld {
 
@@ -287,8 +288,7 @@ class Session {
 
   void handleText(const std::string& payload) {
     rapidjson::Document doc;
-    doc.Parse(payload.data(), payload.size());
-    if (doc.HasParseError() || !doc.IsObject()) return;
+    if (!parseJson(doc, payload).empty() || !doc.IsObject()) return;
     const auto type = doc.FindMember("type");
     if (type == doc.MemberEnd() || !type->value.IsString() || std::strcmp(type->value.GetString(), "update") != 0)
       return;  // "log" lines and whatever newer versions add

@@ -13,8 +13,10 @@
 
 #include "controld/drivers/semaphore/semaphore_common.hpp"
 #include "controld/drivers/semaphore/semaphore_driver.hpp"
+#include "controld/io/clock.hpp"
 #include "controld/io/log.hpp"
 #include "controld/io/uv.hpp"
+#include "shared/json_read.hpp"
 
 namespace ondemand::controld {
 
@@ -55,6 +57,7 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
   bool active = true;
   bool stopWhenCreated = false;  // cancelled while Semaphore had not answered the creation (or look-up) yet
   bool secondLook = false;       // the look-up for an unconfirmed task is being repeated (onLookedUp)
+  std::string createProblem;     // the POST's answer was lost or unreadable: the reason if no task is found
   bool deadlinePassed = false;
   std::string lastStatus;       // as last read from Semaphore
   std::string lastPollProblem;  // why the last poll could not read the status
@@ -84,8 +87,7 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
     std::int64_t taskId = 0;
     if (http.ok()) {
       rapidjson::Document doc;
-      doc.Parse(http.body.data(), http.body.size());
-      if (!doc.HasParseError() && doc.IsObject()) {
+      if (parseJson(doc, http.body).empty() && doc.IsObject()) {
         const auto id = doc.FindMember("id");
         if (id != doc.MemberEnd() && id->value.IsInt64() && id->value.GetInt64() > 0) taskId = id->value.GetInt64();
       }
@@ -99,20 +101,42 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
     }
     const std::string what =
         "template " + std::to_string(templateId) + " of project " + std::to_string(client.settings().projectId);
-    if (!reply.refused.empty()) return fail(reply.refused);
-    if (http.status == 0) return fail("could not reach Semaphore at " + url() + ": " + http.error);
-    if (taskId == 0 && http.ok())
-      return fail("Semaphore at " + url() + " answered the task for " + what +
-                  " without a task id: " + excerpt(http.body));
-    if (http.status == 500)
-      return fail("Semaphore at " + url() + " could not run " + what +
-                  " (HTTP 500, no details): check that the template exists in that project");
-    if (http.status == 404)
-      return fail("Semaphore at " + url() + " has no project " + std::to_string(client.settings().projectId) +
-                  " for this user (HTTP 404)");
-    if (!http.ok())
-      return fail("Semaphore at " + url() + " answered HTTP " + std::to_string(http.status) + " to the task for " +
-                  what + ": " + excerpt(http.body));
+    std::string problem;
+    if (!reply.refused.empty()) {
+      problem = reply.refused;
+    } else if (http.status == 0) {
+      problem = "could not reach Semaphore at " + url() + ": " + http.error;
+    } else if (taskId == 0 && http.ok()) {
+      problem =
+          "Semaphore at " + url() + " answered the task for " + what + " without a task id: " + excerpt(http.body);
+    } else if (http.status == 500) {
+      problem = "Semaphore at " + url() + " could not run " + what +
+                " (HTTP 500, no details): check that the template exists in that project";
+    } else if (http.status == 404) {
+      problem = "Semaphore at " + url() + " has no project " + std::to_string(client.settings().projectId) +
+                " for this user (HTTP 404)";
+    } else if (!http.ok()) {
+      problem = "Semaphore at " + url() + " answered HTTP " + std::to_string(http.status) + " to the task for " + what +
+                ": " + excerpt(http.body);
+    }
+    if (!problem.empty()) {
+      // A POST that got no answer (a timeout, a dropped connection), a 5xx or
+      // a 2xx without a readable id may still have created the task: it is
+      // looked up by its operation id before the start fails, so it is never
+      // left running unseen while the next wake sends another.
+      const bool mayExist =
+          reply.refused.empty() && (http.status == 0 || http.status >= 500 || http.ok()) && !record.operationId.empty();
+      if (!mayExist) return fail(problem);
+      LogLine(LogLevel::Warning, "semaphore_task_unconfirmed")
+          .kv("service", serviceId)
+          .kv("operation_id", record.operationId)
+          .kv("why", problem)
+          .kv("then", "looking it up by its operation id");
+      createProblem = problem;
+      // Without an answer, the POST may still be on its way through Semaphore.
+      secondLook = http.status != 0;
+      return lookUp();
+    }
 
     record.taskId = taskId;
     lastStatus = "waiting";
@@ -150,6 +174,10 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
       }
       return;
     }
+    if (!createProblem.empty() && !search) {
+      // Semaphore cannot be asked either: what the POST met is the reason.
+      return fail(createProblem);
+    }
     if (!search) {
       const std::string why =
           !reply.refused.empty()   ? reply.refused
@@ -182,11 +210,12 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
       });
       return;
     }
+    if (!createProblem.empty()) return fail(createProblem);  // no such task: the POST created none
     // Semaphore lists only its last tasks: with a full list, the absence of
     // the task means something only if the list reaches back to when it was
     // sent (with room for the two clocks to differ).
     const bool reachesBack =
-        search->oldestCreatedMs > 0 && search->oldestCreatedMs <= record.startedAtMs - kClockSlack.count();
+        search->oldestCreatedMs > 0 && search->oldestCreatedMs <= toWallMs(record.startedAtMs) - kClockSlack.count();
     if (search->listed >= kLastTasks && !reachesBack)
       return fail(unconfirmed() + ", and Semaphore's last " + std::to_string(search->listed) + " tasks of project " +
                   std::to_string(client.settings().projectId) +
@@ -203,7 +232,7 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
         .kv("service", serviceId)
         .kv("operation_id", record.operationId)
         .kv("then", "sending it now");
-    record.startedAtMs = unixMillisNow();  // task_timeout counts from this POST, the one that creates the task
+    record.startedAtMs = clockMillisNow();  // task_timeout counts from this POST, the one that creates the task
     report();
     if (!active) return;
     create();
@@ -219,7 +248,7 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
         if (auto self = weak.lock()) self->onLiveUpdate(status);
       });
     }
-    const auto remaining = Millis(record.startedAtMs) + taskTimeout - Millis(unixMillisNow());
+    const auto remaining = Millis(record.startedAtMs) + taskTimeout - Millis(clockMillisNow());
     deadline.start(std::max(remaining, Millis(0)), [this] {
       auto self = shared_from_this();
       deadlinePassed = true;
@@ -284,8 +313,7 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
     std::string status;
     if (http.ok()) {
       rapidjson::Document doc;
-      doc.Parse(http.body.data(), http.body.size());
-      if (!doc.HasParseError() && doc.IsObject()) {
+      if (parseJson(doc, http.body).empty() && doc.IsObject()) {
         const auto s = doc.FindMember("status");
         if (s != doc.MemberEnd() && s->value.IsString())
           status.assign(s->value.GetString(), s->value.GetStringLength());
@@ -308,8 +336,11 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
   void readOutput() {
     phase = Phase::ReadingOutput;
     deadline.stop();
-    request = client.send("GET", taskPath() + "/output", "",
-                          [self = shared_from_this()](SemaphoreReply reply) { self->onOutput(std::move(reply)); });
+    // Only the end matters (the reason quotes the last lines): a log of any
+    // size costs kOutputTailBytes of memory and of parsing.
+    request = client.send(
+        "GET", taskPath() + "/output", "",
+        [self = shared_from_this()](SemaphoreReply reply) { self->onOutput(std::move(reply)); }, kOutputTailBytes);
   }
 
   void onOutput(SemaphoreReply reply) {
@@ -317,7 +348,7 @@ struct SemaphoreDriver::Operation : std::enable_shared_from_this<Operation> {
     if (!active) return;
     std::string reason = taskName() + " ended with status " + lastStatus;
     std::optional<std::vector<std::string>> lines;
-    if (reply.http.ok()) lines = lastOutputLines(reply.http.body, kOutputLines);
+    if (reply.http.ok()) lines = lastOutputLines(reply.http.body, kOutputLines, reply.http.bodyCut);
     if (!lines) return fail(reason + " (its output could not be read: " + problem(reply) + ")");
     std::size_t bytes = 0;
     std::size_t first = lines->size();

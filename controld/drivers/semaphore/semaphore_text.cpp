@@ -6,6 +6,7 @@
 
 #include "controld/drivers/semaphore/semaphore_common.hpp"
 #include "controld/io/log.hpp"
+#include "shared/json_read.hpp"
 
 namespace ondemand::controld {
 
@@ -43,10 +44,24 @@ std::string stripAnsi(std::string_view text) {
   return out;
 }
 
-std::optional<std::vector<std::string>> lastOutputLines(std::string_view body, std::size_t maxLines) {
+std::optional<std::vector<std::string>> lastOutputLines(std::string_view body, std::size_t maxLines, bool cut) {
   rapidjson::Document doc;
-  doc.Parse(body.data(), body.size());
-  if (doc.HasParseError()) return std::nullopt;
+  if (cut) {
+    // The end of an array of entries: the array made again from the first
+    // entry that begins after a "},{" (which a string may hold too, then
+    // the next one is tried).
+    bool parsed = false;
+    std::size_t from = 0;
+    for (int attempt = 0; attempt < 16 && !parsed; ++attempt) {
+      const auto boundary = body.find("},{", from);
+      if (boundary == std::string_view::npos) break;
+      parsed = parseJson(doc, "[" + std::string(body.substr(boundary + 2))).empty();
+      from = boundary + 1;
+    }
+    if (!parsed) return std::nullopt;
+  } else if (!parseJson(doc, body).empty()) {
+    return std::nullopt;
+  }
   std::vector<std::string> lines;
   if (doc.IsNull()) return lines;  // Semaphore answers null for an empty log
   if (!doc.IsArray()) return std::nullopt;
@@ -117,8 +132,7 @@ std::optional<std::int64_t> rfc3339Millis(std::string_view text) {
 
 std::optional<TaskSearch> searchTaskList(std::string_view body, std::string_view operationId) {
   rapidjson::Document doc;
-  doc.Parse(body.data(), body.size());
-  if (doc.HasParseError() || !doc.IsArray()) return std::nullopt;
+  if (!parseJson(doc, body).empty() || !doc.IsArray()) return std::nullopt;
   TaskSearch search;
   bool createdKnown = true;
   for (const auto& task : doc.GetArray()) {
@@ -142,8 +156,10 @@ std::optional<TaskSearch> searchTaskList(std::string_view body, std::string_view
         !environment->value.IsString())
       continue;
     rapidjson::Document vars;
-    vars.Parse(environment->value.GetString(), environment->value.GetStringLength());
-    if (vars.HasParseError() || !vars.IsObject()) continue;
+    if (!parseJson(vars, std::string_view(environment->value.GetString(), environment->value.GetStringLength()))
+             .empty() ||
+        !vars.IsObject())
+      continue;
     const auto key = vars.FindMember(rapidjson::StringRef(kOperationKey.data(), kOperationKey.size()));
     if (key == vars.MemberEnd() || !key->value.IsString() ||
         std::string_view(key->value.GetString(), key->value.GetStringLength()) != operationId)

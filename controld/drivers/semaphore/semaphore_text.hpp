@@ -19,7 +19,10 @@ std::string stripAnsi(std::string_view text);
 // The last `maxLines` non-blank lines of a GET …/tasks/{id}/output answer (an
 // array of {"output": …} objects, or null), ANSI removed. nullopt when the
 // body is not such an answer.
-std::optional<std::vector<std::string>> lastOutputLines(std::string_view body, std::size_t maxLines);
+std::optional<std::vector<std::string>> lastOutputLines(std::string_view body, std::size_t maxLines, bool cut = false);
+
+// How much of a task's output controld reads: its end, this many bytes.
+inline constexpr std::size_t kOutputTailBytes = 256 * 1024;
 
 // What a GET …/tasks/last answer says about the task of one operation: the
 // task whose environment (a JSON object text) has "ondemand_operation" equal
