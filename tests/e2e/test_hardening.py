@@ -225,17 +225,20 @@ class HardeningTest(OndemandTestCase):
             idle.append(sock)
         out = self.cli("status", timeout=20)
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
-        # The newest silent one is closed too once its time for hello is up.
-        idle[-1].settimeout(20)
+        for sock in idle:
+            sock.close()
+        # A silent one is closed once its time for hello is up, saying why.
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        silent.connect(self.controld_socket)
+        silent.settimeout(20)
         data = b""
         while True:
-            chunk = idle[-1].recv(4096)
+            chunk = silent.recv(4096)
             if not chunk:
                 break
             data += chunk
+        silent.close()
         self.assertIn(b"no hello within", data)
-        for sock in idle:
-            sock.close()
         self.assertTrue(self.controld.alive())
 
     def test_wakes_for_unknown_names_are_logged_and_kept_only_up_to_a_bound(self):
