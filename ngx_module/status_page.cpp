@@ -35,7 +35,9 @@ std::string statusJson(ControlLink& link, bool reasons) {
     if (!e->known) continue;
     w.startObject().str("name", e->name).str("state", stateNameFor(*e)).u64("epoch", e->state.epoch);
     w.i64("since", e->state.sinceMs).i64("starting_since", e->state.startingSinceMs);
-    w.str("cause", e->state.cause).str("reason", reasons ? std::string_view(e->state.reason) : std::string_view()).i64("task_id", e->state.taskId);
+    w.str("cause", e->state.cause)
+        .str("reason", reasons ? std::string_view(e->state.reason) : std::string_view())
+        .i64("task_id", e->state.taskId);
     w.u64("in_flight", e->inFlight).u64("waiting", e->parked.size());
     w.endObject();
   }

@@ -9,8 +9,8 @@
 #include <iterator>
 #include <limits>
 
-#include "shared/json_writer.hpp"
 #include "shared/json_read.hpp"
+#include "shared/json_writer.hpp"
 
 namespace ondemand::protocol {
 

@@ -21,8 +21,8 @@
 #include "controld/io/fd.hpp"
 #include "controld/io/json_fields.hpp"
 #include "shared/duration.hpp"
-#include "shared/protocol.hpp"
 #include "shared/json_read.hpp"
+#include "shared/protocol.hpp"
 
 namespace ondemand::controld::cli {
 

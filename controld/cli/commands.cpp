@@ -81,7 +81,9 @@ int startOrStop(const SocketChoice& socket, const std::string& verb, const std::
         continue;
       }
       rapidjson::Document doc;
-      if (!parseJson(doc, line).empty() || !doc.IsObject() || jsonString(doc, "type") != "state" || jsonString(doc, "service") != service) continue;
+      if (!parseJson(doc, line).empty() || !doc.IsObject() || jsonString(doc, "type") != "state" ||
+          jsonString(doc, "service") != service)
+        continue;
       // The subscription's first burst can be older than the reply.
       if (jsonInt64(doc, "epoch") < epoch) continue;
       epoch = jsonInt64(doc, "epoch");

@@ -21,8 +21,8 @@
 #include "controld/io/fd.hpp"
 #include "controld/io/json_fields.hpp"
 #include "controld/io/log.hpp"
-#include "shared/json_writer.hpp"
 #include "shared/json_read.hpp"
+#include "shared/json_writer.hpp"
 
 namespace ondemand::controld {
 
