@@ -7,8 +7,10 @@ end-to-end tests' upstream.
   sample_service.py stop  --pidfile F                   # stop a started one
 
 Endpoints: /healthz, /stream?seconds=N (chunked, one line every 100 ms),
-/echo (answers the request body), /ws (WebSocket upgrade, echoes text
-frames), anything else: a greeting naming the service.
+/ws (WebSocket upgrade, echoes text frames), anything else: a greeting
+naming the service. A POST is answered with its body (X-Body-Sha256 and
+X-Body-Length say what arrived); a POST to a /v1/ or /api/ path (a model
+server's API) with JSON instead: {"service", "sha256", "length"}.
 """
 import argparse
 import base64
@@ -58,12 +60,21 @@ class Handler(BaseHTTPRequestHandler):
         self.log_message("")
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length) if length else b""
+        digest = hashlib.sha256(body).hexdigest()
+        path = urlparse(self.path).path
+        answer = body
+        content_type = "application/octet-stream"
+        if "/v1/" in path or path.startswith("/api/"):
+            answer = ('{"service": "%s", "sha256": "%s", "length": %d}\n' % (self.server.name, digest, len(body))).encode()
+            content_type = "application/json"
         self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(answer)))
         self.send_header("X-Sample-Service", self.server.name)
+        self.send_header("X-Body-Sha256", digest)
+        self.send_header("X-Body-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(answer)
 
     def _stream(self, seconds):
         self.send_response(200)

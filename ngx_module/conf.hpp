@@ -35,17 +35,23 @@ struct SrvConf {
   ngx_uint_t endpoint;  // index into MainConf::endpoints, set when merged
 };
 
+// ondemand_models: the shape of the listing.
+enum class ModelsShape : ngx_uint_t { None, OpenAI, Ollama };
+
 struct LocConf {
-  ngx_str_t service;      // ondemand_service: data == nullptr unset, len == 0 off
-  ngx_msec_t wait;        // ondemand_wait
-  ngx_uint_t mode;        // ondemand_mode (Mode)
-  ngx_int_t maxWaiting;   // ondemand_max_waiting
-  ngx_uint_t daemonDown;  // ondemand_daemon_down (DaemonDownPolicy)
-  PageTemplate* page;     // ondemand_page; nullptr: the built-in page
-  ngx_array_t* passive;   // ondemand_passive: its predicates; nullptr: not passive
-  ngx_flag_t status;      // ondemand_status
-  ngx_flag_t reasons;     // ondemand_reasons: failure reasons in answers and status pages
-  ngx_uint_t endpoint;    // from the server's ondemand_control, set when merged
+  ngx_str_t service;  // ondemand_service: data == nullptr unset, len == 0 off (or a variable value)
+  ngx_http_complex_value_t* serviceValue;  // ondemand_service with variables; nullptr: a fixed name
+  ngx_str_t modelField;                    // ondemand_model_field: the body's field for $ondemand_model
+  ngx_uint_t models;                       // ondemand_models (ModelsShape)
+  ngx_msec_t wait;                         // ondemand_wait
+  ngx_uint_t mode;                         // ondemand_mode (Mode)
+  ngx_int_t maxWaiting;                    // ondemand_max_waiting
+  ngx_uint_t daemonDown;                   // ondemand_daemon_down (DaemonDownPolicy)
+  PageTemplate* page;                      // ondemand_page; nullptr: the built-in page
+  ngx_array_t* passive;                    // ondemand_passive: its predicates; nullptr: not passive
+  ngx_flag_t status;                       // ondemand_status
+  ngx_flag_t reasons;                      // ondemand_reasons: failure reasons in answers and status pages
+  ngx_uint_t endpoint;                     // from the server's ondemand_control, set when merged
 };
 
 inline LocConf* locConf(ngx_http_request_t* r) {

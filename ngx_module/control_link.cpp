@@ -341,8 +341,7 @@ bool ControlLink::handleLine(std::string_view line, std::string& error) {
         } else if constexpr (std::is_same_v<T, protocol::Removed>) {
           ServiceEntry* entry = table_.find(m.service);
           if (entry != nullptr && entry->known) {
-            entry->known = false;
-            entry->unknownLogged = false;
+            table_.forget(*entry);
             listener_.onRemoved(*this, *entry);
           }
           return true;

@@ -18,6 +18,7 @@
 
 #include "ngx_module/conf.hpp"
 #include "ngx_module/request.hpp"
+#include "ngx_module/routing.hpp"
 #include "ngx_module/worker.hpp"
 #include "shared/service_name.hpp"
 
@@ -38,6 +39,8 @@ char* setChoice(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* setPage(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* setStatus(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* setPassive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* setModelField(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* setModels(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* checkWait(ngx_conf_t* cf, void* post, void* data);
 char* checkMaxWaiting(ngx_conf_t* cf, void* post, void* data);
 
@@ -88,6 +91,12 @@ ngx_conf_enum_t kDaemonDownPolicies[] = {
     {ngx_null_string, 0},
 };
 
+ngx_conf_enum_t kModelsShapes[] = {
+    {ngx_string("openai"), static_cast<ngx_uint_t>(ModelsShape::OpenAI)},
+    {ngx_string("ollama"), static_cast<ngx_uint_t>(ModelsShape::Ollama)},
+    {ngx_null_string, 0},
+};
+
 ngx_conf_post_t kWaitPost = {checkWait};
 ngx_conf_post_t kMaxWaitingPost = {checkMaxWaiting};
 
@@ -114,6 +123,10 @@ ngx_command_t kCommands[] = {
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("ondemand_reasons"), kAnyLevel | NGX_CONF_FLAG, ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(LocConf, reasons), nullptr},
+    {ngx_string("ondemand_model_field"), kAnyLevel | NGX_CONF_TAKE1, guardedSetter<setModelField>,
+     NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("ondemand_models"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, guardedSetter<setModels>,
+     NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, models), kModelsShapes},
     ngx_null_command,
 };
 
@@ -246,8 +259,12 @@ void* createLocConf(ngx_conf_t* cf) {
 char* mergeLocConf(ngx_conf_t* cf, void* parent, void* child) {
   auto* prev = static_cast<LocConf*>(parent);
   auto* conf = static_cast<LocConf*>(child);
-  if (conf->service.data == nullptr) conf->service = prev->service;
+  if (conf->service.data == nullptr) {
+    conf->service = prev->service;
+    conf->serviceValue = prev->serviceValue;
+  }
   if (conf->service.data == nullptr) conf->service = ngx_str_t{0, reinterpret_cast<u_char*>(const_cast<char*>(""))};
+  ngx_conf_merge_str_value(conf->modelField, prev->modelField, "model");
   ngx_conf_merge_msec_value(conf->wait, prev->wait, kDefaultWaitMs);
   ngx_conf_merge_uint_value(conf->mode, prev->mode, static_cast<ngx_uint_t>(Mode::Auto));
   ngx_conf_merge_value(conf->maxWaiting, prev->maxWaiting, static_cast<ngx_int_t>(kDefaultMaxWaiting));
@@ -260,7 +277,8 @@ char* mergeLocConf(ngx_conf_t* cf, void* parent, void* child) {
   // some location needs get a connection in the workers.
   auto* scf = static_cast<SrvConf*>(ngx_http_conf_get_module_srv_conf(cf, ngx_http_ondemand_module));
   conf->endpoint = scf->endpoint;
-  if ((conf->service.len > 0 || conf->status) && conf->endpoint != NGX_CONF_UNSET_UINT) {
+  const bool needsControld = conf->service.len > 0 || conf->serviceValue != nullptr || conf->status || conf->models;
+  if (needsControld && conf->endpoint != NGX_CONF_UNSET_UINT) {
     auto* mcf = static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_ondemand_module));
     static_cast<Endpoint*>(mcf->endpoints.elts)[conf->endpoint].used = 1;
   }
@@ -281,14 +299,29 @@ char* setControl(ngx_conf_t* cf, ngx_command_t*, void* conf) {
 char* setService(ngx_conf_t* cf, ngx_command_t*, void* conf) {
   auto* lcf = static_cast<LocConf*>(conf);
   if (lcf->service.data != nullptr) return const_cast<char*>("is duplicate");
-  const ngx_str_t value = args(cf)[1];
+  ngx_str_t value = args(cf)[1];
   if (view(value) == "off") {
     lcf->service = ngx_str_t{0, reinterpret_cast<u_char*>(const_cast<char*>(""))};
     return NGX_CONF_OK;
   }
-  if (!isValidServiceName(view(value))) {
+  if (ngx_http_script_variables_count(&value) > 0) {
+    // Resolved per request (routing.cpp): a service's name, one of its
+    // models, or empty for off.
+    auto* cv = static_cast<ngx_http_complex_value_t*>(ngx_pcalloc(cf->pool, sizeof(ngx_http_complex_value_t)));
+    if (cv == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
+    ngx_http_compile_complex_value_t ccv{};
+    ccv.cf = cf;
+    ccv.value = &value;
+    ccv.complex_value = cv;
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) return static_cast<char*>(NGX_CONF_ERROR);
+    lcf->service = ngx_str_t{0, reinterpret_cast<u_char*>(const_cast<char*>(""))};
+    lcf->serviceValue = cv;
+    return NGX_CONF_OK;
+  }
+  if (!isValidServiceName(view(value)) && !isValidModelName(view(value))) {
     return confError(cf, "has an invalid service name \"" + std::string(view(value)) +
-                             "\": use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'");
+                             "\": use a service's name (1 to 64 letters, digits, '-', '_' or '.', not starting "
+                             "with '.'), one of its models, or a variable");
   }
   lcf->service = value;
   return NGX_CONF_OK;
@@ -356,6 +389,26 @@ char* setPassive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
   return ngx_http_set_predicate_slot(cf, cmd, conf);
 }
 
+char* setModelField(ngx_conf_t* cf, ngx_command_t*, void* conf) {
+  auto* lcf = static_cast<LocConf*>(conf);
+  if (lcf->modelField.data != nullptr) return const_cast<char*>("is duplicate");
+  const ngx_str_t value = args(cf)[1];
+  if (value.len == 0) return confError(cf, "needs a field name, e.g. \"model\"");
+  lcf->modelField = value;
+  return NGX_CONF_OK;
+}
+
+char* setModels(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+  auto* lcf = static_cast<LocConf*>(conf);
+  if (lcf->models != 0) return const_cast<char*>("is duplicate");
+  lcf->models = NGX_CONF_UNSET_UINT;
+  char* rc = setChoice(cf, cmd, conf);  // (writes lcf->models)
+  if (rc != NGX_CONF_OK) return rc;
+  auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+  clcf->handler = modelsHandler;
+  return NGX_CONF_OK;
+}
+
 char* checkWait(ngx_conf_t*, void*, void* data) {
   if (*static_cast<ngx_msec_t*>(data) == 0) return const_cast<char*>("must be longer than 0");
   return NGX_CONF_OK;
@@ -389,12 +442,7 @@ ngx_int_t serviceVariable(ngx_http_request_t* r, ngx_http_variable_value_t* v, u
     v->not_found = 1;
     return NGX_OK;
   }
-  v->data = reinterpret_cast<u_char*>(const_cast<char*>(ctx->service->name.data()));
-  v->len = ctx->service->name.size();
-  v->valid = 1;
-  v->no_cacheable = 0;
-  v->not_found = 0;
-  return NGX_OK;
+  return setVariable(v, ctx->service->name.data(), ctx->service->name.size());
 }
 
 ngx_int_t stateVariable(ngx_http_request_t* r, ngx_http_variable_value_t* v, uintptr_t) {
@@ -403,12 +451,7 @@ ngx_int_t stateVariable(ngx_http_request_t* r, ngx_http_variable_value_t* v, uin
     v->not_found = 1;
     return NGX_OK;
   }
-  v->data = reinterpret_cast<u_char*>(const_cast<char*>(ctx->foundState));
-  v->len = std::strlen(ctx->foundState);
-  v->valid = 1;
-  v->no_cacheable = 0;
-  v->not_found = 0;
-  return NGX_OK;
+  return setVariable(v, ctx->foundState, std::strlen(ctx->foundState));
 }
 
 ngx_int_t waitVariable(ngx_http_request_t* r, ngx_http_variable_value_t* v, uintptr_t) {
@@ -421,18 +464,15 @@ ngx_int_t waitVariable(ngx_http_request_t* r, ngx_http_variable_value_t* v, uint
   if (ctx->waitStarted) waited += ngx_current_msec - ctx->parkedAt;
   auto* data = static_cast<u_char*>(ngx_pnalloc(r->pool, NGX_INT_T_LEN));
   if (data == nullptr) return NGX_ERROR;
-  v->data = data;
-  v->len = static_cast<unsigned>(ngx_sprintf(data, "%M", waited) - data);
-  v->valid = 1;
-  v->no_cacheable = 0;
-  v->not_found = 0;
-  return NGX_OK;
+  return setVariable(v, data, ngx_sprintf(data, "%M", waited) - data);
 }
 
 ngx_http_variable_t kVariables[] = {
     {ngx_string("ondemand_service"), nullptr, serviceVariable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("ondemand_state"), nullptr, stateVariable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("ondemand_wait_ms"), nullptr, waitVariable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
+    {ngx_string("ondemand_model"), nullptr, modelVariable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
+    {ngx_string("ondemand_upstream"), nullptr, upstreamVariable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
     ngx_http_null_variable,
 };
 

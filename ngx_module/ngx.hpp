@@ -26,6 +26,16 @@ inline void unpostEvent(ngx_event_t* ev) {
   }
 }
 
+// A variable's value for this request: `data` lives as long as the request.
+inline ngx_int_t setVariable(ngx_http_variable_value_t* v, const void* data, std::size_t len) {
+  v->data = static_cast<u_char*>(const_cast<void*>(data));
+  v->len = static_cast<unsigned>(len);
+  v->valid = 1;
+  v->no_cacheable = 0;
+  v->not_found = 0;
+  return NGX_OK;
+}
+
 inline void stopTimer(ngx_event_t* ev) {
   if (ev->timer_set) {
     ngx_del_timer(ev);

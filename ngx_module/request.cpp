@@ -9,6 +9,7 @@
 #include "ngx_module/answers.hpp"
 #include "ngx_module/http_util.hpp"
 #include "ngx_module/request_ctx.hpp"
+#include "ngx_module/routing.hpp"
 #include "ngx_module/worker.hpp"
 #include "shared/utf8.hpp"
 
@@ -123,13 +124,18 @@ void onWaitTimeout(ngx_event_t* ev) {
 ngx_int_t sendFacts(ngx_http_request_t* r, const AnswerFacts& facts, LocConf* lcf);
 
 ngx_int_t sendAnswer(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
-  const ServiceEntry& entry = *ctx->service;
+  if (ctx->routeAnswer != RouteAnswer::None || (ctx->answer == AnswerKind::UnknownService && ctx->fromModel)) {
+    return sendRouteAnswer(r, ctx, lcf);
+  }
+  // No entry: a name from a variable that controld does not have.
+  static const ServiceEntry kUnknown{""};
+  const ServiceEntry& entry = ctx->service != nullptr ? *ctx->service : kUnknown;
   const std::int64_t now = unixMillis();
   const protocol::StatePush& st = entry.state;
 
   AnswerFacts facts;
   facts.kind = ctx->answer;
-  facts.service = entry.name;
+  facts.service = ctx->service != nullptr ? std::string_view(entry.name) : view(ctx->target);
   facts.state = stateNameFor(entry);
   // While controld cannot be reached nothing is starting, whatever the
   // last state seen was: the answer says that (a failed start or an
@@ -235,7 +241,13 @@ ngx_int_t decideAndAct(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
       case Action::Answer:
         ctx->phase = Phase::Answer;
         ctx->answer = d.answer;
-        if (d.answer == AnswerKind::UnknownService) logUnknownOnce(r, link, entry);
+        if (d.answer == AnswerKind::UnknownService) {
+          if (ctx->dynamicTarget) {
+            logUnknownName(r, link, view(ctx->target), ctx->fromModel);
+          } else {
+            logUnknownOnce(r, link, entry);
+          }
+        }
         return answerAndFinalize(r, ctx, lcf);
       case Action::Park:
         if (park(r, ctx, lcf) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -281,6 +293,9 @@ ngx_int_t handle(ngx_http_request_t* r, LocConf* lcf) {
         return answerAndFinalize(r, ctx, lcf);
       case Phase::Answered:
         return NGX_DONE;
+      case Phase::Body:
+        if (ctx->bodyState == BodyState::Reading) return NGX_DONE;  // the body handler runs the phases again
+        break;
       case Phase::Fresh:
       case Phase::Recheck:
         break;
@@ -296,7 +311,28 @@ ngx_int_t handle(ngx_http_request_t* r, LocConf* lcf) {
     }
   }
   ctx->link = link;
-  ctx->service = &link->services().get(view(lcf->service));
+  if (ctx->phase == Phase::Fresh || ctx->phase == Phase::Body) {
+    // Once per pass through a location; a re-check keeps the choice.
+    const ngx_int_t rc = chooseTarget(r, ctx, lcf);
+    if (rc == NGX_DONE) return NGX_DONE;  // reading the body: its handler runs the phases again
+    if (rc == NGX_DECLINED) {
+      ctx->phase = Phase::Answer;  // (ctx->routeAnswer says which)
+      return answerAndFinalize(r, ctx, lcf);
+    }
+    if (rc != NGX_OK) return rc;
+    if (ctx->target.len == 0) {  // an empty value: off for this request
+      ctx->phase = Phase::Passed;
+      return NGX_DECLINED;
+    }
+    ctx->phase = Phase::Fresh;
+  }
+  ctx->service = resolveTarget(r, ctx, *link);
+  if (ctx->service == nullptr) {
+    ctx->phase = Phase::Answer;
+    ctx->answer = AnswerKind::UnknownService;
+    logUnknownName(r, *link, view(ctx->target), ctx->fromModel);
+    return answerAndFinalize(r, ctx, lcf);
+  }
 
   ctx->inHandler = true;
   const ngx_int_t rc = decideAndAct(r, ctx, lcf);
@@ -310,8 +346,8 @@ ngx_int_t handle(ngx_http_request_t* r, LocConf* lcf) {
 
 ngx_int_t precontentHandler(ngx_http_request_t* r) {
   LocConf* lcf = locConf(r);
-  // The status page never waits for a service it may inherit.
-  if (lcf->service.len == 0 || lcf->status) return NGX_DECLINED;
+  // The status page and the model list never wait for a service they may inherit.
+  if ((lcf->service.len == 0 && lcf->serviceValue == nullptr) || lcf->status || lcf->models) return NGX_DECLINED;
   try {
     return handle(r, lcf);
   } catch (const std::exception& e) {

@@ -17,7 +17,13 @@ namespace ondemand::module {
 // again whenever the request is woken (the re-entry guard of auth_request):
 // it reads the phase to know whether it is still waiting, has passed, or
 // has an answer to send.
-enum class Phase : std::uint8_t { Fresh, Parked, Recheck, Passed, Answer, Answered };
+// Body: reading the request body to choose the service ($ondemand_model).
+enum class Phase : std::uint8_t { Fresh, Body, Parked, Recheck, Passed, Answer, Answered };
+
+// The body as routing.cpp sees it.
+enum class BodyState : std::uint8_t { NotRead, Reading, Read };
+// Answers in the API's own shape (routing.cpp) rather than the module's.
+enum class RouteAnswer : std::uint8_t { None, BadBody };
 
 inline constexpr int kMaxCountedServices = 4;
 
@@ -43,6 +49,17 @@ struct RequestCtx {
   bool inHandler;          // the phase handler is on the stack
   bool passive;            // ondemand_passive held for this request (looked at once)
   const char* foundState;  // for $ondemand_state: what the first look found
+  // Choosing the service (routing.cpp). `target` is what ondemand_service
+  // gave for this location: a service's name, one of its models, or empty.
+  ngx_str_t target;
+  bool dynamicTarget;  // from a value with variables: unknown names are not kept
+  bool modelAsked;     // $ondemand_model was looked at while choosing
+  bool fromModel;      // ... and the choice depends on it: answers in OpenAI's shape
+  BodyState bodyState;
+  RouteAnswer routeAnswer;
+  std::uint8_t modelOutcome;    // TopLevelFieldScanner::Result + 1; 0: not scanned
+  const ngx_str_t* modelField;  // the field scanned for (ondemand_model_field)
+  ngx_str_t model;              // its value, or what is wrong with the body (request pool)
   // Main request only: the services it counts as in flight.
   std::uint8_t countedN;
   ControlLink* countedLink[kMaxCountedServices];

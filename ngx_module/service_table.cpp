@@ -57,6 +57,31 @@ ServiceEntry& ServiceTable::get(std::string_view name) {
   return ref;
 }
 
+ServiceEntry* ServiceTable::resolve(std::string_view name) {
+  ServiceEntry* byName = find(name);
+  if (byName != nullptr && byName->known) return byName;
+  if (const auto it = models_.find(name); it != models_.end()) return it->second;
+  return byName;
+}
+
+void ServiceTable::indexModels(ServiceEntry& entry, const std::vector<std::string>& before) {
+  // Another service may have claimed a model since (a reload moving it):
+  // only what still points here is dropped.
+  for (const std::string& model : before) {
+    const auto it = models_.find(model);
+    if (it != models_.end() && it->second == &entry) models_.erase(it);
+  }
+  if (!entry.known) return;
+  for (const std::string& model : entry.state.models)
+    models_[model] = &entry;
+}
+
+void ServiceTable::forget(ServiceEntry& entry) {
+  entry.known = false;
+  entry.unknownLogged = false;
+  indexModels(entry, entry.state.models);
+}
+
 std::vector<ServiceEntry*> ServiceTable::entries() const {
   std::vector<ServiceEntry*> out;
   out.reserve(entries_.size());
@@ -76,10 +101,12 @@ std::vector<const ServiceEntry*> ServiceTable::sortedByName() const {
 
 ServiceEntry& ServiceTable::applyPush(const protocol::StatePush& push) {
   ServiceEntry& entry = get(push.service);
+  std::vector<std::string> before = std::move(entry.state.models);
   entry.state = push;
   if (!entry.known) entry.unknownLogged = false;
   entry.known = true;
   entry.refreshed = true;
+  indexModels(entry, before);
   return entry;
 }
 
@@ -95,7 +122,7 @@ std::vector<ServiceEntry*> ServiceTable::completeSync() {
   std::vector<ServiceEntry*> vanished;
   for (auto& [name, entry] : entries_) {
     if (entry->known && !entry->refreshed) {
-      entry->known = false;
+      forget(*entry);
       vanished.push_back(entry.get());
     }
   }

@@ -88,6 +88,11 @@ class ServiceTable {
   // The entry for the name, created (not known to controld yet) if missing.
   // Entries are never freed while the table lives: requests keep pointers.
   ServiceEntry& get(std::string_view name);
+  // What a name a request asks for leads to: a service known by that name,
+  // else the known service that lists it among its models, else an entry of
+  // that name not known to controld (yet), else nullptr.
+  ServiceEntry* resolve(std::string_view name);
+  std::size_t size() const { return entries_.size(); }
 
   // Stable snapshot: releasing requests may add entries while we iterate.
   std::vector<ServiceEntry*> entries() const;
@@ -97,6 +102,9 @@ class ServiceTable {
   ServiceEntry& applyPush(const protocol::StatePush& push);
   // A new subscription begins: nothing is refreshed, no wake is on record.
   void beginSubscription();
+  // The service is gone (removed, or missing from a new subscription's
+  // burst): its models lead nowhere now.
+  void forget(ServiceEntry& entry);
   // The initial burst is complete: a known service not pushed since the
   // subscription began no longer exists. Returns the entries that vanished.
   std::vector<ServiceEntry*> completeSync();
@@ -115,7 +123,10 @@ class ServiceTable {
     using is_transparent = void;
     std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
   };
+  void indexModels(ServiceEntry& entry, const std::vector<std::string>& before);
+
   std::unordered_map<std::string, std::unique_ptr<ServiceEntry>, Hash, std::equal_to<>> entries_;
+  std::unordered_map<std::string, ServiceEntry*, Hash, std::equal_to<>> models_;  // model -> its service
 };
 
 }  // namespace ondemand::module

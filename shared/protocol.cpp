@@ -151,6 +151,14 @@ Decoded decodeState(const Value& doc) {
       !f.int64("last_start_ms", s.lastStartMs, false)) {
     return fail(f.error());
   }
+  if (!f.string("upstream", s.upstream, false)) return fail(f.error());
+  if (const auto models = doc.FindMember("models"); models != doc.MemberEnd()) {
+    if (!models->value.IsArray()) return fail("field \"models\" must be an array of strings");
+    for (const auto& m : models->value.GetArray()) {
+      if (!m.IsString()) return fail("field \"models\" must be an array of strings");
+      s.models.emplace_back(m.GetString(), m.GetStringLength());
+    }
+  }
   const auto parsed = parseServiceState(state);
   if (!parsed) return fail("unknown state \"" + state + "\"");
   s.state = *parsed;
@@ -260,6 +268,14 @@ std::string encode(const StatePush& m) {
     w.str("cause", m.cause).str("reason", truncateUtf8(m.reason, kMaxReasonBytes));
     w.i64("task_id", m.taskId).i64("retry_at", m.retryAtMs);
     w.i64("last_start_ms", m.lastStartMs);
+    // Only services that have them: most pushes stay as short as before.
+    if (!m.upstream.empty()) w.str("upstream", m.upstream);
+    if (!m.models.empty()) {
+      w.key("models").startArray();
+      for (const auto& model : m.models)
+        w.string(model);
+      w.endArray();
+    }
   });
 }
 

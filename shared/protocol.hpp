@@ -82,6 +82,8 @@ struct StatePush {
   std::int64_t taskId = 0;           // Semaphore task of the current/last operation, 0 if none
   std::int64_t retryAtMs = 0;        // failed: unix ms from which a request may wake it again (failure_backoff)
   std::int64_t lastStartMs = 0;      // how long the last good cold start took (wake to warm), 0 if none yet
+  std::vector<std::string> models;   // the names clients may ask for instead of the service's (config)
+  std::string upstream;              // "host:port" of the service's base_url, empty when it has none
 };
 
 // controld -> subscriber: the service no longer exists (config reload).

@@ -13,6 +13,15 @@ bool isValidServiceName(std::string_view name) {
   return true;
 }
 
+bool isValidModelName(std::string_view name) {
+  if (name.empty() || name.size() > kMaxModelNameLength || name.front() == '.') return false;
+  for (char c : name) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u == 0x7f || c == '"' || c == '\\') return false;
+  }
+  return true;
+}
+
 std::string environmentPrefix(std::string_view name) {
   std::string out;
   out.reserve(name.size());

@@ -55,11 +55,12 @@ struct ServiceConfig {
   Millis startTimeout = 10min;
   Millis idleTimeout = 15min;  // 0 = never stop
   Millis failureBackoff = 30s;
-  Millis healthInterval = 250ms;  // steady health polling interval (fast polls come first)
-  Millis healthTimeout = 2s;      // one health probe
-  Millis stopTimeout = 5min;      // a stop command or stop task may take this long
-  Millis waitHint = 0ms;          // Hestia's request_timeout_seconds; nginx's ondemand_wait does the job
-  std::string machine;            // operations of services on one machine run one at a time
+  Millis healthInterval = 250ms;    // steady health polling interval (fast polls come first)
+  Millis healthTimeout = 2s;        // one health probe
+  Millis stopTimeout = 5min;        // a stop command or stop task may take this long
+  Millis waitHint = 0ms;            // Hestia's request_timeout_seconds; nginx's ondemand_wait does the job
+  std::string machine;              // operations of services on one machine run one at a time
+  std::vector<std::string> models;  // names clients may ask for (a JSON body's "model"), besides the service's
 
   std::vector<std::string> startCommand;  // argv, empty = none
   std::vector<std::string> stopCommand;
@@ -75,6 +76,11 @@ struct ServiceConfig {
     return DriverKind::None;
   }
 };
+
+// "host:port" of an http(s) URL, the port defaulted from the scheme
+// ("http://10.0.0.5/x" -> "10.0.0.5:80"); empty for an empty URL. What
+// workers get as $ondemand_upstream.
+std::string upstreamOf(const std::string& baseUrl);
 
 // Which file format a Config was read from: messages use that format's key names.
 enum class ConfigFormat { Native, Hestia };

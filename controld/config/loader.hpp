@@ -36,7 +36,7 @@ inline constexpr std::string_view kNativeTopKeys[] = {"socket",       "socket_mo
                                                       "metrics_listen", "statsd"};
 inline constexpr std::string_view kNativeServiceKeys[] = {
     "warmup",       "start_timeout", "idle_timeout",  "failure_backoff", "health_interval", "health_timeout",
-    "stop_timeout", "machine",       "start_command", "stop_command",    "semaphore",       "environment"};
+    "stop_timeout", "machine",       "start_command", "stop_command",    "semaphore",       "environment", "models"};
 
 template <std::size_t N>
 bool contains(const std::string_view (&list)[N], std::string_view key) {

@@ -170,6 +170,7 @@ void Loader::readNativeService(const std::string& name, const Setting& s, const 
                   {"health_timeout", duration(svc.healthTimeout, DefaultUnit::Seconds, false)},
                   {"stop_timeout", duration(svc.stopTimeout, DefaultUnit::Seconds, false)},
                   {"machine", [&](const Setting& v) { read_.text(v, svc.machine, "a machine name"); }},
+                  {"models", [&](const Setting& v) { read_.models(v, svc.models); }},
                   {"start_command", [&](const Setting& v) { read_.argv(v, svc.startCommand); }},
                   {"stop_command", [&](const Setting& v) { read_.argv(v, svc.stopCommand); }},
                   {"environment", [&](const Setting& v) { read_.environment(v, svc.environment); }},

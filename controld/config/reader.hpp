@@ -7,6 +7,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "controld/config/config.hpp"
+#include "shared/service_name.hpp"
 
 namespace ondemand::controld::config_detail {
 
@@ -217,6 +219,32 @@ class Reader {
       return false;
     }
     out = *d;
+    return true;
+  }
+
+  bool models(const Setting& s, std::vector<std::string>& out) {
+    constexpr std::string_view what = "a list of model names, e.g. [llama3, \"llama3:8b\"]";
+    if (!s.node.IsSequence() || s.node.size() == 0) {
+      expected(s, what);
+      return false;
+    }
+    std::vector<std::string> names;
+    for (const YAML::Node& item : s.node) {
+      const int line = keyLine(item) ? keyLine(item) : s.line;
+      if (!item.IsScalar() || !isValidModelName(item.Scalar())) {
+        problems_.error(line, s.key,
+                        "expected every model name to be 1 to 256 characters without spaces, quotes or "
+                        "backslashes, not starting with '.'; got " +
+                            describe(item));
+        return false;
+      }
+      if (std::find(names.begin(), names.end(), item.Scalar()) != names.end()) {
+        problems_.error(line, s.key, quote(item.Scalar()) + " is listed twice");
+        return false;
+      }
+      names.push_back(item.Scalar());
+    }
+    out = std::move(names);
     return true;
   }
 

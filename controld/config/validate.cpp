@@ -6,6 +6,7 @@
 #include <map>
 
 #include "controld/config/config.hpp"
+#include "controld/config/reader.hpp"
 
 namespace ondemand::controld {
 
@@ -159,6 +160,29 @@ ConfigProblems validateConfig(const Config& config) {
                      "semaphore_password (or the environment variable SEMAPHORE_API_TOKEN)"
                    : "no credentials: expected api_token, api_token_file, or username and password (or the "
                      "environment variable SEMAPHORE_API_TOKEN)");
+    }
+  }
+
+  // A name a client may ask for leads to one service: models are unique
+  // across services and no model is another service's name.
+  std::map<std::string, std::string> claimedBy;  // model -> service
+  for (const auto& [name, svc] : config.services) {
+    const std::string key = "services." + name + ".models";
+    for (const std::string& model : svc.models) {
+      const int line = lineOf(config, key, svc.where.line);
+      if (model != name && config.services.count(model)) {
+        error(line, key,
+              config_detail::quote(model) + " is the name of service " + config_detail::quote(model) +
+                  "; a client asking for it could mean either " + config_detail::quote(model) + " or " +
+                  config_detail::quote(name));
+        continue;
+      }
+      const auto [it, fresh] = claimedBy.emplace(model, name);
+      if (!fresh) {
+        error(line, key,
+              "model " + config_detail::quote(model) + " is claimed by two services, " +
+                  config_detail::quote(it->second) + " and " + config_detail::quote(name) + "; give it to one of them");
+      }
     }
   }
 

@@ -594,6 +594,9 @@ void Daemon::reload() {
       LogLine(LogLevel::Info, "service_added").kv("service", change.service->config.name);
       publish(*change.service);
     } else {
+      // Where requests go (models, base_url) is pushed at once, even while an
+      // operation is under way: workers route by it, nothing else needs it.
+      if (change.routingChanged) publish(*change.service);
       apply(*change.service, Effects{});  // applies now unless an operation or readiness check is under way
     }
   }

@@ -102,8 +102,11 @@ std::vector<ServiceRegistry::Change> ServiceRegistry::reload(const Config& next,
   std::vector<Change> changes;
   for (const auto& [name, c] : next.services) {
     if (Service* s = find(name)) {
+      const bool routingChanged = s->config.models != c.models || s->config.baseUrl != c.baseUrl;
+      s->config.models = c.models;
+      s->config.baseUrl = c.baseUrl;
       s->pendingConfig = c;
-      changes.push_back({s, false});
+      changes.push_back({s, false, routingChanged});
     } else {
       changes.push_back({&add(c), true});
     }

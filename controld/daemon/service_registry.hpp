@@ -74,6 +74,7 @@ class ServiceRegistry {
   struct Change {
     Service* service;
     bool added;  // built now; else its new configuration waits in pendingConfig
+    bool routingChanged = false;  // models or base_url changed: taken at once, to be pushed
   };
   // Takes `next` as the configuration: services missing from it are erased
   // (`removing` runs for each first), new ones built, the others given theirs.

@@ -93,6 +93,8 @@ protocol::StatePush statePush(const Service& s) {
   }
   p.retryAtMs = retryAt(s);
   if (snap.startsOk > 0) p.lastStartMs = snap.lastStartMs;
+  p.models = s.config.models;
+  p.upstream = upstreamOf(s.config.baseUrl);
   return p;
 }
 

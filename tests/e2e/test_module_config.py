@@ -51,7 +51,12 @@ class ConfigTest(OndemandTestCase):
                                        " ondemand_max_waiting 5; ondemand_daemon_down closed;"
                                        " ondemand_passive $arg_probe $http_x_probe;" % page) +
                            "\nserver { listen 127.0.0.1:%d; ondemand_service a; location /s { ondemand_status; }"
-                           " location /off { ondemand_service off; ondemand_passive off; return 204; } }" % free_port())
+                           " location /off { ondemand_service off; ondemand_passive off; return 204; }"
+                           " location /v1/ { ondemand_service $ondemand_model; ondemand_model_field engine;"
+                           " proxy_pass http://$ondemand_upstream; }"
+                           " location /m { ondemand_service qwen2.5:14b; proxy_pass http://127.0.0.1:9; }"
+                           " location = /v1/models { ondemand_models openai; }"
+                           " location = /api/tags { ondemand_models ollama; } }" % free_port())
         self.assertEqual(out.returncode, 0, out.stderr)
 
     def test_bad_values_fail_naming_the_directive(self):
@@ -75,6 +80,11 @@ class ConfigTest(OndemandTestCase):
             ("ondemand_passive", "", "ondemand_passive on; ondemand_passive off;"),
             ("ondemand_status", "ondemand_status;", ""),
             ("ondemand_status", "", "ondemand_status on;"),
+            ("ondemand_model_field", "", "ondemand_model_field;"),
+            ("ondemand_model_field", "", "ondemand_model_field '';"),
+            ("ondemand_model_field", "ondemand_model_field a;", "ondemand_model_field a; ondemand_model_field b;"),
+            ("ondemand_models", "", "ondemand_models;"),
+            ("ondemand_models", "", "ondemand_models anthropic;"),
         ]
         for i, (directive, http_level, location_level) in enumerate(cases):
             with self.subTest(directive=directive, config=http_level + location_level):

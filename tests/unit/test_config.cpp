@@ -747,3 +747,73 @@ x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]
   }
   CHECK(found);
 }
+
+TEST_CASE("models are read per service; a model claimed twice names both services") {
+  const auto ok = load(R"(services:
+  llm-a:
+    base_url: http://127.0.0.1:8001
+    health_url: http://127.0.0.1:8001/health
+    models: [m-a, "qwen2.5:14b"]
+  llm-b:
+    base_url: https://models.internal/v1
+    health_url: http://127.0.0.1:8002/health
+    models:
+      - m-b
+      - Qwen/Qwen2.5-7B-Instruct
+)");
+  INFO(allProblems(ok->result.errors));
+  REQUIRE(ok->result.config);
+  CHECK(ok->result.config->services.at("llm-a").models == std::vector<std::string>{"m-a", "qwen2.5:14b"});
+  CHECK(ok->result.config->services.at("llm-b").models == std::vector<std::string>{"m-b", "Qwen/Qwen2.5-7B-Instruct"});
+
+  const auto clash = load(R"(services:
+  llm-a:
+    health_url: http://127.0.0.1:8001/health
+    models: [m-a, shared]
+  llm-b:
+    health_url: http://127.0.0.1:8002/health
+    models: [shared]
+)");
+  REQUIRE(clash->result.errors.size() == 1);
+  const ConfigProblem& e = clash->result.errors[0];
+  CHECK(e.key == "services.llm-b.models");
+  CHECK(e.where.line == 7);
+  CHECK(contains(e.message, "\"shared\" is claimed by two services, \"llm-a\" and \"llm-b\""));
+
+  const auto serviceName = load(R"(services:
+  llm-a:
+    health_url: http://127.0.0.1:8001/health
+  llm-b:
+    health_url: http://127.0.0.1:8002/health
+    models: [llm-a]
+)");
+  REQUIRE(serviceName->result.errors.size() == 1);
+  CHECK(contains(serviceName->result.errors[0].message, "\"llm-a\" is the name of service \"llm-a\""));
+
+  const auto bad = load(R"(services:
+  llm-a:
+    health_url: http://127.0.0.1:8001/health
+    models: ["two words", x]
+  llm-b:
+    health_url: http://127.0.0.1:8002/health
+    models: [x, x]
+  llm-c:
+    health_url: http://127.0.0.1:8003/health
+    models: llama3
+)");
+  REQUIRE(bad->result.errors.size() == 3);
+  CHECK(contains(bad->result.errors[0].message, "without spaces"));
+  CHECK(contains(bad->result.errors[1].message, "\"x\" is listed twice"));
+  CHECK(contains(bad->result.errors[2].message, "a list of model names"));
+}
+
+TEST_CASE("a base_url gives workers host:port, the port defaulted from the scheme") {
+  CHECK(upstreamOf("http://127.0.0.1:8001") == "127.0.0.1:8001");
+  CHECK(upstreamOf("http://gpu-01:8188/some/path?x=1") == "gpu-01:8188");
+  CHECK(upstreamOf("http://models.internal/v1") == "models.internal:80");
+  CHECK(upstreamOf("https://models.internal") == "models.internal:443");
+  CHECK(upstreamOf("http://[::1]:8080/") == "[::1]:8080");
+  CHECK(upstreamOf("http://[::1]/") == "[::1]:80");
+  CHECK(upstreamOf("http://user:secret@host:9000/") == "host:9000");
+  CHECK(upstreamOf("") == "");
+}

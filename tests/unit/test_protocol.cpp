@@ -38,6 +38,44 @@ TEST_CASE("a state push survives encode and decode unchanged") {
   CHECK(back.lastStartMs == 41250);
 }
 
+TEST_CASE("a state push carries the service's models and upstream, and omits them when it has none") {
+  StatePush s;
+  s.service = "llm";
+  s.models = {"llama3", "qwen2.5:14b", "Qwen/Qwen2.5-7B-Instruct"};
+  s.upstream = "127.0.0.1:8001";
+  const std::string line = encode(s);
+  const auto decoded = decode(std::string_view(line).substr(0, line.size() - 1));
+  REQUIRE(decoded.message);
+  const auto& back = std::get<StatePush>(*decoded.message);
+  CHECK(back.models == s.models);
+  CHECK(back.upstream == "127.0.0.1:8001");
+
+  StatePush plain;
+  plain.service = "comfyui";
+  const std::string plainLine = encode(plain);
+  CHECK(plainLine.find("models") == std::string::npos);
+  CHECK(plainLine.find("upstream") == std::string::npos);
+
+  const auto bad = decode(R"({"type":"state","service":"x","state":"cold","epoch":1,"since":0,"models":"llama3"})");
+  CHECK_FALSE(bad.message);
+  CHECK(bad.error == "field \"models\" must be an array of strings");
+  const auto badItem = decode(R"({"type":"state","service":"x","state":"cold","epoch":1,"since":0,"models":[1]})");
+  CHECK_FALSE(badItem.message);
+}
+
+TEST_CASE("model names allow what model servers use, not spaces or quotes") {
+  CHECK(isValidModelName("llama3"));
+  CHECK(isValidModelName("qwen2.5:14b"));
+  CHECK(isValidModelName("Qwen/Qwen2.5-7B-Instruct"));
+  CHECK_FALSE(isValidModelName(""));
+  CHECK_FALSE(isValidModelName("two words"));
+  CHECK_FALSE(isValidModelName(".hidden"));
+  CHECK_FALSE(isValidModelName("quo\"te"));
+  CHECK_FALSE(isValidModelName("tab\there"));
+  CHECK_FALSE(isValidModelName(std::string(257, 'a')));
+  CHECK(isValidModelName(std::string(256, 'a')));
+}
+
 TEST_CASE("activity reports carry every service's counters") {
   Activity a;
   a.entries.push_back({"a", 3, 1, 0, {}});

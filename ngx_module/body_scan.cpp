@@ -1,0 +1,380 @@
+#include "ngx_module/body_scan.hpp"
+
+#include <cstdio>
+
+namespace ondemand::module {
+
+namespace {
+
+bool isSpace(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+int hexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::string shown(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  char text[8];
+  if (u >= 0x20 && u < 0x7f) {
+    std::snprintf(text, sizeof text, "'%c'", c);
+  } else {
+    std::snprintf(text, sizeof text, "0x%02x", u);
+  }
+  return text;
+}
+
+}  // namespace
+
+TopLevelFieldScanner::TopLevelFieldScanner(std::string_view field, std::size_t maxValueBytes)
+    : field_(field), maxValue_(maxValueBytes) {
+  key_.reserve(field_.size() + 1);
+}
+
+TopLevelFieldScanner::Result TopLevelFieldScanner::fail(const std::string& what) {
+  error_ = what + " at byte " + std::to_string(offset_);
+  result_ = Result::NotJson;
+  return result_;
+}
+
+TopLevelFieldScanner::Result TopLevelFieldScanner::unexpected(char c) {
+  return fail("unexpected " + shown(c));
+}
+
+void TopLevelFieldScanner::pushContainer(bool isObject) {
+  if (depth_ >= kMaxDepth) {
+    fail("nested deeper than " + std::to_string(kMaxDepth) + " levels");
+    return;
+  }
+  const std::size_t word = depth_ / 64;
+  const std::uint64_t bit = std::uint64_t{1} << (depth_ % 64);
+  if (word >= stack_.size()) stack_.push_back(0);
+  if (isObject) {
+    stack_[word] |= bit;
+  } else {
+    stack_[word] &= ~bit;
+  }
+  ++depth_;
+  state_ = isObject ? State::ObjectKeyOrEnd : State::ArrayValueOrEnd;
+}
+
+void TopLevelFieldScanner::valueEnded() {
+  if (depth_ == 0) {
+    state_ = State::Done;
+    // The top-level object closed without the field.
+    if (result_ == Result::NeedMore) result_ = Result::Missing;
+    return;
+  }
+  state_ = State::CommaOrEnd;
+}
+
+void TopLevelFieldScanner::appendCodePoint(std::uint32_t cp) {
+  char out[4];
+  std::size_t n = 0;
+  if (cp < 0x80) {
+    out[n++] = static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out[n++] = static_cast<char>(0xC0 | (cp >> 6));
+    out[n++] = static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out[n++] = static_cast<char>(0xE0 | (cp >> 12));
+    out[n++] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out[n++] = static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    out[n++] = static_cast<char>(0xF0 | (cp >> 18));
+    out[n++] = static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    out[n++] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out[n++] = static_cast<char>(0x80 | (cp & 0x3F));
+  }
+  for (std::size_t i = 0; i < n; ++i)
+    stringByte(out[i]);
+}
+
+void TopLevelFieldScanner::stringByte(char c) {
+  if (highSurrogate_ != 0) {  // a lone high surrogate: not a character
+    highSurrogate_ = 0;
+    appendCodePoint(0xFFFD);
+  }
+  switch (role_) {
+    case StringRole::Skip:
+      return;
+    case StringRole::TopKey:
+      // Only whether it equals the field matters: one byte more than the
+      // field is enough to know it does not.
+      if (key_.size() <= field_.size()) key_.push_back(c);
+      return;
+    case StringRole::FieldValue:
+      if (value_.size() >= maxValue_) {
+        result_ = Result::TooLong;
+        return;
+      }
+      value_.push_back(c);
+      return;
+  }
+}
+
+void TopLevelFieldScanner::stringEnded() {
+  if (highSurrogate_ != 0) {
+    highSurrogate_ = 0;
+    appendCodePoint(0xFFFD);
+  }
+  if (stringIsKey_) {
+    if (role_ == StringRole::TopKey) keyMatched_ = key_ == field_;
+    state_ = State::Colon;
+    return;
+  }
+  if (role_ == StringRole::FieldValue) {
+    if (result_ == Result::NeedMore) result_ = Result::Found;
+    return;
+  }
+  valueEnded();
+}
+
+bool TopLevelFieldScanner::step(char c) {
+  switch (state_) {
+    case State::String:
+      if (c == '"') {
+        stringEnded();
+      } else if (c == '\\') {
+        state_ = State::Escape;
+      } else if (static_cast<unsigned char>(c) < 0x20) {
+        fail("a control character inside a string");
+      } else {
+        stringByte(c);
+      }
+      break;
+    case State::Escape:
+      state_ = State::String;
+      switch (c) {
+        case '"':
+        case '\\':
+        case '/':
+          stringByte(c);
+          break;
+        case 'b':
+          stringByte('\b');
+          break;
+        case 'f':
+          stringByte('\f');
+          break;
+        case 'n':
+          stringByte('\n');
+          break;
+        case 'r':
+          stringByte('\r');
+          break;
+        case 't':
+          stringByte('\t');
+          break;
+        case 'u':
+          state_ = State::Unicode;
+          unicode_ = 0;
+          unicodeDigits_ = 0;
+          break;
+        default:
+          fail("an invalid escape \\" + std::string(1, c));
+      }
+      break;
+    case State::Unicode: {
+      const int h = hexValue(c);
+      if (h < 0) {
+        fail("an invalid \\u escape");
+        break;
+      }
+      unicode_ = unicode_ * 16 + static_cast<std::uint32_t>(h);
+      if (++unicodeDigits_ < 4) break;
+      state_ = State::String;
+      const std::uint32_t cp = unicode_;
+      if (cp >= 0xD800 && cp <= 0xDBFF) {
+        if (highSurrogate_ != 0) appendCodePoint(0xFFFD);  // (resets highSurrogate_ first)
+        highSurrogate_ = cp;
+      } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+        if (highSurrogate_ != 0) {
+          const std::uint32_t full = 0x10000 + ((highSurrogate_ - 0xD800) << 10) + (cp - 0xDC00);
+          highSurrogate_ = 0;
+          appendCodePoint(full);
+        } else {
+          appendCodePoint(0xFFFD);
+        }
+      } else {
+        appendCodePoint(cp);
+      }
+      break;
+    }
+    case State::Number:
+      if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') {
+        numberDigit_ = numberDigit_ || (c >= '0' && c <= '9');
+        break;
+      }
+      if (!numberDigit_) {
+        fail("a number without digits");
+        break;
+      }
+      valueEnded();
+      return step(c);  // the byte after the number
+    case State::Literal:
+      if (c != *literal_) {
+        unexpected(c);
+        break;
+      }
+      if (*++literal_ == '\0') valueEnded();
+      break;
+    case State::Start:
+      if (isSpace(c)) break;
+      if (c == '{') {
+        pushContainer(true);
+      } else if (c == '[' || c == '"' || c == '-' || (c >= '0' && c <= '9') || c == 't' || c == 'f' || c == 'n') {
+        result_ = Result::NotObject;
+      } else {
+        unexpected(c);
+      }
+      break;
+    case State::ObjectKeyOrEnd:
+    case State::ObjectKey:
+      if (isSpace(c)) break;
+      if (c == '"') {
+        stringIsKey_ = true;
+        role_ = depth_ == 1 ? StringRole::TopKey : StringRole::Skip;
+        key_.clear();
+        keyMatched_ = false;
+        state_ = State::String;
+      } else if (c == '}' && state_ == State::ObjectKeyOrEnd) {
+        --depth_;
+        valueEnded();
+      } else {
+        unexpected(c);
+      }
+      break;
+    case State::Colon:
+      if (isSpace(c)) break;
+      if (c == ':') {
+        state_ = State::Value;
+      } else {
+        unexpected(c);
+      }
+      break;
+    case State::ArrayValueOrEnd:
+      if (c == ']') {
+        --depth_;
+        valueEnded();
+        break;
+      }
+      [[fallthrough]];
+    case State::Value:
+      if (isSpace(c)) break;
+      stringIsKey_ = false;
+      if (keyMatched_ && depth_ == 1) {
+        // The value of the field itself.
+        keyMatched_ = false;
+        if (c != '"') {
+          result_ = Result::NotString;
+          break;
+        }
+        role_ = StringRole::FieldValue;
+        value_.clear();
+        state_ = State::String;
+        break;
+      }
+      role_ = StringRole::Skip;
+      if (c == '"') {
+        state_ = State::String;
+      } else if (c == '{') {
+        pushContainer(true);
+      } else if (c == '[') {
+        pushContainer(false);
+      } else if (c == '-' || (c >= '0' && c <= '9')) {
+        state_ = State::Number;
+        numberDigit_ = c != '-';
+      } else if (c == 't') {
+        state_ = State::Literal;
+        literal_ = "rue";
+      } else if (c == 'f') {
+        state_ = State::Literal;
+        literal_ = "alse";
+      } else if (c == 'n') {
+        state_ = State::Literal;
+        literal_ = "ull";
+      } else {
+        unexpected(c);
+      }
+      break;
+    case State::CommaOrEnd: {
+      if (isSpace(c)) break;
+      const std::size_t top = depth_ - 1;
+      const bool inObject = (stack_[top / 64] >> (top % 64)) & 1;
+      if (c == ',') {
+        state_ = inObject ? State::ObjectKey : State::Value;
+      } else if ((c == '}' && inObject) || (c == ']' && !inObject)) {
+        --depth_;
+        valueEnded();
+      } else {
+        unexpected(c);
+      }
+      break;
+    }
+    case State::Done:
+      if (!isSpace(c)) unexpected(c);
+      break;
+  }
+  return result_ == Result::NeedMore;
+}
+
+TopLevelFieldScanner::Result TopLevelFieldScanner::feed(std::string_view bytes) {
+  const char* p = bytes.data();
+  const char* const end = p + bytes.size();
+  while (p < end && result_ == Result::NeedMore) {
+    // Most of a prompt is inside strings that are skipped: run through
+    // them without the state machine.
+    if (state_ == State::String && role_ == StringRole::Skip && highSurrogate_ == 0) {
+      const char* q = p;
+      while (q < end && *q != '"' && *q != '\\' && static_cast<unsigned char>(*q) >= 0x20)
+        ++q;
+      offset_ += static_cast<std::uint64_t>(q - p);
+      p = q;
+      if (p == end) break;
+    }
+    if (!step(*p)) {
+      if (result_ != Result::NotJson) ++offset_;
+      break;
+    }
+    ++offset_;
+    ++p;
+  }
+  return result_;
+}
+
+TopLevelFieldScanner::Result TopLevelFieldScanner::finish() {
+  if (result_ != Result::NeedMore) return result_;
+  if (state_ == State::Start) {
+    error_ = "the body is empty";
+    result_ = Result::NotJson;
+    return result_;
+  }
+  return fail("the body ends inside the JSON");
+}
+
+const char* toString(TopLevelFieldScanner::Result r) {
+  switch (r) {
+    case TopLevelFieldScanner::Result::NeedMore:
+      return "need more";
+    case TopLevelFieldScanner::Result::Found:
+      return "found";
+    case TopLevelFieldScanner::Result::Missing:
+      return "missing";
+    case TopLevelFieldScanner::Result::NotJson:
+      return "not JSON";
+    case TopLevelFieldScanner::Result::NotObject:
+      return "not an object";
+    case TopLevelFieldScanner::Result::NotString:
+      return "not a string";
+    case TopLevelFieldScanner::Result::TooLong:
+      return "too long";
+  }
+  return "?";
+}
+
+}  // namespace ondemand::module
