@@ -73,7 +73,7 @@ class ServiceRegistry {
   // One service of a reload, in the order of the new configuration.
   struct Change {
     Service* service;
-    bool added;  // built now; else its new configuration waits in pendingConfig
+    bool added;                   // built now; else its new configuration waits in pendingConfig
     bool routingChanged = false;  // models or base_url changed: taken at once, to be pushed
   };
   // Takes `next` as the configuration: services missing from it are erased
