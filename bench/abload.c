@@ -3,7 +3,10 @@
  * alike. The benchmarks' load tool for A/B throughput and latency.
  *
  *   abload --a PORT[/path] --b PORT[/path] [--conns 32] [--slice-ms 250]
- *          [--seconds 20] [--warmup 1] [--json FILE]
+ *          [--seconds 20] [--warmup 1] [--json FILE] [--body FILE]
+ *
+ * With --body, every request is a POST of that file's bytes (Content-Type:
+ * application/json) instead of a GET.
  *
  * Each target has its own --conns persistent connections to 127.0.0.1. During
  * a slice only the current target's connections send: each sends a GET,
@@ -39,7 +42,7 @@ struct target {
   char name;
   int port;
   char path[256];
-  char request[512];
+  char* request;
   size_t request_len;
   uint32_t* hist;
   uint64_t answers, errors, reconnects;
@@ -156,17 +159,48 @@ static int64_t hist_percentile(const uint32_t* hist, uint64_t total, double p) {
   return HIST_US - 1;
 }
 
+static const char* body_path;
+
 static int parse_target(const char* spec, struct target* t, char name) {
   t->name = name;
   t->port = atoi(spec);
   const char* slash = strchr(spec, '/');
   snprintf(t->path, sizeof t->path, "%s", slash ? slash : "/");
-  t->request_len =
-      (size_t)snprintf(t->request, sizeof t->request,
-                       "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: abload\r\n\r\n", t->path, t->port);
   t->hist = calloc(HIST_US, sizeof *t->hist);
   if (t->hist == NULL) die("calloc");
   return t->port > 0;
+}
+
+/* The bytes each request sends: a GET, or a POST of the --body file. */
+static void build_request(struct target* t) {
+  char head[512];
+  char* body = NULL;
+  size_t body_len = 0;
+  if (body_path != NULL) {
+    FILE* f = fopen(body_path, "rb");
+    if (f == NULL) die(body_path);
+    if (fseek(f, 0, SEEK_END) != 0) die("fseek");
+    long size = ftell(f);
+    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) die("ftell");
+    body_len = (size_t)size;
+    body = malloc(body_len + 1);
+    if (body == NULL || fread(body, 1, body_len, f) != body_len) die("read body");
+    fclose(f);
+  }
+  size_t head_len =
+      body_path == NULL
+          ? (size_t)snprintf(head, sizeof head, "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: abload\r\n\r\n",
+                             t->path, t->port)
+          : (size_t)snprintf(head, sizeof head,
+                             "POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: abload\r\n"
+                             "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                             t->path, t->port, body_len);
+  t->request = malloc(head_len + body_len);
+  if (t->request == NULL) die("malloc");
+  memcpy(t->request, head, head_len);
+  if (body_len > 0) memcpy(t->request + head_len, body, body_len);
+  t->request_len = head_len + body_len;
+  free(body);
 }
 
 int main(int argc, char** argv) {
@@ -190,6 +224,8 @@ int main(int argc, char** argv) {
       warmup = atof(v);
     else if (strcmp(a, "--json") == 0)
       json_path = v;
+    else if (strcmp(a, "--body") == 0)
+      body_path = v;
     else {
       fprintf(stderr, "abload: unknown option %s\n", a);
       return 2;
@@ -198,9 +234,11 @@ int main(int argc, char** argv) {
   if (!have_a || !have_b || conns <= 0 || slice_ms <= 0 || (argc - 1) % 2 != 0) {
     fprintf(stderr,
             "usage: abload --a PORT[/path] --b PORT[/path] [--conns N] [--slice-ms MS] [--seconds S] "
-            "[--warmup S] [--json FILE]\n");
+            "[--warmup S] [--json FILE] [--body FILE]\n");
     return 2;
   }
+  build_request(&targets[0]);
+  build_request(&targets[1]);
 
   epfd = epoll_create1(EPOLL_CLOEXEC);
   if (epfd < 0) die("epoll_create1");

@@ -377,7 +377,10 @@ class Bench:
                 }}""").format(p=self.ports[k], d=self.gates[k], k=k))
         self.upstream = Nginx(self, "upstream", "\n".join(body), workers=1, module=False, worker_connections=30000,
                               ports=self.ports.values(), cpus=self.cpu_mask(0))
-        services = ["fast:\n  health_url: http://127.0.0.1:%d/\n" % self.ports["fast"]]
+        services = ["fast:\n  health_url: http://127.0.0.1:%d/\n" % self.ports["fast"],
+                    # The routing benchmark's model server: the same fast server, chosen by a body's "model".
+                    "llm:\n  health_url: http://127.0.0.1:{p}/\n  base_url: http://127.0.0.1:{p}\n"
+                    "  models: [bench-model]\n".format(p=self.ports["fast"])]
         delays = {"burst": ["--after", str(self.burst_ready_after())],
                   "lag": ["--after", str(self.lag_delay[0]), "--after-max", str(self.lag_delay[1])],
                   "iso": ["--after", "36000"]}
@@ -476,10 +479,10 @@ class Bench:
         if self.gate_ready(k) is not None:
             raise RuntimeError("%s is cold but its ready file is there" % k)
 
-    def abload(self, a_port, b_port, conns, seconds, slice_ms=250, warmup=1.0, cpu=0):
+    def abload(self, a_port, b_port, conns, seconds, slice_ms=250, warmup=1.0, cpu=0, body=None):
         argv = ([] if cpu is None or (os.cpu_count() or 1) < 2 else ["taskset", "-c", str(cpu)]) + [
             self.abload_bin, "--a", str(a_port), "--b", str(b_port), "--conns", str(conns), "--slice-ms",
-            str(slice_ms), "--seconds", str(seconds), "--warmup", str(warmup)]
+            str(slice_ms), "--seconds", str(seconds), "--warmup", str(warmup)] + (["--body", body] if body else [])
         out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + warmup + 60)
         if out.returncode != 0:
             raise RuntimeError("abload failed: %s" % out.stderr)
@@ -523,6 +526,49 @@ class Bench:
                     % (r + 1, tput[-1]["ratio"], tput[-1]["A"]["rps"], tput[-1]["B"]["rps"], lat[-1]["A"]["p99_us"],
                        lat[-1]["B"]["p99_us"]))
             self.results["warm"] = {"tput": tput, "lat": lat, "seconds": seconds, "lat_seconds": lat_seconds}
+        finally:
+            ng.stop()
+
+    # --- 6. routed POST ---------------------------------------------------------
+
+    def chat_body(self, size):
+        """An OpenAI chat request of exactly `size` bytes, "model" last; returns its file."""
+        head, tail = '{"messages":[{"role":"user","content":"', '"}],"stream":false,"model":"bench-model"}'
+        text = head + "x" * (size - len(head) - len(tail)) + tail
+        path = os.path.join(self.work, "body-%d.json" % size)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def routing(self):
+        """The same POST through a plain proxy_pass location (A) and a location that chooses the service
+        from the body's "model" (B): the module reads the body, scans it and resolves the model."""
+        runs = 2 if self.quick else 4
+        seconds = 2 if self.quick else 10
+        pa, pb = free_port(), free_port()
+        upstream = "upstream llm { server 127.0.0.1:%d; keepalive 32; keepalive_requests 1000000; }" % (
+            self.ports["fast"])
+        plain = proxy_location("llm")
+        routed = proxy_location("$ondemand_service", "ondemand_service $ondemand_model;")
+        servers = upstream + "\n# A\n" + server(pa, plain) + "# B\n" + server(pb, routed)
+        self.ctl.start("llm")
+        ng = self.front("front-routing", servers, cpus=self.cpu_mask(1))
+        self.configs["routing"] = servers
+        try:
+            started = self.ctl.status("llm")["services"][0].get("started_total", 0)
+            sizes = {}
+            for size, conns in ((1024, 32), (256 * 1024, 8)):
+                body = self.chat_body(size)
+                runs_ = []
+                for r in range(runs):
+                    runs_.append(self.abload(pa, pb, conns, seconds, body=body))
+                    log("routing %d B run %d: throughput ratio %.3f (%.0f vs %.0f req/s)"
+                        % (size, r + 1, runs_[-1]["ratio"], runs_[-1]["A"]["rps"], runs_[-1]["B"]["rps"]))
+                sizes[str(size)] = {"runs": runs_, "conns": conns}
+            # B's requests went through the module to the service it chose.
+            routed_n = self.ctl.status("llm")["services"][0].get("started_total", 0) - started
+            self.results["routing"] = {"sizes": sizes, "seconds": seconds, "routed": routed_n}
+            self.commands["routing"] = sizes["1024"]["runs"][0]["command"]
         finally:
             ng.stop()
 
@@ -805,6 +851,10 @@ def machine():
             "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[1]}
 
 
+def kib(n):
+    return "%d KiB" % (n // 1024) if n >= 1024 else "%d B" % n
+
+
 def yes(ok):
     return "**met**" if ok else "**not met**"
 
@@ -896,6 +946,12 @@ class Report:
             ratios = [x["ratio"] for x in r["isolation"]["runs"]]
             rows.append(("4", "isolation: warm throughput while %s requests wait / without"
                          % f"{r['isolation']['n']:,}", "≥ 0.95", spread(ratios), yes(statistics.median(ratios) >= 0.95)))
+        if "routing" in r:
+            for size, rs in sorted(r["routing"]["sizes"].items(), key=lambda kv: int(kv[0])):
+                ratios = [x["ratio"] for x in rs["runs"]]
+                rows.append(("6", "routed POST, %s JSON body, model last: throughput by `$ondemand_model` / plain "
+                             "`proxy_pass`" % kib(int(size)), "≥ 0.95", spread(ratios),
+                             yes(statistics.median(ratios) >= 0.95)))
         if "scale" in r:
             s = r["scale"]["scale"]
             rows.append(("5", "controld, %s services, %d subscribers: idle CPU / RSS" % (f"{s['services']:,}",
@@ -1215,10 +1271,41 @@ plot '%s' using 1:2 with points pt 7 ps 0.5 title 'X / Y', 0.95 with lines dt 2 
         self.w("Commands: `%s`; `%s`." % (self.show(s["command"]), self.show(b["command"])))
         self.w()
 
+    def routing(self):
+        r = self.r.get("routing")
+        if not r:
+            return
+        self.w("## 6. Routed POST")
+        self.w()
+        self.w("One nginx (1 worker), two servers in front of the same kept-alive upstream; A is a plain "
+               "`proxy_pass`, B chooses the service from the JSON body's `\"model\"` (`ondemand_service "
+               "$ondemand_model; proxy_pass http://$ondemand_service;`): the module reads the body (nginx's "
+               "buffers, or its temporary file past `client_body_buffer_size`), scans it for the top-level field, "
+               "which is last, and resolves the model to its warm service. Both POST the same OpenAI chat "
+               "request; `abload --body` alternates every 250 ms. %d requests of B reached the service through "
+               "the module." % r["routed"])
+        self.w()
+        self.w("```nginx")
+        self.w(self.show(self.b.configs["routing"]))
+        self.w("```")
+        self.w()
+        self.w("| body | connections | throughput B / A per run | median (min..max) | req/s A / B | p99 B − A |")
+        self.w("| --- | --- | --- | --- | --- | --- |")
+        for size, rs in sorted(r["sizes"].items(), key=lambda kv: int(kv[0])):
+            ratios = [x["ratio"] for x in rs["runs"]]
+            d = [(x["B"]["p99_us"] - x["A"]["p99_us"]) / 1000.0 for x in rs["runs"]]
+            self.w("| %s | %d | %s | %s | %s | %s |" % (
+                kib(int(size)), rs["conns"], ", ".join("%.3f" % x for x in ratios), spread(ratios),
+                ", ".join("%.0f / %.0f" % (x["A"]["rps"], x["B"]["rps"]) for x in rs["runs"]),
+                spread(d, 3, " ms")))
+        self.w()
+        self.w("Command (ports vary): `%s`, %d s per run." % (self.show(self.b.commands.get("routing")), r["seconds"]))
+        self.w()
+
     def write(self, path):
         self.header()
         self.summary()
-        for section in (self.warm, self.burst, self.lag, self.isolation, self.scale):
+        for section in (self.warm, self.burst, self.lag, self.isolation, self.scale, self.routing):
             section()
         if self.b.problems:
             self.w("## Errors logged by nginx during the run")
@@ -1237,7 +1324,7 @@ def main():
     ap.add_argument("--build", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=HERE)
-    ap.add_argument("--only", default="warm,burst,lag,isolation,scale")
+    ap.add_argument("--only", default="warm,burst,lag,isolation,scale,routing")
     ap.add_argument("--command", default="bench/run", help="the command line to name in RESULTS.md")
     args = ap.parse_args()
     b = Bench(args)
@@ -1248,7 +1335,7 @@ def main():
     try:
         b.start_services()
         for key, fn in (("warm", b.warm_path), ("burst", b.cold_burst), ("lag", b.release_lag),
-                        ("isolation", b.isolation), ("scale", b.controld_scale)):
+                        ("isolation", b.isolation), ("scale", b.controld_scale), ("routing", b.routing)):
             if key in only:
                 fn()
         b.upstream.stop()
