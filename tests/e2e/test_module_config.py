@@ -98,14 +98,18 @@ class ConfigTest(OndemandTestCase):
         out = self.nginx_t(self.server("ondemand_page %s;" % broken_page), name="page")
         self.assertIn('unknown placeholder "{{colour}}"', out.stderr)
 
-    def test_the_example_configuration_passes_nginx_t(self):
-        with open(os.path.join(SOURCE_DIR, "conf", "nginx-ondemand.conf")) as f:
-            example = f.read()
-        # Only what cannot work in a test sandbox changes: ports and log paths.
-        example = re.sub(r"listen 80;", "listen 127.0.0.1:%d;" % free_port(), example)
-        example = example.replace("/var/log/nginx/", self.dir + "/")
-        out = self.nginx_t(example, name="example")
-        self.assertEqual(out.returncode, 0, out.stderr)
+    def test_the_example_configurations_pass_nginx_t(self):
+        examples = sorted(f for f in os.listdir(os.path.join(SOURCE_DIR, "conf")) if f.endswith(".conf"))
+        self.assertIn("nginx-models.conf", examples)
+        for name in examples:
+            with self.subTest(example=name):
+                with open(os.path.join(SOURCE_DIR, "conf", name)) as f:
+                    example = f.read()
+                # Only what cannot work in a test sandbox changes: ports and log paths.
+                example = re.sub(r"listen 80;", "listen 127.0.0.1:%d;" % free_port(), example)
+                example = example.replace("/var/log/nginx/", self.dir + "/")
+                out = self.nginx_t(example, name="example-" + name)
+                self.assertEqual(out.returncode, 0, out.stderr)
 
 
 if __name__ == "__main__":
