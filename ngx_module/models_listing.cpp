@@ -1,30 +1,12 @@
 #include "ngx_module/models_listing.hpp"
 
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
 
+#include "shared/json_writer.hpp"
+
 namespace ondemand::module {
-
-namespace {
-
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
-
-void str(Writer& w, const char* key, std::string_view value) {
-  w.Key(key);
-  w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
-}
-
-std::string finish(const rapidjson::StringBuffer& buffer) {
-  std::string body(buffer.GetString(), buffer.GetSize());
-  body.push_back('\n');
-  return body;
-}
-
-}  // namespace
 
 std::vector<ListedModel> listModels(const ServiceTable& table) {
   std::vector<ListedModel> out;
@@ -47,84 +29,62 @@ namespace {
 // {<head>, "<arrayKey>": [{<fields of one model>, "service", "state"}, ...]}
 template <typename Head, typename Fields>
 std::string listing(const std::vector<ListedModel>& models, const char* arrayKey, Head head, Fields fields) {
-  rapidjson::StringBuffer buffer;
-  Writer w(buffer);
-  w.StartObject();
+  JsonWriter w;
+  w.startObject();
   head(w);
-  w.Key(arrayKey);
-  w.StartArray();
+  w.key(arrayKey).startArray();
   for (const ListedModel& m : models) {
-    w.StartObject();
+    w.startObject();
     fields(w, m);
-    str(w, "service", m.service);
-    str(w, "state", m.state);
-    w.EndObject();
+    w.str("service", m.service).str("state", m.state);
+    w.endObject();
   }
-  w.EndArray();
-  w.EndObject();
-  return finish(buffer);
+  w.endArray().endObject();
+  return w.line();
 }
 
 }  // namespace
 
 std::string openaiModelList(const std::vector<ListedModel>& models, std::int64_t nowSeconds) {
   return listing(
-      models, "data", [](Writer& w) { str(w, "object", "list"); },
-      [nowSeconds](Writer& w, const ListedModel& m) {
-        str(w, "id", m.id);
-        str(w, "object", "model");
-        w.Key("created");
-        w.Int64(nowSeconds);
-        str(w, "owned_by", m.service);
+      models, "data", [](JsonWriter& w) { w.str("object", "list"); },
+      [nowSeconds](JsonWriter& w, const ListedModel& m) {
+        w.str("id", m.id).str("object", "model").i64("created", nowSeconds).str("owned_by", m.service);
       });
 }
 
 std::string ollamaTags(const std::vector<ListedModel>& models) {
   return listing(
-      models, "models", [](Writer&) {},
-      [](Writer& w, const ListedModel& m) {
-        str(w, "name", m.id);
-        str(w, "model", m.id);
-        str(w, "modified_at", rfc3339Millis(m.sinceMs));
-        w.Key("size");
-        w.Int64(0);
-        str(w, "digest", "");
-        w.Key("details");
-        w.StartObject();
-        for (const char* key : {"parent_model", "format", "family"})
-          str(w, key, "");
-        w.Key("families");
-        w.StartArray();
-        w.EndArray();
-        for (const char* key : {"parameter_size", "quantization_level"})
-          str(w, key, "");
-        w.EndObject();
+      models, "models", [](JsonWriter&) {},
+      [](JsonWriter& w, const ListedModel& m) {
+        w.str("name", m.id).str("model", m.id).str("modified_at", rfc3339Millis(m.sinceMs));
+        w.i64("size", 0).str("digest", "");
+        w.key("details").startObject();
+        w.str("parent_model", "").str("format", "").str("family", "");
+        w.key("families").startArray().endArray();
+        w.str("parameter_size", "").str("quantization_level", "");
+        w.endObject();
       });
 }
 
 std::string openaiError(std::string_view message, std::string_view param, std::string_view code) {
-  rapidjson::StringBuffer buffer;
-  Writer w(buffer);
-  w.StartObject();
-  w.Key("error");
-  w.StartObject();
-  str(w, "message", message);
-  str(w, "type", "invalid_request_error");
-  w.Key("param");
+  JsonWriter w;
+  w.startObject().key("error").startObject();
+  w.str("message", message).str("type", "invalid_request_error");
+  w.key("param");
   if (param.empty()) {
-    w.Null();
+    w.null();
   } else {
-    w.String(param.data(), static_cast<rapidjson::SizeType>(param.size()));
+    w.string(param);
   }
-  w.Key("code");
+  w.key("code");
   if (code.empty()) {
-    w.Null();
+    w.null();
   } else {
-    w.String(code.data(), static_cast<rapidjson::SizeType>(code.size()));
+    w.string(code);
   }
-  w.EndObject();
-  w.EndObject();
-  return finish(buffer);
+  w.endObject().endObject();
+  return w.line();
 }
 
 std::string joinModelNames(const std::vector<ListedModel>& models, std::size_t limit) {
