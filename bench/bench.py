@@ -851,7 +851,7 @@ def machine():
             "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[1]}
 
 
-def kib(n):
+def size_text(n):
     return "%d KiB" % (n // 1024) if n >= 1024 else "%d B" % n
 
 
@@ -950,7 +950,7 @@ class Report:
             for size, rs in sorted(r["routing"]["sizes"].items(), key=lambda kv: int(kv[0])):
                 ratios = [x["ratio"] for x in rs["runs"]]
                 rows.append(("6", "routed POST, %s JSON body, model last: throughput by `$ondemand_model` / plain "
-                             "`proxy_pass`" % kib(int(size)), "≥ 0.95", spread(ratios),
+                             "`proxy_pass`" % size_text(int(size)), "≥ 0.95", spread(ratios),
                              yes(statistics.median(ratios) >= 0.95)))
         if "scale" in r:
             s = r["scale"]["scale"]
@@ -1295,7 +1295,7 @@ plot '%s' using 1:2 with points pt 7 ps 0.5 title 'X / Y', 0.95 with lines dt 2 
             ratios = [x["ratio"] for x in rs["runs"]]
             d = [(x["B"]["p99_us"] - x["A"]["p99_us"]) / 1000.0 for x in rs["runs"]]
             self.w("| %s | %d | %s | %s | %s | %s |" % (
-                kib(int(size)), rs["conns"], ", ".join("%.3f" % x for x in ratios), spread(ratios),
+                size_text(int(size)), rs["conns"], ", ".join("%.3f" % x for x in ratios), spread(ratios),
                 ", ".join("%.0f / %.0f" % (x["A"]["rps"], x["B"]["rps"]) for x in rs["runs"]),
                 spread(d, 3, " ms")))
         self.w()
