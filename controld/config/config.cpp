@@ -38,6 +38,23 @@ std::string withoutCredentials(std::string_view url) {
   return std::string(url.substr(0, start)) + "***" + std::string(url.substr(start + userinfo.size()));
 }
 
+std::string upstreamOf(const std::string& baseUrl) {
+  std::string_view url = baseUrl;
+  const auto scheme = url.find("://");
+  if (scheme == std::string_view::npos) return {};
+  const bool https = url.substr(0, scheme) == "https";
+  url.remove_prefix(scheme + 3);
+  url = url.substr(0, url.find_first_of("/?#"));
+  if (const auto at = url.rfind('@'); at != std::string_view::npos) url.remove_prefix(at + 1);  // user:password@
+  if (url.empty()) return {};
+  // A port is after the last ':' outside brackets ("[::1]:8080").
+  const auto colon = url.rfind(':');
+  const auto bracket = url.rfind(']');
+  const bool hasPort = colon != std::string_view::npos && (bracket == std::string_view::npos || colon > bracket);
+  if (hasPort) return std::string(url);
+  return std::string(url) + (https ? ":443" : ":80");
+}
+
 std::string formatProblem(const ConfigProblem& problem) {
   std::string out = problem.where.file;
   if (problem.where.line > 0) out += ":" + std::to_string(problem.where.line);
