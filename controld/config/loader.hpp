@@ -31,12 +31,12 @@ inline constexpr std::string_view kHestiaServiceKeys[] = {"idle_timeout_ms", "re
                                                           "retry_delay_ms",  "fallback_url",
                                                           "instances",       "strategy",
                                                           "routing"};
-inline constexpr std::string_view kNativeTopKeys[] = {"socket",       "socket_mode",    "socket_group", "state_dir",
-                                                      "history_size", "semaphore",      "admin_users",  "admin_groups",
+inline constexpr std::string_view kNativeTopKeys[] = {"socket",         "socket_mode", "socket_group", "state_dir",
+                                                      "history_size",   "semaphore",   "admin_users",  "admin_groups",
                                                       "metrics_listen", "statsd"};
 inline constexpr std::string_view kNativeServiceKeys[] = {
-    "warmup",       "start_timeout", "idle_timeout",  "failure_backoff", "health_interval", "health_timeout",
-    "stop_timeout", "machine",       "start_command", "stop_command",    "semaphore",       "environment", "models"};
+    "warmup",  "start_timeout", "idle_timeout", "failure_backoff", "health_interval", "health_timeout", "stop_timeout",
+    "machine", "start_command", "stop_command", "semaphore",       "environment",     "models"};
 
 template <std::size_t N>
 bool contains(const std::string_view (&list)[N], std::string_view key) {
