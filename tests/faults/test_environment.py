@@ -11,22 +11,12 @@ from harness import free_port, wait_until
 
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
-# Waiting for issue 11 fixes (by `harden`); each skip goes with its fix.
-WAITS_DEFECT_7_16 = "waits for issue 11 defects 7/16 (a failed state write must not launch the driver)"
-WAITS_DEFECT_3 = "waits for issue 11 defect 3 (deadlines on the monotonic clock)"
 
-
-def fixed(name):
-    """ONDEMAND_FAULTS_RUN_WAITING=1 runs the tests that wait for a fix (to check one)."""
-    return os.environ.get("ONDEMAND_FAULTS_RUN_WAITING") == "1"
-
-
-@unittest.skipUnless(os.geteuid() == 0, "needs root to mount a tmpfs for the full state_dir (run as root)")
+@unittest.skipUnless(os.geteuid() == 0, "FullStateDir needs root: it mounts a tmpfs as the state_dir "
+                                        "(run tests/run or ctest as root to include it)")
 class FullStateDir(FaultsCase):
     def setUp(self):
         super().setUp()
-        if not fixed("7/16"):
-            self.skipTest(WAITS_DEFECT_7_16)
         self.state = self.path("state")
         os.makedirs(self.state)
         out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", self.state],
@@ -47,36 +37,61 @@ class FullStateDir(FaultsCase):
             os.close(fd)
         return filler
 
+    def counted_sample(self, name, port, **kw):
+        """A sample service whose start command appends a line to NAME.starts each time it runs."""
+        starts = self.path("%s.starts" % name)
+        start, _ = self.sample_commands(name, port)
+        counted = ["/bin/sh", "-c", 'echo start >> "$0"; exec "$@"', starts] + start
+        return self.sample_yaml(name, port, start=counted, **kw), starts
+
+    @staticmethod
+    def lines(path):
+        try:
+            with open(path) as f:
+                return len(f.read().splitlines())
+        except FileNotFoundError:
+            return 0
+
     def test_starts_fail_with_the_reason_while_full_and_nothing_is_lost_after(self):
         rounds = count(5, 2)
         port = free_port()
-        self.start_controld_with([self.sample_yaml("disk", port, idle="1h")])
+        # failure_backoff 0: each request while full is a start attempt of its own, and the first
+        # one after space returns starts the service (with the default 30 s it would get the failure).
+        yaml, starts = self.counted_sample("disk", port, idle="1h", extra="    failure_backoff: 0s\n")
+        self.start_controld_with([yaml])
         self.start_front(self.location("/", "disk", port))
         refused = 0
-        for _ in range(rounds):
+        last_epoch = 0
+        for i in range(rounds):
             filler = self.fill()
-            result = self.get("/")
-            self.assertEqual(result.status, 502, result)
-            self.assertIn("state", result.body)
+            for _ in range(2):  # a second wake while still full fails the same way
+                result = self.get("/")
+                self.assertEqual(result.status, 502, result)
+                self.assertIn("state_dir", result.body, result)
+                refused += 1
             self.assertFalse(self.sample_running("disk"), "the start command ran without a durable record")
-            refused += 1
+            self.assertEqual(self.lines(starts), i, "a start command ran while the state_dir was full")
             os.remove(filler)
             self.assertEqual(self.get("/").status, 200)
+            self.assertEqual(self.lines(starts), i + 1, "one start command per cold start once space is back")
             epoch = self.status("disk")["services"][0]["epoch"]
+            self.assertGreaterEqual(epoch, last_epoch)
             self.controld.kill9()
             self.restart_controld()
             after = self.status("disk")["services"][0]
-            self.assertEqual(after["state"], "warm")
-            self.assertGreaterEqual(after["epoch"], epoch)
+            self.assertEqual(after["state"], "warm", after)
+            self.assertGreaterEqual(after["epoch"], epoch, "the epoch went back after a SIGKILL")
+            self.assertEqual(self.get("/").status, 200)
+            self.assertEqual(self.lines(starts), i + 1, "the restart started the warm service again")
+            last_epoch = after["epoch"]
             self.assertEqual(self.cli("stop", "disk", "--wait").returncode, 0)
-        figures("full-state-dir", rounds=rounds, refused_starts=refused, lost_after=0, failures=0)
+        figures("full-state-dir", rounds=rounds, refused_starts=refused, start_commands=self.lines(starts),
+                duplicate_starts=self.lines(starts) - rounds, lost_after=0, failures=0)
 
 
 class ClockSteps(FaultsCase):
     def setUp(self):
         super().setUp()
-        if not fixed("3"):
-            self.skipTest(WAITS_DEFECT_3)
         if not os.path.exists(FAKETIME_LIB):
             self.skipTest("libfaketime is not installed (scripts/install-deps installs faketime)")
         self.offset_file = self.path("faketime")
@@ -125,7 +140,14 @@ class ClockSteps(FaultsCase):
             wait_until(lambda: self.service_state("idle") == "cold", 30,
                        message="idle stop 3 s after the last request, clock stepped back an hour")
             took.append(time.monotonic() - started)
-        figures("clock-step-back-idle", stops=rounds, failures=0, stopped_after_s="%.1f" % max(took))
+            # A start with the clock still an hour back succeeds, and its idle stop comes too.
+            self.assertEqual(self.get("/").status, 200)
+            started = time.monotonic()
+            wait_until(lambda: self.service_state("idle") == "cold", 30,
+                       message="idle stop of a service started after the clock stepped back")
+            took.append(time.monotonic() - started)
+        figures("clock-step-back-idle", starts=2 * rounds, stops=2 * rounds, failures=0,
+                stopped_after_s="%.1f" % max(took))
 
 
 if __name__ == "__main__":
