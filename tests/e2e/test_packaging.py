@@ -349,6 +349,13 @@ class PackagingTest(OndemandTestCase):
         self.assertEqual((st.st_uid, stat.S_IMODE(st.st_mode)), (user.pw_uid, 0o750))
         self.assertTrue(os.path.islink("/etc/systemd/system/multi-user.target.wants/controld.service"))
         self.assertEqual(run(["/usr/bin/controld", "version"]).stdout, run([CONTROLD, "version"]).stdout)
+        if shutil.which("man"):
+            # What a user types after the install: the page is found on the system's MANPATH.
+            env_man = {k: v for k, v in os.environ.items() if k != "MANPATH"}
+            page = run(["man", "-P", "cat", "controld"], env=dict(env_man, MANWIDTH="80"), check=False)
+            self.assertEqual(page.returncode, 0, page.stderr)
+            self.assertIn("controld", page.stdout)
+            self.assertIn("serve", page.stdout)
         check = run(["/usr/bin/controld", "check-config", "--config", "/etc/controld/controld.yaml"], check=False)
         self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
         if shutil.which("systemd-analyze"):
