@@ -38,7 +38,6 @@ std::string statusJson(ControlLink& link, bool reasons) {
     w.str("cause", e->state.cause)
         .str("reason", reasons ? std::string_view(e->state.reason) : std::string_view())
         .i64("task_id", e->state.taskId);
-    if (!e->state.waiting.empty()) w.str("waiting_for", e->state.waiting);
     w.u64("in_flight", e->inFlight).u64("waiting", e->parked.size());
     w.endObject();
   }

@@ -33,11 +33,10 @@ inline constexpr std::string_view kHestiaServiceKeys[] = {"idle_timeout_ms", "re
                                                           "routing"};
 inline constexpr std::string_view kNativeTopKeys[] = {"socket",         "socket_mode", "socket_group", "state_dir",
                                                       "history_size",   "semaphore",   "admin_users",  "admin_groups",
-                                                      "metrics_listen", "statsd",      "machines"};
+                                                      "metrics_listen", "statsd"};
 inline constexpr std::string_view kNativeServiceKeys[] = {
-    "warmup",         "start_timeout", "idle_timeout", "failure_backoff", "health_interval",
-    "health_timeout", "stop_timeout",  "machine",      "start_command",   "stop_command",
-    "semaphore",      "environment",   "models",       "needs",           "evictable"};
+    "warmup",  "start_timeout", "idle_timeout", "failure_backoff", "health_interval", "health_timeout", "stop_timeout",
+    "machine", "start_command", "stop_command", "semaphore",       "environment",     "models"};
 
 template <std::size_t N>
 bool contains(const std::string_view (&list)[N], std::string_view key) {
@@ -98,7 +97,6 @@ class Loader {
   // Native controld.yaml
   void readNativeSemaphore(const Setting& s, Config& config);
   void readNativeStatsd(const Setting& s, Config& config);
-  void readMachines(const Setting& s, Config& config);
   void readNativeService(const std::string& name, const Setting& s, const FormatGuess& guess, Config& config);
   void readServiceSemaphore(const Setting& s, SemaphoreServiceSettings& out);
   void readExtraVars(const Setting& s, std::string& out);
