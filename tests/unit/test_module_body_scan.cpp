@@ -140,3 +140,22 @@ TEST_CASE("body scan: a 5 MiB prompt before the field, in 8 KiB pieces, keeps a 
   CHECK(s.value == "big-one");
   CHECK(scanWhole(body).value == "big-one");
 }
+
+TEST_CASE("body scan: a quote, an escape or a control character is seen wherever it stands in a long string") {
+  // Long runs of plain string bytes are skipped many bytes at a time: each
+  // byte that ends a run is found at every position around those blocks,
+  // and bytes of 0x80 and above are plain (UTF-8), not control characters.
+  const std::string head = R"({"messages":")";
+  for (std::size_t at = 0; at < 70; ++at) {
+    INFO("at byte " << at << " of the string");
+    const std::string before(at, 'x');
+    const std::string after(70 - at, '\xe9');
+    CHECK(scanWhole(head + before + R"(\"","model":"m"})").value == "m");
+    CHECK(scanWhole(head + before + R"(","model":"q)" + after + "\"}").value == "q" + after);
+    const Scanned control = scanWhole(head + before + '\x1f' + after + R"(","model":"m"})");
+    CHECK(control.result == Result::NotJson);
+    CHECK(control.error == "a control character inside a string at byte " + std::to_string(head.size() + at));
+    const Scanned escape = scanWhole(head + before + "\\q" + after + R"(","model":"m"})");
+    CHECK(escape.error == "an invalid escape \\q at byte " + std::to_string(head.size() + at + 1));
+  }
+}
