@@ -144,6 +144,28 @@ void TopLevelFieldScanner::stringByte(char c) {
   }
 }
 
+bool TopLevelFieldScanner::plainRun(std::string_view run) {
+  switch (role_) {
+    case StringRole::Skip:
+      return true;
+    case StringRole::TopKey:
+      // (as stringByte: one byte more than the field is enough)
+      if (key_.size() <= field_.size()) key_.append(run.substr(0, field_.size() + 1 - key_.size()));
+      return true;
+    case StringRole::FieldValue:
+      if (value_.size() + run.size() > maxValue_) {
+        const std::size_t fits = maxValue_ - value_.size();
+        value_.append(run.substr(0, fits));
+        offset_ += fits + 1;  // up to the byte that is one too many
+        result_ = Result::TooLong;
+        return false;
+      }
+      value_.append(run);
+      return true;
+  }
+  return true;
+}
+
 void TopLevelFieldScanner::stringEnded() {
   if (highSurrogate_ != 0) {
     highSurrogate_ = 0;
@@ -354,10 +376,11 @@ TopLevelFieldScanner::Result TopLevelFieldScanner::feed(std::string_view bytes) 
   const char* p = bytes.data();
   const char* const end = p + bytes.size();
   while (p < end && result_ == Result::NeedMore) {
-    // Most of a prompt is inside strings that are skipped: run through
-    // them without the state machine.
-    if (state_ == State::String && role_ == StringRole::Skip && highSurrogate_ == 0) {
+    // Most of a body is inside strings: their plain bytes are taken in one
+    // run, without the state machine.
+    if (state_ == State::String && highSurrogate_ == 0) {
       const char* q = plainStringEnd(p, end);
+      if (!plainRun(std::string_view(p, static_cast<std::size_t>(q - p)))) break;
       offset_ += static_cast<std::uint64_t>(q - p);
       p = q;
       if (p == end) break;

@@ -71,6 +71,7 @@ class TopLevelFieldScanner {
   void pushContainer(bool isObject);
   bool step(char c);  // false: a result was reached
   void stringByte(char c);
+  bool plainRun(std::string_view run);  // plain bytes of the string being read; false: a result was reached
   void appendCodePoint(std::uint32_t cp);
   void stringEnded();
 

@@ -157,5 +157,15 @@ TEST_CASE("body scan: a quote, an escape or a control character is seen wherever
     CHECK(control.error == "a control character inside a string at byte " + std::to_string(head.size() + at));
     const Scanned escape = scanWhole(head + before + "\\q" + after + R"(","model":"m"})");
     CHECK(escape.error == "an invalid escape \\q at byte " + std::to_string(head.size() + at + 1));
+    // Keys are compared whole, however long, and values are bounded the same.
+    const std::string pad(at + 1, 'k');
+    CHECK(scan("{\"model" + pad + "\":\"no\",\"" + pad + "model\":\"no\",\"model\":\"yes\"}").value == "yes");
+    TopLevelFieldScanner bounded("model", at);
+    bounded.feed(R"({"model":")" + before + R"("})");
+    CHECK(bounded.result() == Result::Found);
+    CHECK(bounded.value() == before);
+    TopLevelFieldScanner over("model", at);
+    over.feed(R"({"model":")" + before + R"(y"})");
+    CHECK(over.result() == Result::TooLong);
   }
 }
