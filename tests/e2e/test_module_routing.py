@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import unittest
 
 from module_case import ModuleTestCase
@@ -146,12 +147,13 @@ def schema_errors(value, schema, where="$"):
 
 class RoutingCase(ModuleTestCase):
 
-    def model_services(self, ready_after=0.0, names=("svc-a", "svc-b", "svc-c")):
+    def model_services(self, ready_after=0.0, names=("svc-a", "svc-b", "svc-c"), models=None):
         """controld with the model servers; returns {service: port}."""
+        models = models or MODELS
         ports = {name: free_port() for name in names}
         services = [self.sample_yaml(name, ports[name], ready_after=ready_after,
                                      extra="    base_url: http://127.0.0.1:%d\n    models: %s\n"
-                                           % (ports[name], json.dumps(MODELS[name])))
+                                           % (ports[name], json.dumps(models[name])))
                     for name in names]
         self.start_controld_with(services)
         return ports
@@ -384,6 +386,147 @@ location / {
             self.assertEqual(json.loads(result.body)["service"], "nosuch")
         self.assertEqual(len(self.error_log_lines('service or model "nosuch"')), 1)
         self.assertIn("hello from svc-a", self.get("/", headers={"X-Service": "svc-a"}).body)
+
+
+class RoutedLimitsTest(RoutingCase):
+
+    def test_a_routed_location_shows_browsers_the_waiting_page_and_limits_waiting_per_resolved_service(self):
+        self.model_services(ready_after=4.0, names=("svc-a", "svc-b"))
+        self.start_front("""
+location /v1/ {
+    ondemand_service $ondemand_model;
+    ondemand_max_waiting 3;
+    proxy_pass http://$ondemand_upstream;
+}
+location /ui/ {
+    ondemand_service $arg_model;
+    proxy_pass http://$ondemand_upstream;
+}
+""")
+        # A browser opening a cold model's page gets the waiting page of
+        # the service the alias resolves to, at once, and the start begins.
+        page = self.get("/ui/?model=m-b-alias", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+        self.assertEqual(page.status, 503, page)
+        self.assertIn("text/html", page.headers.get("content-type", ""))
+        self.assertEqual(page.headers.get("retry-after"), "3")
+        self.assertIn('http-equiv="refresh"', page.body)
+        self.assertIn("svc-b", page.body)
+        self.assertLess(page.ended - page.started, 0.5, "the page is answered at once")
+        wait_until(lambda: self.service_state("svc-b") in ("starting", "warm"), 10, message="svc-b woken by the page")
+
+        # Three POSTs to the cold m-a wait; the fourth is refused by svc-a's
+        # limit, while a POST to m-b (svc-b, also cold) still waits.
+        bodies = [chat("m-a", content="held %d" % i) for i in range(3)]
+        results = [None] * 4
+        import threading
+
+        def one(i, body):
+            results[i] = self.post("/v1/chat/completions", body, timeout=60)
+
+        threads = [threading.Thread(target=one, args=(i, bodies[i]), daemon=True) for i in range(3)]
+        for t in threads:
+            t.start()
+        self.wait_waiting("svc-a", 3)
+        fourth = self.post("/v1/chat/completions", chat("m-a", content="one too many"))
+        self.assertEqual(fourth.status, 503, fourth)
+        self.assertEqual(fourth.headers.get("retry-after"), "5")
+        self.assertEqual(json.loads(fourth.body)["error"], "too_many_waiting")
+        self.assertEqual(json.loads(fourth.body)["service"], "svc-a")
+        other = chat("m-b", content="not limited by svc-a")
+        threads.append(threading.Thread(target=one, args=(3, other), daemon=True))
+        threads[-1].start()
+        self.join(threads, 60)
+        for i in range(3):
+            with self.subTest(request=i):
+                self.assert_answered_by(results[i], "svc-a", bodies[i])
+        self.assert_answered_by(results[3], "svc-b", other)
+        self.assertEqual(len(self.starts("svc-a")), 1)
+        self.assertEqual(len(self.starts("svc-b")), 1)
+
+
+class ReloadTest(RoutingCase):
+
+    def wait_model_service(self, model, service):
+        def listed():
+            result = self.get("/v1/models")
+            if result.status != 200:
+                return False
+            return {m["id"]: m["service"] for m in json.loads(result.body)["data"]}.get(model) == service
+        wait_until(listed, 15, message="the worker sees %s in %s" % (model, service))
+
+    def test_a_reload_that_moves_a_model_to_another_service_is_followed_by_the_next_request(self):
+        models = {"svc-a": ["m-a", "m-moving"], "svc-b": ["m-b"]}
+        self.model_services(names=("svc-a", "svc-b"), models=models)
+        self.start_front(V1 + """
+location /team/ {
+    ondemand_service $team_model;
+    rewrite ^/team(/.*)$ $1 break;
+    proxy_pass http://$ondemand_upstream;
+}
+""", http_extra="map $http_x_team $team_model { red m-a; default \"\"; }")
+        body = chat("m-moving")
+        self.assert_answered_by(self.post("/v1/chat/completions", body), "svc-a", body)
+        self.assertIn("hello from svc-a", self.get("/team/x", headers={"X-Team": "red"}).body)
+        self.assertEqual(self.service_state("svc-b"), "cold")
+
+        # controld's reload (SIGHUP) moves m-moving to svc-b: pushed to the
+        # worker at once, and the next request naming it wakes svc-b.
+        with open(self.controld_config) as f:
+            text = f.read()
+        moved = text.replace(json.dumps(models["svc-a"]), json.dumps(["m-a"])).replace(
+            json.dumps(models["svc-b"]), json.dumps(["m-b", "m-moving"]))
+        self.assertNotEqual(moved, text)
+        with open(self.controld_config, "w") as f:
+            f.write(moved)
+        self.controld.signal(signal.SIGHUP)
+        self.wait_model_service("m-moving", "svc-b")
+        body = chat("m-moving", content="after the move")
+        self.assert_answered_by(self.post("/v1/chat/completions", body), "svc-b", body)
+        self.assertEqual(len(self.starts("svc-b")), 1)
+        self.assertEqual(len(self.starts("svc-a")), 1, "svc-a was not asked again")
+
+        # nginx's reload changes the map: the new worker routes red to m-b.
+        old_pid = self.front_status()["pid"]
+        with open(self.nginx_conf) as f:
+            conf = f.read()
+        with open(self.nginx_conf, "w") as f:
+            f.write(conf.replace("red m-a;", "red m-b;"))
+        self.reload_nginx()
+        wait_until(lambda: not os.path.exists("/proc/%d" % old_pid), 15, message="the old worker gone")
+        self.assertNotIn(self.front_status().get("pid"), (None, old_pid))
+        result = self.get("/team/x", headers={"X-Team": "red"})
+        self.assertEqual(result.status, 200, result)
+        self.assertIn("hello from svc-b", result.body)
+
+
+class UnreachableTest(RoutingCase):
+
+    def test_an_empty_value_is_off_while_controld_is_unreachable_and_a_name_follows_ondemand_daemon_down(self):
+        self.model_services(names=("svc-a",))
+        static = free_port()
+        self.start_front("""
+location / {
+    ondemand_service $http_x_service;
+    ondemand_daemon_down closed;
+    proxy_pass http://127.0.0.1:%d;
+}
+""" % static, http_extra="""
+server { listen 127.0.0.1:%d; location / { return 200 "not woken\\n"; } }
+""" % static)
+        self.assertEqual(self.get("/").body, "not woken\n")
+        self.controld.stop()
+        wait_until(lambda: self.front_status().get("controld", {}).get("status") == "unreachable", 15,
+                   message="the worker sees controld gone")
+        for _ in range(3):
+            result = self.get("/")
+            self.assertEqual(result.status, 200, result)
+            self.assertEqual(result.body, "not woken\n", "an empty value is off, controld or not")
+            self.assertIsNone(result.headers.get("x-ondemand-state"))
+        named = self.get("/", headers={"X-Service": "svc-a"})
+        self.assertEqual(named.status, 503, named)
+        self.assertEqual(named.headers.get("x-ondemand-state"), "unreachable")
+        self.assertEqual(json.loads(named.body)["error"], "controld_unreachable")
+        self.assertFalse(self.cli_ok("status"), "controld is really gone")
 
 
 class ConfigTest(RoutingCase):
