@@ -402,6 +402,7 @@ void writeService(JsonWriter& w, const StatusReply::Service& s) {
   }
   w.str("driver", s.driver).str("machine", s.machine).str("health_url", s.healthUrl).str("base_url", s.baseUrl);
   w.i64("idle_timeout_ms", s.idleTimeoutMs).flag("queued", s.queued);
+  if (s.owner) w.str("owner", *s.owner);
   writeOperations(w, s);
   w.endObject();
 }
@@ -413,6 +414,10 @@ std::string encode(const StatusReply& m) {
     w.i64("id", m.id).flag("ok", true).i64("now", m.nowMs);
     w.key("daemon");
     writeDaemon(w, m.daemon);
+    if (!m.clusterJson.empty()) {
+      w.key("cluster");
+      w.raw().RawValue(m.clusterJson.c_str(), m.clusterJson.size(), rapidjson::kObjectType);
+    }
     w.key("services").startArray();
     for (const auto& s : m.services)
       writeService(w, s);

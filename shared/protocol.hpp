@@ -278,11 +278,13 @@ struct StatusReply {
     std::string baseUrl;
     std::int64_t idleTimeoutMs = 0;
     bool queued = false;
+    std::optional<std::string> owner;  // in a cluster: the node that owns its operations
     std::optional<Operation> operation;
     std::optional<LastOperation> lastOperation;
     std::vector<Transition> history;  // oldest first
   };
   std::vector<Service> services;
+  std::string clusterJson;  // in a cluster: the "cluster" object (docs/CLUSTER.md), as JSON text
 };
 
 std::string encode(const Reply&);

@@ -139,6 +139,8 @@ int cliMain(int argc, char** argv) {
 
   auto* eventsCmd = app.add_subcommand("events", "print every service's state, then follow state changes live");
 
+  auto* clusterCmd = app.add_subcommand("cluster", "the cluster: nodes, their leases, etcd, owners (docs/CLUSTER.md)");
+
   auto* metricsCmd =
       app.add_subcommand("metrics", "the status in Prometheus' text format (for node_exporter's textfile collector)");
 
@@ -178,6 +180,7 @@ int cliMain(int argc, char** argv) {
   if (*stopCmd) return startOrStop(socket, "stop", service, wait, json);
   if (*eventsCmd) return events(socket, json);
   if (*metricsCmd) return metrics(socket);
+  if (*clusterCmd) return cluster(socket, json);
   return kExitUsage;
 }
 

@@ -6,6 +6,7 @@
 #include <iostream>
 #include <map>
 
+#include "controld/cli/cluster_cli.hpp"
 #include "controld/cli/metrics.hpp"
 #include "controld/cli/render.hpp"
 #include "controld/io/json_fields.hpp"
@@ -147,6 +148,30 @@ int status(const SocketChoice& socket, const std::string& service, bool json) {
     printTable(*reply);
   } else {
     printDetail(*reply);
+  }
+  return kExitOk;
+}
+
+int cluster(const SocketChoice& socket, bool json) {
+  ControlClient client;
+  if (auto error = client.connect(socket.path)) return unreachable(socket, *error, client.peerPid());
+  auto reply = client.command("status", "");
+  if (!reply) return unreachable(socket, client.error(), client.peerPid());
+  if (!(*reply)["ok"].GetBool()) {
+    std::cerr << "controld cluster: " << jsonString(*reply, "error") << "\n";
+    return kExitUsage;
+  }
+  if (json) {
+    rapidjson::StringBuffer buffer;
+    rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+    if (reply->HasMember("cluster")) {
+      (*reply)["cluster"].Accept(w);
+    } else {
+      w.Null();
+    }
+    std::cout << buffer.GetString() << "\n";
+  } else {
+    printClusterMembers(std::cout, *reply);
   }
   return kExitOk;
 }

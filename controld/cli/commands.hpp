@@ -13,6 +13,8 @@ int printProblems(const ConfigLoadResult& result);
 int startOrStop(const SocketChoice& socket, const std::string& verb, const std::string& service, bool wait, bool json);
 int status(const SocketChoice& socket, const std::string& service, bool json);
 int metrics(const SocketChoice& socket);
+// `controld cluster`: the cluster's members, leases, etcd and owners (docs/CLUSTER.md).
+int cluster(const SocketChoice& socket, bool json);
 int events(const SocketChoice& socket, bool json);
 
 }  // namespace ondemand::controld::cli

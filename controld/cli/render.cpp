@@ -1,4 +1,5 @@
 #include "controld/cli/render.hpp"
+#include "controld/cli/cluster_cli.hpp"
 
 #include <algorithm>
 #include <ctime>
@@ -70,6 +71,7 @@ void printTable(const rapidjson::Document& reply) {
   }
   for (const auto& r : reasons)
     std::cout << "\n" << r << "\n";
+  printClusterSummary(std::cout, reply);
 }
 
 void printDetail(const rapidjson::Document& reply) {

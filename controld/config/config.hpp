@@ -36,6 +36,21 @@ struct SemaphoreSettings {
 // A base URL without the slashes it may end in ("http://x:3000/" -> "http://x:3000").
 std::string withoutTrailingSlashes(std::string url);
 
+// `cluster:`: several controlds sharing their services through etcd
+// (docs/CLUSTER.md). Absent: controld works alone.
+struct ClusterSettings {
+  std::vector<std::string> endpoints;  // "http://127.0.0.1:2379", no trailing slash
+  std::string node;                    // unique per controld; default: the host name
+  std::string prefix = "/ondemand/";   // always ends with '/'
+  Millis leaseTtl = 10s;               // whole seconds, at least 2s
+  std::string username;                // etcd auth (with password from password_file)
+  std::string password;
+  std::string caFile;    // TLS: the CA that signed etcd's certificates
+  std::string certFile;  // TLS client certificate (with key_file)
+  std::string keyFile;
+  Millis requestTimeout = 5s;  // one etcd request
+};
+
 struct SemaphoreServiceSettings {
   std::int64_t startTemplateId = 0;
   std::int64_t stopTemplateId = 0;  // 0 = no stop template: the service is never stopped by controld
@@ -106,8 +121,9 @@ struct Config {
   std::vector<std::string> adminGroups;
   std::size_t historySize = 20;  // transitions kept per service for `controld status`
   std::optional<SemaphoreSettings> semaphore;
-  std::string metricsListen;                      // "HOST:PORT" serving GET /metrics; empty = none
-  std::optional<StatsdSettings> statsd;           // unset = nothing is sent
+  std::string metricsListen;             // "HOST:PORT" serving GET /metrics; empty = none
+  std::optional<StatsdSettings> statsd;  // unset = nothing is sent
+  std::optional<ClusterSettings> cluster;
   std::map<std::string, ServiceConfig> services;  // by name
 
   // Dotted key -> the line that sets it, for every key the file sets. Lets

@@ -33,7 +33,7 @@ inline constexpr std::string_view kHestiaServiceKeys[] = {"idle_timeout_ms", "re
                                                           "routing"};
 inline constexpr std::string_view kNativeTopKeys[] = {"socket",         "socket_mode", "socket_group", "state_dir",
                                                       "history_size",   "semaphore",   "admin_users",  "admin_groups",
-                                                      "metrics_listen", "statsd"};
+                                                      "metrics_listen", "statsd",      "cluster"};
 inline constexpr std::string_view kNativeServiceKeys[] = {
     "warmup",  "start_timeout", "idle_timeout", "failure_backoff", "health_interval", "health_timeout", "stop_timeout",
     "machine", "start_command", "stop_command", "semaphore",       "environment",     "models"};
@@ -97,6 +97,7 @@ class Loader {
   // Native controld.yaml
   void readNativeSemaphore(const Setting& s, Config& config);
   void readNativeStatsd(const Setting& s, Config& config);
+  void readCluster(const Setting& s, Config& config);  // cluster.cpp
   void readNativeService(const std::string& name, const Setting& s, const FormatGuess& guess, Config& config);
   void readServiceSemaphore(const Setting& s, SemaphoreServiceSettings& out);
   void readExtraVars(const Setting& s, std::string& out);
@@ -114,6 +115,7 @@ class Loader {
   template <typename ReadService>
   void readServices(const Setting& s, ReadService readService);
   bool path(const Setting& s, std::string& out);
+  void secretFile(const Setting& s, const char* what, std::string& out);  // cluster.cpp
   const std::string* envValue(const std::string& name) const;
   void applyEnvironment(const std::vector<KeyHandler>& handlers, const std::string& prefix, const std::string& path,
                         int line);

@@ -72,6 +72,7 @@ void Loader::loadNative(const YAML::Node& root, const FormatGuess& guess, Config
                      }
                    }},
                   {"statsd", [&](const Setting& s) { readNativeStatsd(s, config); }},
+                  {"cluster", [&](const Setting& s) { readCluster(s, config); }},
                   {"services",
                    [&](const Setting& s) {
                      readServices(s, [&](const std::string& name, const Setting& svc) {
@@ -122,20 +123,7 @@ void Loader::readNativeSemaphore(const Setting& s, Config& config) {
           {"project_id",
            [&](const Setting& v) { read_.integer(v, sem.projectId, 1, INT64_MAX, "a project id (1 or more)"); }},
           {"api_token", [&](const Setting& v) { read_.text(v, sem.apiToken, "an API token"); }},
-          {"api_token_file",
-           [&](const Setting& v) {
-             std::string file;
-             if (!path(v, file)) return;
-             std::string why;
-             const auto content = readFile_(file, why);
-             if (!content) {
-               read_.error(v, "cannot read the token file " + quote(file) + ": " + why);
-             } else if (trim(*content).empty()) {
-               read_.error(v, "the token file " + quote(file) + " is empty");
-             } else {
-               sem.apiToken = trim(*content);
-             }
-           }},
+          {"api_token_file", [&](const Setting& v) { secretFile(v, "token", sem.apiToken); }},
           {"username", [&](const Setting& v) { read_.text(v, sem.username, "a user name or e-mail address"); }},
           {"password", [&](const Setting& v) { read_.text(v, sem.password, "a password"); }},
           {"http_timeout", [&](const Setting& v) { read_.duration(v, sem.httpTimeout, DefaultUnit::Seconds, false); }},

@@ -141,6 +141,9 @@ class ServiceMachine {
   // Epochs start from at least this (see Daemon: a floor taken from the
   // clock when controld starts, so that they never go back across restarts).
   void raiseEpoch(std::uint64_t floor) { s_.epoch = std::max(s_.epoch, floor); }
+  // In a cluster, on a node that does not own the service: take the owner's
+  // state as it is. No effects: the owner acts, this node only shows it.
+  void mirror(MachineSnapshot snapshot) { s_ = std::move(snapshot); }
   // The config changed (SIGHUP): new timeouts and drivers apply from now on.
   void updateSettings(MachineSettings settings) { settings_ = settings; }
 

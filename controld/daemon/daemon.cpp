@@ -43,6 +43,7 @@ Daemon::Daemon(Config config, Environment environment, ServeOverrides overrides)
 
 Daemon::~Daemon() {
   shuttingDown_ = true;
+  cluster_.reset();
   writer_.reset();  // every state write finishes before anything goes
   services_->clear();
   CommandDriver::forgetOrphans(loop_);  // commands still followed go on without us
@@ -83,6 +84,10 @@ void Daemon::restoreFromDisk() {
 
 void Daemon::apply(Service& s, Effects e, const std::string& why) {
   const std::string& name = s.config.name;
+  if (!acting(s)) {  // a cluster node that does not own it (or cannot reach etcd) acts on nothing
+    s.timer.stop();
+    return;
+  }
   if (e.cancelDriver && s.driver) {
     s.driver->cancel();
     if (s.holdsMachine) {
@@ -153,6 +158,17 @@ void Daemon::launchWhenDurable(Service& s, const Effects& e, const std::string& 
       if (e.runStopDriver) runOperation(*service, OperationKind::Stop, why);
       if (e.resumeDriver) resumeOperation(*service);
     };
+  }
+  if (cluster_) {
+    // In a cluster the operation's record must be in etcd too (fenced by
+    // ownership) before the driver runs: the next owner follows it.
+    if (whenDurable) {
+      whenDurable = [this, service = &s, launch = std::move(whenDurable)] {
+        if (!shuttingDown_ && services_->holds(service)) publishToCluster(*service, launch);
+      };
+    } else {
+      publishToCluster(s, {});
+    }
   }
   writer_->save(s.config.name, withTimes(s.machine.snapshot(), toWallMs), std::move(whenDurable));
 }
@@ -228,17 +244,24 @@ void Daemon::beginDrain(Service& s) {
 void Daemon::maybeFinishDrain(Service& s) {
   if (s.machine.state() != ServiceState::Stopping || s.machine.phase() != Phase::Draining) return;
   if (!ledger_.drained(s.config.name)) return;
-  apply(s, s.machine.drainFinished(clockMillisNow(), ledger_.inFlight(s.config.name)));
+  if (cluster_ && !acting(s)) {  // this node's workers answered; the owner decides
+    cluster_->reportAck(s.config.name, s.machine.epoch(), ledger_.inFlight(s.config.name));
+    return;
+  }
+  if (cluster_ && !cluster_->remoteAcked(s.config.name, s.machine.epoch())) return;
+  apply(s, s.machine.drainFinished(clockMillisNow(), inFlight(s.config.name)));
 }
 
 void Daemon::reschedule(Service& s) {
   const auto deadline = s.machine.nextDeadlineMs();
-  if (!deadline) {
+  if (!deadline || !acting(s)) {
     s.timer.stop();
     return;
   }
   const auto delay = std::max<std::int64_t>(0, *deadline - clockMillisNow());
-  s.timer.start(Millis(delay), [this, &s] { apply(s, s.machine.tick(clockMillisNow())); });
+  s.timer.start(Millis(delay), [this, &s] {
+    if (acting(s)) apply(s, s.machine.tick(clockMillisNow()));
+  });
 }
 
 void Daemon::publish(Service& s) {
@@ -309,7 +332,10 @@ void Daemon::onClosed(ControlConnection& c) {
   const auto now = clockMillisNow();
   const auto dropped = ledger_.dropConnection(c.id());
   for (const auto& name : dropped.inFlightChanged) {
-    if (Service* s = services_->find(name)) apply(*s, s->machine.activity(now, ledger_.inFlight(name), false));
+    Service* s = services_->find(name);
+    if (!s) continue;
+    if (cluster_) cluster_->reportLocal(name, ledger_.inFlight(name), s->startedTotal);
+    if (acting(*s)) apply(*s, s->machine.activity(now, inFlight(name), false));
   }
   for (const auto& name : dropped.acknowledged) {
     if (Service* s = services_->find(name)) maybeFinishDrain(*s);
@@ -337,6 +363,10 @@ void Daemon::handleWake(ControlConnection&, const protocol::Wake& wake) {
     }
     return;
   }
+  if (!acting(*s)) {
+    if (cluster_) cluster_->forwardWake(wake.service, validUtf8(wake.reason));
+    return;
+  }
   const std::string reason = validUtf8(wake.reason);  // a path from anyone: "GET /x/%ff"
   apply(*s, s->machine.wake(clockMillisNow(), Cause::Request, reason), reason);
 }
@@ -350,7 +380,9 @@ void Daemon::handleActivity(ControlConnection& c, const protocol::Activity& acti
     ledger_.reportHeld(c.id(), entry.service, entry.held);
     telemetry_->waitsEnded(entry.service, entry.waited);
     s->startedTotal += entry.started;
-    apply(*s, s->machine.activity(now, ledger_.inFlight(entry.service), entry.started > 0));
+    if (cluster_) cluster_->reportLocal(entry.service, ledger_.inFlight(entry.service), s->startedTotal);
+    if (!acting(*s)) continue;
+    apply(*s, s->machine.activity(now, inFlight(entry.service), entry.started > 0));
   }
 }
 
@@ -396,6 +428,17 @@ void Daemon::handleCommand(ControlConnection& c, const protocol::Command& comman
   Service* s = services_->find(command.service);
   if (!s) return reply(false, "unknown service \"" + command.service + "\"", nullptr);
   const auto now = clockMillisNow();
+  if (!acting(*s)) {  // in a cluster, on a node that does not own it
+    if (command.verb == "start") {
+      cluster_->forwardWake(s->config.name, "controld start (cli)");
+      return reply(true, "", s);
+    }
+    return reply(false,
+                 cluster_->reachable() ? "service \"" + s->config.name + "\" is owned by node \"" +
+                                             cluster_->ownerOf(s->config.name) + "\": run controld stop there"
+                                       : std::string("etcd is unreachable: this node stops nothing"),
+                 s);
+  }
   if (command.verb == "start") {
     apply(*s, s->machine.wake(now, Cause::Cli, "controld start"), "controld start (cli)");
     return reply(true, "", s);
@@ -409,7 +452,8 @@ void Daemon::handleCommand(ControlConnection& c, const protocol::Command& comman
 }
 
 StatusSources Daemon::statusSources() const {
-  return StatusSources{config_, *services_, *server_, machineQueue_, startedAtMs_, ledger_, *telemetry_};
+  return StatusSources{config_,      *services_, *server_,    machineQueue_,
+                       startedAtMs_, ledger_,    *telemetry_, cluster_.get()};
 }
 
 // GET /metrics: the status reply in Prometheus' text format, exactly what
@@ -509,7 +553,11 @@ int Daemon::run() {
   }
   telemetry_->configureStatsd(config_.statsd);
 
-  restoreFromDisk();
+  if (config_.cluster) {
+    startCluster();  // etcd, not the state files, holds the truth of a cluster
+  } else {
+    restoreFromDisk();
+  }
   LogLine(LogLevel::Info, "ready")
       .kv("version", versionString())
       .kv("socket", config_.socketPath)
@@ -586,9 +634,14 @@ void Daemon::reload() {
     LogLine(LogLevel::Info, "service_removed").kv("service", s.config.name);
     sendToSubscribers(protocol::encode(protocol::Removed{s.config.name}));
   });
+  if (config_.cluster.has_value() != next->cluster.has_value()) {
+    LogLine(LogLevel::Warning, "reload_partial").kv("why", "adding or removing cluster: needs a restart");
+  }
+  next->cluster = config_.cluster;
   config_ = std::move(*next);
   telemetry_->configureStatsd(config_.statsd);
   resolveAdmins();
+  if (cluster_) clusterServices();
   for (const auto& change : changes) {
     if (change.added) {
       LogLine(LogLevel::Info, "service_added").kv("service", change.service->config.name);

@@ -15,6 +15,7 @@
 #include <set>
 #include <string>
 
+#include "controld/cluster/cluster.hpp"
 #include "controld/config/config.hpp"
 #include "controld/core/activity_ledger.hpp"
 #include "controld/core/machine_queue.hpp"
@@ -31,7 +32,7 @@
 
 namespace ondemand::controld {
 
-class Daemon : public ControlServer::Handler {
+class Daemon : public ControlServer::Handler, public ClusterHost {
  public:
   Daemon(Config config, Environment environment, ServeOverrides overrides = {});
   ~Daemon() override;
@@ -45,6 +46,15 @@ class Daemon : public ControlServer::Handler {
   void onHello(ControlConnection& connection) override;
   void onMessage(ControlConnection& connection, protocol::Message&& message) override;
   void onClosed(ControlConnection& connection) override;
+
+  // ClusterHost (daemon_cluster.cpp)
+  void clusterGained(const std::string& service, std::optional<MachineSnapshot> snapshot,
+                     const std::string& writer) override;
+  void clusterLost(const std::string& service) override;
+  void clusterMirror(const std::string& service, MachineSnapshot snapshot) override;
+  void clusterWake(const std::string& service, const std::string& reason) override;
+  void clusterActivity(const std::string& service, bool requestsStarted) override;
+  void clusterReachability(bool reachable) override;
 
  private:
   void restoreFromDisk();
@@ -74,6 +84,17 @@ class Daemon : public ControlServer::Handler {
   void resolveAdmins();
   bool isAdmin(const ControlConnection& connection) const;
 
+  // In a cluster (daemon_cluster.cpp) this node acts on a service only while
+  // it owns it and etcd answers; alone, always.
+  bool acting(const Service& service) const;
+  // Requests in flight for a service: this node's workers, and in a cluster
+  // every other node's too.
+  std::uint64_t inFlight(const std::string& service) const;
+  void startCluster();
+  void clusterServices();
+  // Owner: the state goes to etcd (fenced); `launch` runs once it is there.
+  void publishToCluster(Service& service, std::function<void()> launch);
+
   uv_loop_t* loop_;
   uv_loop_t loopStorage_;
   Config config_;
@@ -86,6 +107,7 @@ class Daemon : public ControlServer::Handler {
   std::unique_ptr<ServiceRegistry> services_;
   std::unique_ptr<ControlServer> server_;
   std::unique_ptr<Telemetry> telemetry_;
+  std::unique_ptr<Cluster> cluster_;  // with `cluster:` only
   MachineQueue machineQueue_;
   ActivityLedger ledger_;
   std::map<std::string, std::uint64_t> unknownWakes_;  // unknown service name -> count (logged once), bounded

@@ -70,6 +70,7 @@ protocol::StatusReply::Service serviceStatus(const Service& s, const StatusSourc
   out.baseUrl = withoutCredentials(s.config.baseUrl);
   out.idleTimeoutMs = s.config.idleTimeout.count();
   out.queued = src.machineQueue.waiting(s.config.machine, s.config.name);
+  if (src.cluster) out.owner = src.cluster->ownerOf(s.config.name);
   addRecord(out, snap);
   return out;
 }
@@ -118,6 +119,7 @@ std::string statusReplyLine(std::int64_t id, const std::string& only, const Stat
   reply.id = id;
   reply.nowMs = unixMillisNow();
   reply.daemon = daemonStatus(src);
+  if (src.cluster) reply.clusterJson = src.cluster->statusJson();
   for (const auto& [name, s] : src.services) {
     if (only.empty() || name == only) reply.services.push_back(serviceStatus(*s, src));
   }

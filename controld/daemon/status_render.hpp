@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "controld/cluster/cluster.hpp"
 #include "controld/config/config.hpp"
 #include "controld/core/activity_ledger.hpp"
 #include "controld/core/machine_queue.hpp"
@@ -32,8 +33,9 @@ struct StatusSources {
   const ControlServer& server;
   const MachineQueue& machineQueue;
   std::int64_t startedAtMs;
-  const ActivityLedger& ledger;  // requests held, per service
-  const Telemetry& telemetry;    // histograms and stops
+  const ActivityLedger& ledger;      // requests held, per service
+  const Telemetry& telemetry;        // histograms and stops
+  const Cluster* cluster = nullptr;  // with `cluster:` only
 };
 
 // The `status` reply for every service, or only `only`; sets `error` (and

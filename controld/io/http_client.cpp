@@ -52,11 +52,13 @@ std::string toLower(std::string_view s) {
 
 struct HttpClient::Impl {
   struct Transfer {
+    Impl* owner = nullptr;
     RequestId id = 0;
     CURL* easy = nullptr;
     curl_slist* headers = nullptr;
     bool inMulti = false;
     bool bodyTooLarge = false;
+    std::string chunk;    // streaming: arrived, not yet handed over
     HttpRequest request;  // owns the body curl sends from
     HttpResponse response;
     Callback callback;
@@ -112,6 +114,7 @@ struct HttpClient::Impl {
   RequestId send(HttpRequest request, Callback callback) {
     auto transfer = std::make_unique<Transfer>();
     Transfer* t = transfer.get();
+    t->owner = this;
     t->id = nextId++;
     t->request = std::move(request);
     t->callback = std::move(callback);
@@ -152,7 +155,19 @@ struct HttpClient::Impl {
     curl_easy_setopt(e, CURLOPT_PRIVATE, &t);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t.errorBuffer);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(r.timeout.count() > 0 ? r.timeout.count() : 1));
+    if (r.timeout.count() > 0 || !r.onBodyChunk) {
+      curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(r.timeout.count() > 0 ? r.timeout.count() : 1));
+    }
+    if (r.onBodyChunk) {
+      // A long-lived stream: a dead peer shows through TCP keepalives.
+      curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+      curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+      curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, 2L);
+      curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 1L);
+    }
+    if (!r.caFile.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, r.caFile.c_str());
+    if (!r.certFile.empty()) curl_easy_setopt(e, CURLOPT_SSLCERT, r.certFile.c_str());
+    if (!r.keyFile.empty()) curl_easy_setopt(e, CURLOPT_SSLKEY, r.keyFile.c_str());
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_USERAGENT, "controld/" ONDEMAND_VERSION);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Impl::onBody);
@@ -197,8 +212,26 @@ struct HttpClient::Impl {
   void socketAction(curl_socket_t fd, int flags) {
     int running = 0;
     curl_multi_socket_action(multi, fd, flags, &running);
+    const auto stillAlive = alive;
+    deliverChunks();  // may cancel transfers or destroy this
+    if (!*stillAlive) return;
     collectFinished();
     deliverReady();  // may destroy this
+  }
+
+  void deliverChunks() {
+    const auto stillAlive = alive;
+    while (!chunksReady.empty()) {
+      const RequestId id = chunksReady.front();
+      chunksReady.pop_front();
+      auto it = transfers.find(id);
+      if (it == transfers.end() || it->second->chunk.empty()) continue;
+      std::string data = std::move(it->second->chunk);
+      it->second->chunk.clear();
+      auto callback = it->second->request.onBodyChunk;  // a copy: the transfer may go inside
+      callback(data);
+      if (!*stillAlive) return;
+    }
   }
 
   void collectFinished() {
@@ -336,6 +369,11 @@ struct HttpClient::Impl {
   static size_t onBody(char* data, size_t size, size_t count, void* userp) {
     auto* t = static_cast<Transfer*>(userp);
     const size_t n = size * count;
+    if (t->request.onBodyChunk) {
+      if (t->chunk.empty()) t->owner->chunksReady.push_back(t->id);
+      t->chunk.append(data, n);
+      return n;
+    }
     if (t->request.discardBody) return n;
     std::string& body = t->response.body;
     if (const std::size_t tail = t->request.keepBodyTail; tail > 0) {
@@ -377,7 +415,8 @@ struct HttpClient::Impl {
   UvHandle<uv_timer_t> deliveryTimer;  // results known without curl, delivered from the loop
   std::map<curl_socket_t, std::unique_ptr<Socket>> sockets;
   std::map<RequestId, std::unique_ptr<Transfer>> transfers;
-  std::deque<RequestId> ready;  // finished, callbacks not yet run
+  std::deque<RequestId> ready;        // finished, callbacks not yet run
+  std::deque<RequestId> chunksReady;  // streaming transfers with body pieces to hand over
   RequestId nextId = 1;
   bool shuttingDown = false;
   std::shared_ptr<bool> alive = std::make_shared<bool>(true);  // false once destroyed

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -19,15 +20,25 @@ namespace ondemand::controld {
 struct HttpRequest {
   std::string method = "GET";
   std::string url;
-  std::vector<std::string> headers;  // "Name: value"
-  std::string body;                  // sent when non-empty, or when method is POST/PUT
-  std::chrono::milliseconds timeout{30000};
+  std::vector<std::string> headers;          // "Name: value"
+  std::string body;                          // sent when non-empty, or when method is POST/PUT
+  std::chrono::milliseconds timeout{30000};  // whole transfer; 0 with onBodyChunk: none
   // What of the answer's body is kept. By default all of it up to 64 MiB (a
   // larger one fails the request); with keepBodyTail only its last bytes, of
   // a body of any length (bodyCut tells whether bytes were dropped); with
-  // discardBody none (a health probe needs only the status).
+  // discardBody none (a health probe needs only the status). These apply to a
+  // buffered body; a streamed one (onBodyChunk) is handed over piece by piece
+  // and never kept.
   std::size_t keepBodyTail = 0;
   bool discardBody = false;
+  // TLS (https://): PEM files; empty = curl's defaults.
+  std::string caFile;
+  std::string certFile;
+  std::string keyFile;
+  // A streaming answer (etcd's watch): each piece of the body is handed here
+  // as it arrives, on the loop (never from inside curl); the final response
+  // then carries no body. The callback may cancel the transfer.
+  std::function<void(std::string_view)> onBodyChunk;
 };
 
 struct HttpResponse {

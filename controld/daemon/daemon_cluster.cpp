@@ -1,0 +1,122 @@
+// The seams between the daemon and the cluster (docs/CLUSTER.md): the owner
+// of a service acts on it; every other node mirrors the owner's state to its
+// workers and forwards what they say (wakes, activity, stopping-acks).
+
+#include "controld/daemon/daemon.hpp"
+#include "controld/io/clock.hpp"
+#include "controld/io/log.hpp"
+#include "controld/io/state_store.hpp"
+
+namespace ondemand::controld {
+
+bool Daemon::acting(const Service& s) const {
+  return !cluster_ || cluster_->owns(s.config.name);
+}
+
+std::uint64_t Daemon::inFlight(const std::string& service) const {
+  return ledger_.inFlight(service) + (cluster_ ? cluster_->remoteInFlight(service) : 0);
+}
+
+void Daemon::clusterServices() {
+  std::map<std::string, std::string> summaries;
+  for (const auto& [name, c] : config_.services)
+    summaries[name] = serviceSummary(c);
+  cluster_->setServices(std::move(summaries));
+}
+
+void Daemon::startCluster() {
+  cluster_ = std::make_unique<Cluster>(loop_, *http_, *config_.cluster, *this);
+  clusterServices();
+  LogLine(LogLevel::Info, "cluster_join")
+      .kv("node", config_.cluster->node)
+      .kv("prefix", config_.cluster->prefix)
+      .kv("etcd", config_.cluster->endpoints.front());
+  cluster_->start();
+}
+
+void Daemon::publishToCluster(Service& s, std::function<void()> launch) {
+  // etcd holds wall-clock times: every node reads them back against its own clock.
+  cluster_->publishState(s.config.name, withTimes(s.machine.snapshot(), toWallMs), [this, service = &s, launch](bool ok) {
+    if (!launch || !ok || shuttingDown_ || !services_->holds(service) || !acting(*service)) return;
+    launch();
+  });
+}
+
+void Daemon::clusterGained(const std::string& name, std::optional<MachineSnapshot> snapshot,
+                           const std::string& writer) {
+  Service* s = services_->find(name);
+  if (!s) return;
+  const auto now = clockMillisNow();
+  if (!snapshot) {
+    // Nothing in etcd yet: this node's (fresh) state becomes the truth.
+    Effects e;
+    e.persist = true;
+    apply(*s, e);
+    return;
+  }
+  if (snapshot->operation && writer != config_.cluster->node && snapshot->operation->driver == "command") {
+    // The command ran under another controld, maybe on another host: its pid
+    // means nothing here. The health check follows it until start_timeout.
+    snapshot->operation->pid = 0;
+  }
+  // Never below this node's floor (epochs do not go back on this node's workers).
+  snapshot->epoch = std::max(snapshot->epoch, services_->epochFloor());
+  s->eventEpoch = snapshot->epoch;
+  apply(*s, s->machine.restore(now, withTimes(std::move(*snapshot), fromWallMs)));
+  apply(*s, s->machine.activity(now, inFlight(name), false));
+}
+
+void Daemon::clusterLost(const std::string& name) {
+  Service* s = services_->find(name);
+  if (!s) return;
+  LogLine(LogLevel::Warning, "cluster_not_owner").kv("service", name).kv("owner", cluster_->ownerOf(name));
+  if (s->driver) s->driver->detach();  // whatever runs goes on; the next owner follows it
+  if (s->holdsMachine) {
+    s->holdsMachine = false;
+    machineQueue_.release(s->config.machine, name);
+  }
+  if (s->health) s->health->stop();
+  s->timer.stop();
+  ledger_.forgetDrain(name);
+}
+
+void Daemon::clusterMirror(const std::string& name, MachineSnapshot snapshot) {
+  Service* s = services_->find(name);
+  if (!s || acting(*s)) return;
+  const bool draining = snapshot.state == ServiceState::Stopping && snapshot.phase == Phase::Draining;
+  const bool newAnnouncement = draining && snapshot.epoch != s->machine.epoch();
+  s->machine.mirror(withTimes(std::move(snapshot), fromWallMs));
+  publish(*s);
+  if (newAnnouncement) {
+    beginDrain(*s);  // this node's workers answer; the ack goes to the owner through etcd
+  } else if (!draining) {
+    ledger_.forgetDrain(name);
+  }
+}
+
+void Daemon::clusterWake(const std::string& name, const std::string& reason) {
+  Service* s = services_->find(name);
+  if (!s || !acting(*s)) return;
+  apply(*s, s->machine.wake(clockMillisNow(), Cause::Request, reason), reason);
+}
+
+void Daemon::clusterActivity(const std::string& name, bool requestsStarted) {
+  Service* s = services_->find(name);
+  if (!s || !acting(*s)) return;
+  apply(*s, s->machine.activity(clockMillisNow(), inFlight(name), requestsStarted));
+  maybeFinishDrain(*s);
+}
+
+void Daemon::clusterReachability(bool reachable) {
+  for (auto& [name, s] : *services_) {
+    if (reachable && acting(*s)) {
+      Effects e;  // what changed while etcd was away goes there now
+      e.persist = true;
+      apply(*s, e);
+    } else {
+      reschedule(*s);
+    }
+  }
+}
+
+}  // namespace ondemand::controld
