@@ -71,3 +71,188 @@ class ClusterTest(ClusterTestCase):
         self.assertIn("burst -> %s" % owners["node-1"], out.stdout)
         table = self.cli("status", socket_path=self.nodes["node-3"]["socket"]).stdout
         self.assertIn("cluster: node node-3, 3 nodes; etcd reachable", table)
+
+    def counted_stop_yaml(self, name, port, idle):
+        """A service whose stop command counts its runs in <name>.stops."""
+        start, stop = self.counted_start(name, port)
+        stop = ["sh", "-c", 'echo run >> "$0"; exec "$@"', self.path("%s.stops" % name)] + stop
+        return ("  {name}:\n    health_url: http://127.0.0.1:{port}/healthz\n    idle_timeout: {idle}\n"
+                "    start_timeout: 20s\n    start_command: {start}\n    stop_command: {stop}\n").format(
+            name=name, port=port, idle=idle, start=self.json(start), stop=self.json(stop))
+
+    @staticmethod
+    def json(v):
+        import json
+        return json.dumps(v)
+
+    def stops(self, name):
+        try:
+            with open(self.path("%s.stops" % name)) as f:
+                return len(f.read().splitlines())
+        except OSError:
+            return 0
+
+    def owner_history(self, name):
+        owner = self.owner(name)
+        return self.node_service(owner, name).get("history", [])
+
+    def test_a_stream_through_one_node_keeps_the_service_up_everywhere_then_one_stop(self):
+        port = free_port()
+        yaml = self.counted_stop_yaml("stream", port, "1s")
+        self.start_cluster("stream", port, extra="proxy_buffering off;", services={n: yaml for n in NODES})
+        self.assertEqual(self.node_get("node-1", "/").status, 200)
+        done = {}
+
+        def stream():
+            done["r"] = self.node_get("node-1", "/stream?seconds=5")
+
+        t = threading.Thread(target=stream, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 4.5
+        while time.monotonic() < deadline:  # 1 s idle_timeout, 5 s of streaming, nodes 2 and 3 idle
+            self.assertEqual(set(self.states("stream").values()), {"warm"})
+            time.sleep(0.3)
+        t.join(20)
+        self.assertEqual(done["r"].status, 200)
+        self.assertGreaterEqual(done["r"].body.count("tick"), 45, "the whole stream arrived")
+        self.wait_all("stream", "cold", 20)
+        self.assertEqual(self.stops("stream"), 1, "exactly one stop")
+        stopping = [h for h in self.owner_history("stream") if h["to"] == "stopping"]
+        self.assertEqual(len(stopping), 1)
+        self.assertGreaterEqual(stopping[0]["at"] / 1000.0, done["r"].ended - 0.05, "stopped after the stream ended")
+
+    def test_a_request_through_another_node_during_the_stop_announcement_calls_it_off(self):
+        port = free_port()
+        yaml = self.counted_stop_yaml("calloff", port, "2s")
+        self.start_cluster("calloff", port, services={n: yaml for n in NODES})
+        self.assertEqual(self.owner("calloff"), "node-1")
+        self.assertEqual(self.node_get("node-1", "/").status, 200)
+        # node-2's controld is paused (shorter than lease_ttl): its workers'
+        # answer cannot reach the owner, so the announcement lasts drain's 2 s.
+        self.nodes["node-2"]["controld"].signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: self.node_service("node-1", "calloff").get("state") == "stopping", 10, interval=0.01,
+                       message="node-1 announcing the stop")
+            result = self.node_get("node-3", "/during")
+        finally:
+            self.nodes["node-2"]["controld"].signal(signal.SIGCONT)
+        self.assertEqual(result.status, 200, result)
+        history = self.node_service("node-1", "calloff")["history"]
+        self.assertEqual(history[-1]["to"], "warm", history[-3:])
+        self.assertIn("stop called off", history[-1]["detail"])
+        self.assertEqual(self.stops("calloff"), 0)
+        self.assertEqual(self.starts("calloff"), 1)
+
+    def test_the_owner_killed_mid_start_another_node_follows_the_same_start(self):
+        port = free_port()
+        self.start_cluster("slow", port, ready_after=4.0, start_timeout="30s")
+        self.assertEqual(self.owner("slow"), "node-1")
+        held = {}
+
+        def hold(node):
+            held[node] = self.node_get(node, "/held")
+
+        threads = [threading.Thread(target=hold, args=(n,), daemon=True) for n in ("node-2", "node-3")]
+        for t in threads:
+            t.start()
+        wait_until(lambda: self.starts("slow") == 1, 10, message="the start command running")
+        wait_until(lambda: self.node_service("node-2", "slow").get("state") == "starting", 10,
+                   message="node-2 seeing starting")
+        killed = time.monotonic()
+        self.nodes["node-1"]["controld"].kill9()
+        wait_until(lambda: self.owner("slow") in ("node-2", "node-3"), self.lease_ttl + 2 + 1, interval=0.05,
+                   message="another node owning slow")
+        took = time.monotonic() - killed
+        self.assertLessEqual(took, self.lease_ttl + 2, "takeover within lease_ttl + 2 s")
+        for t in threads:
+            t.join(40)
+        self.assertEqual(held["node-2"].status, 200, held["node-2"])
+        self.assertEqual(held["node-3"].status, 200, held["node-3"])
+        self.assertEqual(self.starts("slow"), 1, "never a second start")
+        new_owner = self.owner("slow")
+        ops = [h for h in self.node_service(new_owner, "slow")["history"] if h["to"] == "starting"]
+        self.assertEqual(len(ops), 1, "the new owner followed the start under way")
+
+    def test_an_owner_paused_past_its_lease_writes_nothing_after_it(self):
+        port = free_port()
+        yaml = self.counted_stop_yaml("paused", port, "2s")
+        self.start_cluster("paused", port, services={n: yaml for n in NODES})
+        self.assertEqual(self.owner("paused"), "node-1")
+        self.assertEqual(self.node_get("node-1", "/").status, 200)
+        self.nodes["node-1"]["controld"].signal(signal.SIGSTOP)
+        try:
+            # While node-1 sleeps, its idle timer runs out too: on waking it
+            # would stop the service if it still believed it owned it.
+            wait_until(lambda: self.owner("paused") in ("node-2", "node-3"), self.lease_ttl + 5, interval=0.05,
+                       message="another node owning paused")
+            expired_at = int(self.etcd.call("kv/range", {"key": "eA=="})["header"]["revision"])
+            time.sleep(1.0)
+        finally:
+            self.nodes["node-1"]["controld"].signal(signal.SIGCONT)
+        wait_until(lambda: self.node_status("node-1").get("cluster", {}).get("lease", {}).get("id"), 20,
+                   message="node-1 answering with a new lease")
+        time.sleep(2.0)
+        writes = self.etcd.history("/od-test/state/paused", expired_at + 1)
+        writers = [json_writer(e) for e in writes if e.get("type") != "DELETE"]
+        self.assertNotIn("node-1", writers, "a write from node-1 after its lease expired")
+        owner_events = self.etcd.history("/od-test/owner/paused", expired_at + 1)
+        self.assertNotIn("node-1", [unb64(e["kv"].get("value", "")) for e in owner_events if "kv" in e])
+        self.wait_all("paused", "cold", 20)  # the new owner stops it for idleness, once
+        self.assertEqual(self.stops("paused"), 1)
+        self.assertIn("stopping", [h["to"] for h in self.node_service("node-1", "paused")["history"]])
+
+    def test_with_every_etcd_member_down_warm_traffic_flows_and_nothing_starts(self):
+        warm_port, cold_port = free_port(), free_port()
+        services = self.service_yaml("up", warm_port) + self.service_yaml("down", cold_port)
+        for node in NODES:
+            self.start_node(node, services, location("up", warm_port).replace("location /", "location /up") +
+                            location("down", cold_port).replace("location /", "location /down"))
+        wait_until(lambda: all(self.node_service(n, "down").get("owner") for n in NODES), 20, message="owners")
+        self.assertEqual(self.node_get("node-1", "/up/").status, 200)
+        self.wait_all("up", "warm")
+        self.etcd.stop_all()
+        wait_until(lambda: all(not self.node_status(n)["cluster"]["etcd"]["reachable"] for n in NODES), 20,
+                   message="every node seeing etcd unreachable")
+        for node in NODES:
+            for i in range(5):
+                self.assertEqual(self.node_get(node, "/up/%d" % i).status, 200)
+        out = self.cli("status", socket_path=self.nodes["node-2"]["socket"])
+        self.assertIn("etcd UNREACHABLE", out.stdout)
+        cold = self.node_get("node-2", "/down/", timeout=3)
+        self.assertNotEqual(cold.status, 200)
+        self.assertEqual(self.starts("down"), 0, "nothing starts while etcd is away")
+        self.etcd.restart_all()
+        wait_until(lambda: all(self.node_status(n)["cluster"]["etcd"]["reachable"] for n in NODES), 30,
+                   message="every node seeing etcd again")
+        self.assertEqual(self.node_get("node-3", "/down/").status, 200)
+        self.assertEqual(self.starts("down"), 1)
+        self.assertEqual(self.starts("up"), 1, "no double start after catching up")
+        self.wait_all("down", "warm")
+
+    def test_a_different_idle_timeout_on_one_node_is_reported_by_both(self):
+        port = free_port()
+        other = self.service_yaml("mixed", port, idle="30m")
+        self.start_cluster("mixed", port, services={"node-3": other})
+
+        def reported(node):
+            return [m for m in self.node_status(node)["cluster"]["mismatches"] if m["service"] == "mixed"]
+
+        wait_until(lambda: reported("node-1") and reported("node-3"), 10, message="the mismatch reported")
+        m1, m3 = reported("node-1")[0], reported("node-3")[0]
+        self.assertEqual(m1["nodes"], ["node-1", "node-3"])
+        self.assertEqual(m3["nodes"][0], "node-3")
+        self.assertIn("idle_timeout_ms", m1["keys"])
+        self.assertIn("idle_timeout_ms", m3["keys"])
+        self.assertEqual(m3["nodes"].count("node-1") + m3["nodes"].count("node-2"), 1)
+        with open(self.path("node-3-controld.log")) as f:
+            self.assertIn("cluster_config_mismatch", f.read())
+        self.assertIn("CONFIG MISMATCH: service mixed", self.cli("status", socket_path=self.nodes["node-1"]["socket"])
+                      .stdout)
+
+
+def json_writer(event):
+    import json
+    try:
+        return json.loads(unb64(event["kv"]["value"])).get("writer")
+    except (KeyError, ValueError):
+        return None
