@@ -8,7 +8,7 @@ ratio or a difference against a baseline measured in the same run, A and B
 alternating over rounds; RESULTS.md gets the median and the spread
 (min..max) of the per-round figures.
 
-  bench/bench.py --build BUILD_DIR [--quick] [--out DIR] [--only warm,burst,lag,isolation,scale]
+  bench/bench.py --build BUILD_DIR [--quick] [--out DIR] [--only warm,burst,lag,isolation,scale,cluster]
 """
 import argparse
 import atexit
@@ -814,6 +814,21 @@ class Bench:
             out[name]["command"] = " ".join(shlex.quote(a) for a in argv)
         self.results["scale"] = out
 
+    # --- 7. the cluster -----------------------------------------------------------
+
+    def cluster(self):
+        js = os.path.join(self.work, "cluster.json")
+        argv = [PYTHON, os.path.join(HERE, "cluster_bench.py"), "--controld", self.controld, "--module", self.module,
+                "--json", js] + (["--quick"] if self.quick else [])
+        log("cluster: 3-member etcd, 3 controlds: propagation, warm path, cold bursts")
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+        if p.returncode != 0:
+            raise RuntimeError("cluster_bench.py failed: %s %s" % (p.stdout, p.stderr[-3000:]))
+        with open(js) as f:
+            out = json.load(f)
+        out["command"] = " ".join(shlex.quote(a) for a in argv)
+        self.results["cluster"] = out
+
 
 # --- the report ------------------------------------------------------------------
 
@@ -961,7 +976,44 @@ class Report:
                          "%.2f / %.2f ms" % (s["fanout_ms_median"], s["fanout_ms_p99"]), "—"))
             rows.append(("5", "controld: wakes per second (duplicate / first)", "—",
                          "%s / %s" % (f"{s['duplicate_wakes_per_second']:,}", f"{s['first_wakes_per_second']:,}"), "—"))
+        if "cluster" in r:
+            c = r["cluster"]
+            rows.append(("7", "cluster: state change on the owner seen by every node's workers, median / p99 over %d"
+                         % c["propagation"]["changes"], "p99 ≤ 100 ms",
+                         "%.1f / %.1f ms" % (c["propagation"]["median_ms"], c["propagation"]["p99_ms"]),
+                         yes(c["propagation"]["p99_ms"] <= 100)))
+            rows.append(("7", "cluster: warm throughput with `cluster:` / without", "≥ 0.99",
+                         spread(c["warm"]["ratios"]), yes(c["warm"]["ratio_median"] >= 0.99)))
+            rows.append(("7", "cluster: double starts over %d concurrent cold bursts (%d requests over 3 nodes each)"
+                         % (c["bursts"]["rounds"], c["bursts"]["requests_per_round"]), "0",
+                         str(c["bursts"]["double_starts"]), yes(c["bursts"]["double_starts"] == 0)))
         return rows
+
+    def cluster(self):
+        c = self.r.get("cluster")
+        if not c:
+            return
+        p, w, b = c["propagation"], c["warm"], c["bursts"]
+        self.w("## 7. The cluster")
+        self.w()
+        self.w("`bench/cluster_bench.py`: a 3-member etcd from Debian's etcd-server, 3 controlds with `cluster:` "
+               "(node-1 owns every service), on 127.0.0.1 (docs/CLUSTER.md).")
+        self.w()
+        self.w("- Propagation: `controld start|stop --wait` on the owner, %d state changes; a subscriber on each "
+               "node's socket (it receives what the node's workers receive) timestamps each epoch; the figure is "
+               "each other node's arrival minus the owner's own push: median %.1f ms, p99 %.1f ms, max %.1f ms "
+               "(%d samples)." % (p["changes"], p["median_ms"], p["p99_ms"], p["max_ms"], p["samples"]))
+        self.w("- Warm path: `wrk -t1 -c16` through an nginx whose controld has `cluster:` and one whose controld "
+               "has not, alternated, same run, same static upstream: %s requests/s against %s; ratios %s. The warm "
+               "path never leaves the worker, so etcd plays no part in it." % (
+                   ", ".join("%.0f" % x for x in w["cluster_rps"]), ", ".join("%.0f" % x for x in w["alone_rps"]),
+                   ", ".join("%.3f" % x for x in w["ratios"])))
+        self.w("- Cold bursts: %d rounds of %d requests at once, spread over the 3 nginx, to a cold service whose "
+               "start command counts its runs; `controld stop --wait` between rounds: %d double starts, %d requests "
+               "not answered 200." % (b["rounds"], b["requests_per_round"], b["double_starts"], b["failed_requests"]))
+        self.w()
+        self.w("Command: `%s`." % self.show(c["command"]))
+        self.w()
 
     def header(self):
         m = machine()
@@ -1305,7 +1357,7 @@ plot '%s' using 1:2 with points pt 7 ps 0.5 title 'X / Y', 0.95 with lines dt 2 
     def write(self, path):
         self.header()
         self.summary()
-        for section in (self.warm, self.burst, self.lag, self.isolation, self.scale, self.routing):
+        for section in (self.warm, self.burst, self.lag, self.isolation, self.scale, self.routing, self.cluster):
             section()
         if self.b.problems:
             self.w("## Errors logged by nginx during the run")
@@ -1324,7 +1376,7 @@ def main():
     ap.add_argument("--build", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=HERE)
-    ap.add_argument("--only", default="warm,burst,lag,isolation,scale,routing")
+    ap.add_argument("--only", default="warm,burst,lag,isolation,scale,routing,cluster")
     ap.add_argument("--command", default="bench/run", help="the command line to name in RESULTS.md")
     args = ap.parse_args()
     b = Bench(args)
@@ -1335,7 +1387,8 @@ def main():
     try:
         b.start_services()
         for key, fn in (("warm", b.warm_path), ("burst", b.cold_burst), ("lag", b.release_lag),
-                        ("isolation", b.isolation), ("scale", b.controld_scale), ("routing", b.routing)):
+                        ("isolation", b.isolation), ("scale", b.controld_scale), ("routing", b.routing),
+                        ("cluster", b.cluster)):
             if key in only:
                 fn()
         b.upstream.stop()
