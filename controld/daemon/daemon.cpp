@@ -163,8 +163,10 @@ void Daemon::launchWhenDurable(Service& s, const Effects& e, const std::string& 
     // In a cluster the operation's record must be in etcd too (fenced by
     // ownership) before the driver runs: the next owner follows it.
     if (whenDurable) {
-      whenDurable = [this, service = &s, launch = std::move(whenDurable)] {
-        if (!shuttingDown_ && services_->holds(service)) publishToCluster(*service, launch);
+      whenDurable = [this, service = &s, launch = std::move(whenDurable)](const std::string& error) {
+        if (shuttingDown_ || !services_->holds(service)) return;
+        if (!error.empty()) return launch(error);  // not on disk: refused, nothing for etcd
+        publishToCluster(*service, [launch] { launch(std::string()); });
       };
     } else {
       publishToCluster(s, {});

@@ -36,10 +36,12 @@ void Daemon::startCluster() {
 
 void Daemon::publishToCluster(Service& s, std::function<void()> launch) {
   // etcd holds wall-clock times: every node reads them back against its own clock.
-  cluster_->publishState(s.config.name, withTimes(s.machine.snapshot(), toWallMs), [this, service = &s, launch](bool ok) {
-    if (!launch || !ok || shuttingDown_ || !services_->holds(service) || !acting(*service)) return;
-    launch();
-  });
+  cluster_->publishState(s.config.name, withTimes(s.machine.snapshot(), toWallMs),
+                         [this, service = &s, launch](bool ok) {
+                           if (!launch || !ok || shuttingDown_ || !services_->holds(service) || !acting(*service))
+                             return;
+                           launch();
+                         });
 }
 
 void Daemon::clusterGained(const std::string& name, std::optional<MachineSnapshot> snapshot,
