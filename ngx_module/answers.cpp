@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <ctime>
 
+#include "ngx_module/pages.hpp"
 #include "shared/json_writer.hpp"
 
 namespace ondemand::module {
@@ -14,22 +15,21 @@ struct KindFacts {
   AnswerKind kind;
   int status;
   const char* code;  // "error" of the JSON body
-  const char* title;
-  int retryAfter;  // seconds; 0: no Retry-After
+  int retryAfter;    // seconds; 0: no Retry-After
 };
 
 constexpr KindFacts kKinds[] = {
-    {AnswerKind::Timeout, 504, "timeout", "Service not ready in time", 0},
-    {AnswerKind::StartFailed, 502, "start_failed", "Service failed to start", 0},
-    {AnswerKind::UnknownService, 502, "unknown_service", "Unknown service", 0},
-    {AnswerKind::TooManyWaiting, 503, "too_many_waiting", "Too many requests waiting", kRetryAfterSeconds},
-    {AnswerKind::DaemonDown, 503, "controld_unreachable", "Service control unavailable", kRetryAfterSeconds},
-    {AnswerKind::NotReady, 503, "not_ready", "Service starting", kRetryAfterSeconds},
-    {AnswerKind::WaitingPage, 503, "starting", "Service starting", kPageRefreshSeconds},
-    {AnswerKind::ShuttingDown, 503, "shutting_down", "Server shutting down", kRetryAfterSeconds},
-    {AnswerKind::NotWoken, 503, "not_woken", "Service not running", kRetryAfterSeconds},
+    {AnswerKind::Timeout, 504, "timeout", 0},
+    {AnswerKind::StartFailed, 502, "start_failed", 0},
+    {AnswerKind::UnknownService, 502, "unknown_service", 0},
+    {AnswerKind::TooManyWaiting, 503, "too_many_waiting", kRetryAfterSeconds},
+    {AnswerKind::DaemonDown, 503, "controld_unreachable", kRetryAfterSeconds},
+    {AnswerKind::NotReady, 503, "not_ready", kRetryAfterSeconds},
+    {AnswerKind::WaitingPage, 503, "starting", kPageRefreshSeconds},
+    {AnswerKind::ShuttingDown, 503, "shutting_down", kRetryAfterSeconds},
+    {AnswerKind::NotWoken, 503, "not_woken", kRetryAfterSeconds},
 };
-constexpr KindFacts kNoKind = {AnswerKind::None, 500, "error", "Error", 0};
+constexpr KindFacts kNoKind = {AnswerKind::None, 500, "error", 0};
 
 const KindFacts& factsOf(AnswerKind kind) {
   for (const auto& row : kKinds) {
@@ -40,10 +40,6 @@ const KindFacts& factsOf(AnswerKind kind) {
 
 const char* errorCode(AnswerKind kind) {
   return factsOf(kind).code;
-}
-
-const char* title(AnswerKind kind) {
-  return factsOf(kind).title;
 }
 
 std::string seconds(std::int64_t ms) {
@@ -92,6 +88,17 @@ std::string whereItIs(const AnswerFacts& f) {
   return out;
 }
 
+// A reason as the end of a sentence: without trailing blank lines, with a
+// full stop ("... exit status 1." rather than "... exit status 1 A request").
+std::string sentenceOf(std::string_view reason) {
+  while (!reason.empty() &&
+         (reason.back() == '\n' || reason.back() == ' ' || reason.back() == '\r' || reason.back() == '\t'))
+    reason.remove_suffix(1);
+  std::string out(reason);
+  if (!out.empty() && out.back() != '.' && out.back() != '!' && out.back() != '?') out.push_back('.');
+  return out;
+}
+
 int retryAfterOf(AnswerKind kind) {
   return factsOf(kind).retryAfter;
 }
@@ -112,21 +119,14 @@ std::string jsonBody(const AnswerFacts& f, int status, const std::string& messag
   return w.endObject().line();
 }
 
-std::string htmlBody(const AnswerFacts& f, int status, const std::string& message) {
-  std::string body = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>";
-  body += std::to_string(status) + " " + title(f.kind);
-  body += "</title>\n</head>\n<body>\n<h1>";
-  body += title(f.kind);
-  body += "</h1>\n<p>" + htmlEscape(message) + "</p>\n";
-  if (!f.reason.empty()) body += "<pre>" + htmlEscape(f.reason) + "</pre>\n";
-  body += "</body>\n</html>\n";
-  return body;
-}
-
 }  // namespace
 
 int statusOf(AnswerKind kind) {
   return factsOf(kind).status;
+}
+
+const char* errorCodeOf(AnswerKind kind) {
+  return errorCode(kind);
 }
 
 std::string describe(const AnswerFacts& f) {
@@ -140,7 +140,7 @@ std::string describe(const AnswerFacts& f) {
       return "Service " + name + " did not become ready within " + seconds(f.waitLimitMs) + ": " + whereItIs(f) +
              ". Its start carries on; try again shortly.";
     case AnswerKind::StartFailed:
-      return "Service " + name + " failed to start" + (f.reason.empty() ? "." : ": " + std::string(f.reason)) +
+      return "Service " + name + " failed to start" + (f.reason.empty() ? "." : ": " + sentenceOf(f.reason)) +
              (f.retryInMs > 0 ? " A request after " + seconds(f.retryInMs) + " will try again." : "");
     case AnswerKind::UnknownService:
       return "controld has no service named " + name + "; check ondemand_service and controld's configuration.";
@@ -172,7 +172,7 @@ Answer renderAnswer(const AnswerFacts& f, bool html, const PageTemplate* page) {
   a.status = statusOf(f.kind);
   a.retryAfter = retryAfterOf(f.kind);
   const std::string message = describe(f);
-  if (f.kind == AnswerKind::WaitingPage) {
+  if (f.kind == AnswerKind::WaitingPage && page != nullptr) {
     PageTemplate::Values v;
     v.service = f.service;
     v.state = f.state;
@@ -186,10 +186,10 @@ Answer renderAnswer(const AnswerFacts& f, bool html, const PageTemplate* page) {
     v.lastStartSeconds = (f.lastStartMs + 500) / 1000;
     v.message = message;
     a.contentType = "text/html; charset=utf-8";
-    a.body = (page ? *page : unreachable ? PageTemplate::builtInUnreachable() : PageTemplate::builtIn()).render(v);
-  } else if (html) {
+    a.body = page->render(v);
+  } else if (html || f.kind == AnswerKind::WaitingPage) {
     a.contentType = "text/html; charset=utf-8";
-    a.body = htmlBody(f, a.status, message);
+    a.body = answerPage(f, a.status, message);
   } else {
     a.contentType = "application/json";
     a.body = jsonBody(f, a.status, message, a.retryAfter);

@@ -31,6 +31,7 @@ struct AnswerFacts {
   std::int64_t waitedMs = 0;
   std::int64_t waitLimitMs = 0;
   std::uint64_t maxWaiting = 0;
+  std::string_view eventsUrl;  // the server's ondemand_events location: the pages follow it (empty: none)
 };
 
 struct Answer {
@@ -41,6 +42,8 @@ struct Answer {
 };
 
 int statusOf(AnswerKind kind);
+// The "error" of the JSON body: "timeout", "start_failed", ...
+const char* errorCodeOf(AnswerKind kind);
 // One sentence for people: the "message" of the body and of the page.
 std::string describe(const AnswerFacts& facts);
 // `page` is the waiting-page template (the built-in one when null).

@@ -33,6 +33,7 @@ struct MainConf {
 struct SrvConf {
   ngx_str_t control;    // ondemand_control
   ngx_uint_t endpoint;  // index into MainConf::endpoints, set when merged
+  ngx_str_t eventsUri;  // the first ondemand_events location of the server: the pages follow it (empty: none)
 };
 
 // ondemand_models: the shape of the listing.
@@ -50,6 +51,8 @@ struct LocConf {
   PageTemplate* page;                      // ondemand_page; nullptr: the built-in page
   ngx_array_t* passive;                    // ondemand_passive: its predicates; nullptr: not passive
   ngx_flag_t status;                       // ondemand_status
+  ngx_flag_t events;                       // ondemand_events
+  ngx_uint_t maxViewers;                   // ondemand_events max=N: streams per worker on this location
   ngx_flag_t reasons;                      // ondemand_reasons: failure reasons in answers and status pages
   ngx_uint_t endpoint;                     // from the server's ondemand_control, set when merged
 };

@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "ngx_module/conf.hpp"
+#include "ngx_module/events.hpp"
 #include "ngx_module/request.hpp"
 #include "ngx_module/routing.hpp"
 #include "ngx_module/worker.hpp"
@@ -38,6 +39,7 @@ char* setService(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* setChoice(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* setPage(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* setStatus(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* setEvents(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* setPassive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* setModelField(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* setModels(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
@@ -120,6 +122,8 @@ ngx_command_t kCommands[] = {
     {ngx_string("ondemand_passive"), kAnyLevel | NGX_CONF_1MORE, guardedSetter<setPassive>, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(LocConf, passive), nullptr},
     {ngx_string("ondemand_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, guardedSetter<setStatus>,
+     NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("ondemand_events"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1, guardedSetter<setEvents>,
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("ondemand_reasons"), kAnyLevel | NGX_CONF_FLAG, ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(LocConf, reasons), nullptr},
@@ -277,7 +281,8 @@ char* mergeLocConf(ngx_conf_t* cf, void* parent, void* child) {
   // some location needs get a connection in the workers.
   auto* scf = static_cast<SrvConf*>(ngx_http_conf_get_module_srv_conf(cf, ngx_http_ondemand_module));
   conf->endpoint = scf->endpoint;
-  const bool needsControld = conf->service.len > 0 || conf->serviceValue != nullptr || conf->status || conf->models;
+  const bool needsControld =
+      conf->service.len > 0 || conf->serviceValue != nullptr || conf->status || conf->events || conf->models;
   if (needsControld && conf->endpoint != NGX_CONF_UNSET_UINT) {
     auto* mcf = static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_ondemand_module));
     static_cast<Endpoint*>(mcf->endpoints.elts)[conf->endpoint].used = 1;
@@ -374,6 +379,34 @@ char* setStatus(ngx_conf_t* cf, ngx_command_t*, void* conf) {
   lcf->status = 1;
   auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
   clcf->handler = statusHandler;
+  return NGX_CONF_OK;
+}
+
+// ondemand_events [max=N]: N streams at most per worker on this location.
+char* setEvents(ngx_conf_t* cf, ngx_command_t*, void* conf) {
+  auto* lcf = static_cast<LocConf*>(conf);
+  if (lcf->events) return const_cast<char*>("is duplicate");
+  lcf->maxViewers = kDefaultMaxViewers;
+  if (cf->args->nelts == 2) {
+    const std::string_view value = view(args(cf)[1]);
+    const std::string_view number = value.substr(0, 4) == "max=" ? value.substr(4) : std::string_view();
+    const ngx_int_t n = number.empty()
+                            ? NGX_ERROR
+                            : ngx_atoi(reinterpret_cast<u_char*>(const_cast<char*>(number.data())), number.size());
+    if (n < 1 || n > 100000) {
+      return confError(cf, "has an invalid value \"" + std::string(value) +
+                               "\": use max=N, the most event streams one worker serves here (1 to 100000)");
+    }
+    lcf->maxViewers = static_cast<ngx_uint_t>(n);
+  }
+  lcf->events = 1;
+  auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+  clcf->handler = eventsHandler;
+  // The server's pages follow the first such location they can name.
+  auto* scf = static_cast<SrvConf*>(ngx_http_conf_get_module_srv_conf(cf, ngx_http_ondemand_module));
+  if (scf->eventsUri.len == 0 && clcf->regex == nullptr && !clcf->named && clcf->name.len > 0) {
+    scf->eventsUri = clcf->name;
+  }
   return NGX_CONF_OK;
 }
 

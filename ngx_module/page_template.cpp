@@ -27,27 +27,6 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-constexpr std::string_view kBuiltIn = R"(<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="refresh" content="{{refresh}}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{service}} is starting</title>
-<style>
-body { font-family: system-ui, sans-serif; max-width: 36em; margin: 4em auto; padding: 0 1em; color: #222; }
-h1 { font-size: 1.4em; }
-.detail { color: #666; font-size: 0.9em; }
-</style>
-</head>
-<body>
-<h1>{{service}} is starting</h1>
-<p>{{message}}</p>
-<p class="detail">State: {{state}}, for {{elapsed}}. This page reloads itself every {{refresh}} seconds.</p>
-</body>
-</html>
-)";
-
 }  // namespace
 
 std::optional<PageTemplate> PageTemplate::compile(std::string_view text, std::string& error) {
@@ -82,31 +61,6 @@ std::optional<PageTemplate> PageTemplate::compile(std::string_view text, std::st
     pos = close + 2;
   }
   if (!literal.empty()) page.segments_.push_back({std::move(literal), std::nullopt});
-  return page;
-}
-
-const PageTemplate& PageTemplate::builtIn() {
-  static const PageTemplate page = [] {
-    std::string error;
-    return *compile(kBuiltIn, error);
-  }();
-  return page;
-}
-
-// The same page while controld cannot be reached: nothing is starting, and
-// the page must not say so.
-const PageTemplate& PageTemplate::builtInUnreachable() {
-  static const PageTemplate page = [] {
-    std::string text(kBuiltIn);
-    auto replaceAll = [&text](std::string_view from, std::string_view to) {
-      for (std::size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
-        text.replace(at, from.size(), to);
-    };
-    replaceAll("{{service}} is starting", "{{service}} cannot be started now");
-    replaceAll("State: {{state}}, for {{elapsed}}.", "controld unreachable for {{elapsed}}.");
-    std::string error;
-    return *compile(text, error);
-  }();
   return page;
 }
 

@@ -1,7 +1,8 @@
 #pragma once
-// The waiting page: a small HTML template with {{name}} placeholders
-// (docs/MODULE.md lists them). Compiled once when nginx reads its
-// configuration, so a typo is an `nginx -t` error, not a broken page.
+// A custom waiting page (ondemand_page; the built-in pages are pages.cpp):
+// a small HTML template with {{name}} placeholders (docs/MODULE.md lists
+// them). Compiled once when nginx reads its configuration, so a typo is an
+// `nginx -t` error, not a broken page.
 
 #include <optional>
 #include <string>
@@ -26,9 +27,6 @@ class PageTemplate {
 
   // The template, or nullopt with `error` saying what is wrong.
   static std::optional<PageTemplate> compile(std::string_view text, std::string& error);
-  static const PageTemplate& builtIn();
-  // The built-in page while controld cannot be reached (state "unreachable").
-  static const PageTemplate& builtInUnreachable();
 
   // Every value is HTML-escaped.
   std::string render(const Values& values) const;

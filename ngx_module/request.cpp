@@ -169,8 +169,10 @@ ngx_int_t sendAnswer(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
   return sendFacts(r, facts, lcf);
 }
 
-ngx_int_t sendFacts(ngx_http_request_t* r, const AnswerFacts& facts, LocConf* lcf) {
+ngx_int_t sendFacts(ngx_http_request_t* r, const AnswerFacts& given, LocConf* lcf) {
   const bool html = prefersHtml(headerValue(r, "Accept"));
+  AnswerFacts facts = given;  // the pages follow the server's ondemand_events
+  facts.eventsUrl = view(static_cast<SrvConf*>(ngx_http_get_module_srv_conf(r, ngx_http_ondemand_module))->eventsUri);
   const Answer answer = renderAnswer(facts, html, lcf->page);
 
   if (r == r->main && ngx_http_discard_request_body(r) != NGX_OK) r->keepalive = 0;

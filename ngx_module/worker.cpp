@@ -2,6 +2,7 @@
 
 #include <exception>
 
+#include "ngx_module/events.hpp"
 #include "ngx_module/request.hpp"
 
 namespace ondemand::module {
@@ -34,6 +35,7 @@ void Worker::stop() {
   // A graceful exit waits for parked requests (their wait timers keep the
   // worker alive); a fast one (SIGTERM) still answers them, briefly.
   worker->answerAllParked();
+  eventsCloseAll();
   unpostEvent(&worker->releaseEvent_);
   for (auto& link : worker->links_) {
     if (link) link->close();
@@ -114,6 +116,7 @@ void Worker::answerAllParked() {
 }
 
 void Worker::onStateChanged(ControlLink& link, ServiceEntry& entry) {
+  eventsStateChanged(link, entry);
   switch (entry.state.state) {
     case ServiceState::Warm:
     case ServiceState::Failed:
@@ -130,7 +133,8 @@ void Worker::onStateChanged(ControlLink& link, ServiceEntry& entry) {
   }
 }
 
-void Worker::onRemoved(ControlLink&, ServiceEntry& entry) {
+void Worker::onRemoved(ControlLink& link, ServiceEntry& entry) {
+  eventsRemoved(link, entry);
   releaseParked(entry);
 }
 
@@ -138,12 +142,14 @@ void Worker::onSynced(ControlLink& link) {
   // Requests parked while the table was incomplete (or controld away) are
   // looked at again with the fresh table; those still waiting send their
   // wake now.
+  eventsLinkChanged(link);
   releaseAll(link);
 }
 
 void Worker::onDown(ControlLink& link) {
   // ondemand_daemon_down decides, per location: open forwards, closed
   // answers 503, last_known keeps waiting.
+  eventsLinkChanged(link);
   releaseAll(link);
 }
 

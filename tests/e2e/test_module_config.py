@@ -56,7 +56,8 @@ class ConfigTest(OndemandTestCase):
                            " proxy_pass http://$ondemand_upstream; }"
                            " location /m { ondemand_service qwen2.5:14b; proxy_pass http://127.0.0.1:9; }"
                            " location = /v1/models { ondemand_models openai; }"
-                           " location = /api/tags { ondemand_models ollama; } }" % free_port())
+                           " location = /api/tags { ondemand_models ollama; }"
+                           " location = /e { ondemand_events; } location /e2 { ondemand_events max=8; } }" % free_port())
         self.assertEqual(out.returncode, 0, out.stderr)
 
     def test_bad_values_fail_naming_the_directive(self):
@@ -85,6 +86,13 @@ class ConfigTest(OndemandTestCase):
             ("ondemand_model_field", "ondemand_model_field a;", "ondemand_model_field a; ondemand_model_field b;"),
             ("ondemand_models", "", "ondemand_models;"),
             ("ondemand_models", "", "ondemand_models anthropic;"),
+            ("ondemand_events", "ondemand_events;", ""),
+            ("ondemand_events", "", "ondemand_events max=0;"),
+            ("ondemand_events", "", "ondemand_events max=many;"),
+            ("ondemand_events", "", "ondemand_events 5;"),
+            ("ondemand_events", "", "ondemand_events max=1000000;"),
+            ("ondemand_events", "", "ondemand_events; ondemand_events;"),
+            ("ondemand_events", "", "ondemand_events max=1 max=2;"),
         ]
         for i, (directive, http_level, location_level) in enumerate(cases):
             with self.subTest(directive=directive, config=http_level + location_level):
@@ -97,6 +105,8 @@ class ConfigTest(OndemandTestCase):
         self.assertIn('invalid value "fast": use one of auto, block, page, reject', out.stderr)
         out = self.nginx_t(self.server("ondemand_page %s;" % broken_page), name="page")
         self.assertIn('unknown placeholder "{{colour}}"', out.stderr)
+        out = self.nginx_t(self.server("ondemand_events max=0;"), name="events")
+        self.assertIn('"ondemand_events" directive has an invalid value "max=0": use max=N', out.stderr)
 
     def test_the_example_configurations_pass_nginx_t(self):
         examples = sorted(f for f in os.listdir(os.path.join(SOURCE_DIR, "conf")) if f.endswith(".conf"))

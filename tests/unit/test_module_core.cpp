@@ -137,7 +137,7 @@ TEST_CASE("while controld is unreachable no answer claims a start: it says since
   const Answer page = renderAnswer(f, true, nullptr);
   CHECK(page.status == 503);
   CHECK_THAT(page.body, Catch::Contains("<title>sample cannot be started now</title>"));
-  CHECK_THAT(page.body, Catch::Contains("controld unreachable for 12 s"));
+  CHECK_THAT(page.body, Catch::Contains("<dt>controld unreachable for</dt><dd id=\"od-elapsed\">12 s</dd>"));
   CHECK_THAT(page.body, !Catch::Contains("is starting"));
 }
 
@@ -228,7 +228,73 @@ TEST_CASE("answers for browsers are HTML and escape what they show") {
   CHECK(a.status == 502);
   CHECK_THAT(a.contentType, Catch::StartsWith("text/html"));
   CHECK_THAT(a.body, Catch::Contains("&lt;script&gt;"));
-  CHECK_THAT(a.body, !Catch::Contains("<script>"));
+  CHECK_THAT(a.body, !Catch::Contains("<script>alert"));
+  // In the data the page's script reads, too: no way out of its <script>.
+  f.service = "x</script><script>alert(2)//";
+  const Answer b = renderAnswer(f, true, nullptr);
+  CHECK_THAT(b.body, !Catch::Contains("</script><script>alert"));
+  CHECK_THAT(b.body, Catch::Contains("x\\u003c/script\\u003e"));
+}
+
+TEST_CASE("every page has one look: phone width, dark mode, a refresh without JavaScript, live with it") {
+  for (AnswerKind kind : {AnswerKind::WaitingPage, AnswerKind::Timeout, AnswerKind::StartFailed,
+                          AnswerKind::UnknownService, AnswerKind::TooManyWaiting, AnswerKind::DaemonDown}) {
+    AnswerFacts f;
+    f.kind = kind;
+    f.service = "notes";
+    f.state = kind == AnswerKind::StartFailed ? "failed" : kind == AnswerKind::UnknownService ? "unknown" : "starting";
+    f.eventsUrl = "/_ondemand/events";
+    const Answer a = renderAnswer(f, true, nullptr);
+    INFO(a.body);
+    CHECK_THAT(a.contentType, Catch::StartsWith("text/html"));
+    CHECK_THAT(a.body, Catch::Contains("name=\"viewport\" content=\"width=device-width"));
+    CHECK_THAT(a.body, Catch::Contains("@media (prefers-color-scheme:dark)"));
+    CHECK_THAT(a.body, Catch::Contains("<noscript><meta http-equiv=\"refresh\""));
+    CHECK_THAT(a.body, Catch::Contains("\"events\":\"/_ondemand/events\""));
+    CHECK_THAT(a.body, Catch::Contains("new EventSource("));
+    CHECK_THAT(a.body, Catch::Contains("role=\"status\""));
+    CHECK_THAT(a.body, !Catch::Contains("http://"));  // nothing fetched from elsewhere
+    CHECK_THAT(a.body, !Catch::Contains("https://"));
+  }
+}
+
+TEST_CASE("the failed page gives the reason once, the back-off as a countdown, and retries after it") {
+  AnswerFacts f;
+  f.kind = AnswerKind::StartFailed;
+  f.service = "notes";
+  f.state = "failed";
+  f.reason = "start command exited with status 1\n";
+  f.retryInMs = 28000;
+  CHECK(describe(f) ==
+        "Service \"notes\" failed to start: start command exited with status 1. A request after 28.0 s "
+        "will try again.");
+  const Answer a = renderAnswer(f, true, nullptr);
+  CHECK(a.status == 502);
+  CHECK_THAT(a.body, Catch::Contains("<title>notes failed to start</title>"));
+  CHECK_THAT(a.body, Catch::Contains("<pre id=\"od-reason\">start command exited with status 1\n</pre>"));
+  CHECK_THAT(a.body, Catch::Contains("A new try starts in 28 s."));
+  CHECK_THAT(a.body, Catch::Contains("<noscript><meta http-equiv=\"refresh\" content=\"28\"></noscript>"));
+  CHECK_THAT(a.body, Catch::Contains("\"retry_in_ms\":28000"));
+  // Once in the page, not in its sentence again.
+  const std::string body = a.body;
+  CHECK(body.find("exited with status 1") == body.rfind("exited with status 1"));
+}
+
+TEST_CASE("the waiting page shows progress against the last start, or that there is none yet") {
+  AnswerFacts f;
+  f.kind = AnswerKind::WaitingPage;
+  f.service = "comfyui";
+  f.state = "starting";
+  f.startingForMs = 10000;
+  f.lastStartMs = 40000;
+  const Answer a = renderAnswer(f, true, nullptr);
+  CHECK_THAT(a.body, Catch::Contains("aria-valuenow=\"25\""));
+  CHECK_THAT(a.body, Catch::Contains("About 30 s left, going by the last start."));
+  CHECK_THAT(a.body, Catch::Contains("<dt>Starting for</dt><dd id=\"od-elapsed\">10 s</dd>"));
+  f.lastStartMs = 0;
+  const Answer first = renderAnswer(f, true, nullptr);
+  CHECK_THAT(first.body, Catch::Contains("class=\"bar unknown\""));
+  CHECK_THAT(first.body, Catch::Contains("The first start"));
 }
 
 TEST_CASE("503 answers carry Retry-After") {
