@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -112,7 +113,7 @@ void ControlLink::onConnected() {
   synced_ = false;
   overflow_ = false;
   stopTimer(conn_->write);
-  framer_ = protocol::LineFramer();
+  framer_ = protocol::LineFramer(kMaxLineBytes);
   out_.clear();
   outSent_ = 0;
   table_.beginSubscription();
@@ -181,8 +182,9 @@ void ControlLink::disconnect(const std::string& why, ngx_err_t err) {
   synced_ = false;
   out_.clear();
   outSent_ = 0;
-  framer_ = protocol::LineFramer();
+  framer_ = protocol::LineFramer(kMaxLineBytes);
   stopTimer(&activityTimer_);
+  answerQuestions(0, nullptr);
 
   const bool first = beginOutage();
   if (first) {
@@ -206,6 +208,7 @@ void ControlLink::scheduleReconnect() {
 void ControlLink::close() {
   if (closed_) return;
   closed_ = true;
+  answerQuestions(0, nullptr);
   stopTimer(&reconnectTimer_);
   stopTimer(&activityTimer_);
   unpostEvent(&reconnectTimer_);
@@ -292,7 +295,46 @@ void ControlLink::readAvailable() {
   }
 }
 
+std::int64_t ControlLink::askStatus(StatusDone done, void* data) {
+  if (status() != LinkStatus::Up) return 0;
+  protocol::Command command;
+  command.id = nextQuestion_++;
+  command.verb = "status";
+  questions_.push_back({command.id, done, data});
+  send(protocol::encode(command));
+  return command.id;
+}
+
+void ControlLink::cancelStatus(std::int64_t id) {
+  questions_.erase(
+      std::remove_if(questions_.begin(), questions_.end(), [id](const StatusQuestion& q) { return q.id == id; }),
+      questions_.end());
+}
+
+// id 0: every question (the connection is gone, reply is nullptr).
+void ControlLink::answerQuestions(std::int64_t id, const std::string* reply) {
+  std::vector<StatusQuestion> answered;
+  for (auto it = questions_.begin(); it != questions_.end();) {
+    if (id == 0 || it->id == id) {
+      answered.push_back(*it);
+      it = questions_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const StatusQuestion& q : answered)
+    q.done(q.data, reply);
+}
+
 bool ControlLink::handleLine(std::string_view line, std::string& error) {
+  // The answer to askStatus: a reply, which only the CLI reads otherwise.
+  static constexpr std::string_view kReply = "{\"type\":\"reply\",\"id\":";
+  if (line.substr(0, kReply.size()) == kReply) {
+    const std::int64_t id = std::atoll(std::string(line.substr(kReply.size(), 20)).c_str());
+    const std::string reply(line);
+    answerQuestions(id, &reply);
+    return true;
+  }
   protocol::Decoded decoded = protocol::decode(line);
   if (!decoded.message) {
     error = "bad message from controld: " + decoded.error;

@@ -39,6 +39,9 @@ class ControlLink {
   static constexpr ngx_msec_t kActivityIntervalMs = 250;
   // controld not reading what we write: drop the connection.
   static constexpr std::size_t kMaxQueuedBytes = 1024 * 1024;
+  // The longest line read from controld: a status reply (askStatus) with
+  // every service's history is longer than any pushed message.
+  static constexpr std::size_t kMaxLineBytes = 4 * 1024 * 1024;
 
   ControlLink(Listener& listener, std::string_view name, const sockaddr* address, socklen_t length, ngx_log_t* log);
   ~ControlLink();
@@ -70,6 +73,15 @@ class ControlLink {
   // (it went on, was answered, or its client left).
   void waitBegan(ServiceEntry& entry);
   void waitEnded(ServiceEntry& entry, std::uint64_t waitedMs);
+
+  // ondemand_status asks controld for its own status (every service's
+  // totals, its machines) over this connection. `done` gets the reply line
+  // (JSON, as `controld status --json` plus type/id/ok), or nullptr when the
+  // connection went away first. Returns 0 (and never calls `done`) when not
+  // connected; cancelStatus forgets a question.
+  using StatusDone = void (*)(void* data, const std::string* reply);
+  std::int64_t askStatus(StatusDone done, void* data);
+  void cancelStatus(std::int64_t id);
 
  private:
   void connect();
@@ -118,11 +130,20 @@ class ControlLink {
   ngx_msec_t lastActivityAt_ = 0;
   bool countsChanged_ = false;  // in-flight counts changed since the last report
 
-  protocol::LineFramer framer_;
+  protocol::LineFramer framer_{kMaxLineBytes};
   std::string out_;
   std::size_t outSent_ = 0;
   ServiceTable table_;
   std::string daemon_;
+
+  struct StatusQuestion {
+    std::int64_t id;
+    StatusDone done;
+    void* data;
+  };
+  std::vector<StatusQuestion> questions_;  // a few at a time: status pages being rendered
+  std::int64_t nextQuestion_ = 1;
+  void answerQuestions(std::int64_t id, const std::string* reply);
 };
 
 // Wall-clock milliseconds from nginx's cached time (what controld's

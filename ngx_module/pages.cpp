@@ -44,6 +44,7 @@ pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:.75rem 0 0;background:var
 .services{display:grid;gap:.75rem;grid-template-columns:repeat(auto-fill,minmax(17rem,1fr));margin-top:1rem}
 .services section{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:1rem}
 .services dl{margin-top:.5rem;font-size:.9rem}
+h2.section{margin:1.5rem 0 0}
 .head{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:1rem}
 a{color:var(--accent)}
 @media (prefers-reduced-motion:reduce){*{animation:none!important;transition:none!important}}

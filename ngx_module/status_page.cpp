@@ -1,5 +1,12 @@
 // ondemand_status: every service's state as controld pushed it to this
-// worker, JSON for API clients, a page for browsers.
+// worker, JSON for API clients, a page for browsers. The page also asks
+// controld for its own status over the worker's connection (without
+// blocking: the request waits at most kAskMs), for what only controld
+// knows: requests in flight and waiting in every worker, idle stops,
+// machines.
+
+#include <algorithm>
+#include <cstdio>
 
 #include "ngx_module/answers.hpp"
 #include "ngx_module/events.hpp"
@@ -10,9 +17,68 @@
 #include "ngx_module/worker.hpp"
 #include "shared/json_writer.hpp"
 
+#include <rapidjson/document.h>
+
 namespace ondemand::module {
 
 namespace {
+
+constexpr ngx_msec_t kAskMs = 2000;
+
+using Doc = rapidjson::Document;
+using Value = rapidjson::Value;
+
+const Value* member(const Value& v, const char* name) {
+  if (!v.IsObject()) return nullptr;
+  auto it = v.FindMember(name);
+  return it == v.MemberEnd() ? nullptr : &it->value;
+}
+
+std::int64_t intOf(const Value* v) {
+  return v != nullptr && v->IsInt64() ? v->GetInt64() : -1;
+}
+
+std::string numberText(const Value* v) {
+  if (v == nullptr || !v->IsNumber()) return "?";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v->GetDouble());
+  return buf;
+}
+
+// controld's entry of a service in its status reply, or nullptr.
+const Value* controldService(const Doc* doc, std::string_view name) {
+  const Value* services = doc != nullptr ? member(*doc, "services") : nullptr;
+  if (services == nullptr || !services->IsArray()) return nullptr;
+  for (const Value& s : services->GetArray()) {
+    const Value* n = member(s, "name");
+    if (n != nullptr && n->IsString() && std::string_view(n->GetString(), n->GetStringLength()) == name) return &s;
+  }
+  return nullptr;
+}
+
+// The machines of controld's status: "machines": [{"name", "resources":
+// {NAME: {"used", "total"}}, ...}] (shared machines; none without them).
+void machineCards(std::string& m, const Doc* doc) {
+  const Value* machines = doc != nullptr ? member(*doc, "machines") : nullptr;
+  if (machines == nullptr || !machines->IsArray() || machines->Empty()) return;
+  m.append("<h2 class=\"section\">Machines</h2>\n<div class=\"services\">\n");
+  for (const Value& machine : machines->GetArray()) {
+    const Value* name = member(machine, "name");
+    const std::string machineName = name != nullptr && name->IsString() ? name->GetString() : "?";
+    m.append("<section data-tone=\"idle\" aria-label=\"").append(htmlEscape(machineName)).append("\">\n<h2>");
+    m.append(htmlEscape(machineName)).append("</h2>\n<dl>\n");
+    const Value* resources = member(machine, "resources");
+    if (resources != nullptr && resources->IsObject()) {
+      for (const auto& r : resources->GetObject()) {
+        m.append("<dt>").append(htmlEscape(r.name.GetString())).append("</dt><dd>");
+        m.append(numberText(member(r.value, "used"))).append(" of ").append(numberText(member(r.value, "total")));
+        m.append(" in use</dd>\n");
+      }
+    }
+    m.append("</dl>\n</section>\n");
+  }
+  m.append("</div>\n");
+}
 
 std::string statusJson(ControlLink& link, bool reasons) {
   JsonWriter w;
@@ -50,7 +116,7 @@ const char* toneOf(const ServiceEntry& e) {
 // A card per service (a grid that becomes one column on a phone), updated
 // live from ondemand_events. The states are controld's, as it pushes them
 // to every worker; only the two counts are this worker's, and say so.
-std::string statusHtml(ControlLink& link, bool reasons, std::string_view eventsUrl) {
+std::string statusHtml(ControlLink& link, bool reasons, std::string_view eventsUrl, const Doc* doc) {
   const std::int64_t now = unixMillis();
   const char* linkStatus = linkStatusName(link.status());
   PageFrame frame;
@@ -72,6 +138,9 @@ std::string statusHtml(ControlLink& link, bool reasons, std::string_view eventsU
     m.append("<p>Unreachable for ").append(humanSeconds((now - link.unreachableSinceMs()) / 1000));
     m.append(": the states below are the last ones seen.</p>\n");
   }
+  if (doc == nullptr && link.status() == LinkStatus::Up) {
+    m.append("<p>controld did not send its status in time: the counts are this nginx worker's.</p>\n");
+  }
   m.append(eventsUrl.empty() ? "<p class=\"hint\">This page reloads every 10 s.</p>\n"
                              : "<p class=\"hint\">This page updates itself as states change.</p>\n");
   m.append("</div>\n<div class=\"services\">\n");
@@ -91,20 +160,93 @@ std::string statusHtml(ControlLink& link, bool reasons, std::string_view eventsU
     m.append(st.lastStartMs > 0 ? humanSeconds((st.lastStartMs + 500) / 1000) : std::string("\u2014"));
     m.append("</dd>\n<dt>Semaphore task</dt><dd data-field=\"task\">");
     m.append(st.taskId > 0 ? std::to_string(st.taskId) : std::string("\u2014")).append("</dd>\n");
-    m.append("<dt>Here</dt><dd>").append(std::to_string(e->inFlight)).append(" in flight, ");
-    m.append(std::to_string(e->parked.size())).append(" waiting in this nginx worker</dd>\n</dl>\n");
+    if (const Value* cs = controldService(doc, e->name)) {
+      // controld's totals, over every worker of every nginx.
+      m.append("<dt>Requests</dt><dd>")
+          .append(std::to_string(std::max<std::int64_t>(0, intOf(member(*cs, "in_flight")))));
+      m.append(" in flight, ")
+          .append(std::to_string(std::max<std::int64_t>(0, intOf(member(*cs, "requests_waiting")))));
+      m.append(" waiting</dd>\n");
+      const std::int64_t idleStop = intOf(member(*cs, "idle_stop_at"));
+      if (idleStop > 0 && st.state == ServiceState::Warm) {
+        m.append("<dt>Idle stop in</dt><dd>").append(humanSeconds(std::max<std::int64_t>(0, idleStop - now) / 1000));
+        m.append("</dd>\n");
+      }
+      const Value* machine = member(*cs, "machine");
+      if (machine != nullptr && machine->IsString() && machine->GetStringLength() > 0) {
+        m.append("<dt>Machine</dt><dd>").append(htmlEscape(machine->GetString())).append("</dd>\n");
+      }
+    } else {
+      m.append("<dt>Requests</dt><dd>").append(std::to_string(e->inFlight)).append(" in flight, ");
+      m.append(std::to_string(e->parked.size())).append(" waiting in this nginx worker</dd>\n");
+    }
+    m.append("</dl>\n");
     const bool showReason = reasons && st.state == ServiceState::Failed && !st.reason.empty();
     m.append("<pre data-field=\"reason\"").append(showReason ? "" : " hidden").append(">");
     m.append(reasons ? htmlEscape(st.reason) : std::string()).append("</pre>\n</section>\n");
   }
   if (!any) m.append("<p>controld has not named any service yet.</p>\n");
   m.append("</div>\n");
+  machineCards(m, doc);
 
   JsonWriter w;
   w.startObject().str("events", eventsUrl).i64("now", now).endObject();
   frame.data = w.text();
   frame.script = kStatusScript;
   return renderFrame(frame);
+}
+
+ngx_int_t sendStatusPage(ngx_http_request_t* r, ControlLink& link, const std::string* reply) {
+  Doc doc;
+  const bool have = reply != nullptr && !doc.Parse(reply->data(), reply->size()).HasParseError() && doc.IsObject();
+  auto* scf = static_cast<SrvConf*>(ngx_http_get_module_srv_conf(r, ngx_http_ondemand_module));
+  return sendBody(r, NGX_HTTP_OK, "text/html; charset=utf-8",
+                  statusHtml(link, locConf(r)->reasons, view(scf->eventsUri), have ? &doc : nullptr));
+}
+
+// A status page waiting for controld's status. In the request's pool; its
+// cleanup forgets the question however the request ends.
+struct StatusAsk {
+  ngx_http_request_t* request;
+  ControlLink* link;
+  std::int64_t id;
+  ngx_event_t timer;
+  bool answered;
+};
+
+void answerAsk(StatusAsk* ask, const std::string* reply) {
+  if (ask->answered) return;
+  ask->answered = true;
+  if (ask->timer.timer_set) ngx_del_timer(&ask->timer);
+  ngx_http_request_t* r = ask->request;
+  ngx_connection_t* c = r->connection;
+  ngx_int_t rc = NGX_ERROR;
+  try {
+    rc = sendStatusPage(r, *ask->link, reply);
+  } catch (const std::exception& e) {
+    ngx_log_error(NGX_LOG_ERR, c->log, 0, "ondemand: status: %s", e.what());
+  } catch (...) {
+    ngx_log_error(NGX_LOG_ERR, c->log, 0, "ondemand: status: unexpected exception");
+  }
+  ngx_http_finalize_request(r, rc);
+  ngx_http_run_posted_requests(c);
+}
+
+void onStatusReply(void* data, const std::string* reply) {
+  answerAsk(static_cast<StatusAsk*>(data), reply);
+}
+
+void onAskTimeout(ngx_event_t* ev) {
+  auto* ask = static_cast<StatusAsk*>(ev->data);
+  ask->link->cancelStatus(ask->id);
+  answerAsk(ask, nullptr);  // the page without controld's totals
+}
+
+void askCleanup(void* data) {
+  auto* ask = static_cast<StatusAsk*>(data);
+  if (!ask->answered) ask->link->cancelStatus(ask->id);
+  ask->answered = true;
+  if (ask->timer.timer_set) ngx_del_timer(&ask->timer);
 }
 
 ngx_int_t handleStatus(ngx_http_request_t* r) {
@@ -115,12 +257,33 @@ ngx_int_t handleStatus(ngx_http_request_t* r) {
   ControlLink* link = worker != nullptr ? worker->link(locConf(r)->endpoint) : nullptr;
   if (link == nullptr) return NGX_HTTP_SERVICE_UNAVAILABLE;
   if (!addHeader(r, "Cache-Control", "no-store")) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-  if (prefersHtml(headerValue(r, "Accept"))) {
-    auto* scf = static_cast<SrvConf*>(ngx_http_get_module_srv_conf(r, ngx_http_ondemand_module));
-    return sendBody(r, NGX_HTTP_OK, "text/html; charset=utf-8",
-                    statusHtml(*link, locConf(r)->reasons, view(scf->eventsUri)));
+  if (!prefersHtml(headerValue(r, "Accept"))) {
+    // For scripts: this worker's table as it is, no round trip
+    // (`controld status --json` has controld's own).
+    return sendBody(r, NGX_HTTP_OK, "application/json", statusJson(*link, locConf(r)->reasons));
   }
-  return sendBody(r, NGX_HTTP_OK, "application/json", statusJson(*link, locConf(r)->reasons));
+  if (r->method == NGX_HTTP_HEAD || link->status() != LinkStatus::Up) return sendStatusPage(r, *link, nullptr);
+
+  ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, sizeof(StatusAsk));
+  if (cln == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+  auto* ask = static_cast<StatusAsk*>(cln->data);
+  *ask = StatusAsk{};
+  ask->request = r;
+  ask->link = link;
+  ask->id = link->askStatus(onStatusReply, ask);
+  if (ask->id == 0) {
+    ask->answered = true;
+    return sendStatusPage(r, *link, nullptr);
+  }
+  cln->handler = askCleanup;
+  ask->timer.handler = onAskTimeout;
+  ask->timer.data = ask;
+  ask->timer.log = r->connection->log;
+  ask->timer.cancelable = 1;
+  ngx_add_timer(&ask->timer, kAskMs);
+  r->main->count++;
+  r->read_event_handler = ngx_http_test_reading;
+  return NGX_DONE;
 }
 
 }  // namespace

@@ -5,6 +5,7 @@ or stops."""
 import json
 import os
 import queue
+import signal
 import socket
 import threading
 import time
@@ -267,6 +268,33 @@ class EventsTest(ModuleTestCase):
         self.assertEqual(post.status, 405)
         for s in streams:
             self.assertTrue(s.events.empty(), "no event without a state change")
+
+    def test_the_status_page_shows_controlds_totals_and_does_without_them_when_it_does_not_answer(self):
+        port = free_port()
+        self.start_controld_with([self.sample_yaml("notes", port, ready_after=4.0)])
+        self.front(port, workers=2, extra="location /held/ { ondemand_service notes; ondemand_mode block; "
+                                          "proxy_pass http://127.0.0.1:%d; }" % port)
+        threads, results = self.concurrent(4, "/held/x")
+        wait_until(lambda: self.status("notes")["services"][0]["requests_waiting"] == 4, 15,
+                   message="controld counting 4 held requests")
+        html = {"Accept": "text/html"}
+        page = self.get("/_ondemand", headers=html)
+        self.assertEqual(page.status, 200)
+        # The totals of all workers, as controld has them, not one worker's.
+        self.assertIn("<dt>Requests</dt><dd>0 in flight, 4 waiting</dd>", page.body)
+        self.assertNotIn("in this nginx worker", page.body)
+        self.join(threads)
+        self.assertEqual([r.status for r in results], [200] * 4)
+        # A controld that does not answer costs the page at most 2 s.
+        self.controld.signal(signal.SIGSTOP)
+        self.addCleanup(self.controld.signal, signal.SIGCONT)
+        started = time.monotonic()
+        page = self.get("/_ondemand", headers=html, timeout=10)
+        self.assertEqual(page.status, 200)
+        self.assertLess(time.monotonic() - started, 4)
+        self.assertIn("did not send its status in time", page.body)
+        self.assertIn("waiting in this nginx worker", page.body)
+        self.controld.signal(signal.SIGCONT)
 
     def worker_pids(self):
         out = set()
