@@ -7,6 +7,7 @@ import os
 import queue
 import signal
 import socket
+import subprocess
 import threading
 import time
 import unittest
@@ -295,6 +296,42 @@ class EventsTest(ModuleTestCase):
         self.assertIn("did not send its status in time", page.body)
         self.assertIn("waiting in this nginx worker", page.body)
         self.controld.signal(signal.SIGCONT)
+
+    def test_an_http2_stream_gets_the_events_and_ends_within_a_heartbeat_of_a_reload(self):
+        port = free_port()
+        h2 = free_port()
+        self.start_controld_with([self.sample_yaml("notes", port, ready_after=0.5)])
+        self.front(port, extra="}\nserver { listen 127.0.0.1:%d http2; location = %s { ondemand_events; }" % (h2, EVENTS))
+        curl = subprocess.Popen(["curl", "-sN", "--http2-prior-knowledge", "http://127.0.0.1:%d%s" % (h2, EVENTS)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.addCleanup(curl.stdout.close)
+        self.addCleanup(curl.wait)
+        self.addCleanup(curl.kill)
+        lines = queue.Queue()
+
+        def read():
+            for line in curl.stdout:
+                lines.put(line.decode().rstrip("\n"))
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+
+        def until(pred, timeout):
+            deadline = time.monotonic() + timeout
+            while True:
+                line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+                if pred(line):
+                    return
+                if line is None:
+                    raise AssertionError("the stream ended early")
+
+        until(lambda l: l is not None and '"state":"cold"' in l, 10)
+        self.get("/hello")
+        until(lambda l: l is not None and '"state":"warm"' in l, 20)
+        started = time.monotonic()
+        self.reload_nginx()
+        until(lambda l: l is None, 25)
+        self.assertLess(time.monotonic() - started, 20, "ended by the old worker's next heartbeat")
 
     def worker_pids(self):
         out = set()
