@@ -348,8 +348,11 @@ ngx_int_t handle(ngx_http_request_t* r, LocConf* lcf) {
 
 ngx_int_t precontentHandler(ngx_http_request_t* r) {
   LocConf* lcf = locConf(r);
-  // The status page and the model list never wait for a service they may inherit.
-  if ((lcf->service.len == 0 && lcf->serviceValue == nullptr) || lcf->status || lcf->models) return NGX_DECLINED;
+  // The status page, the events and the model list never wait for a service
+  // they may inherit.
+  if ((lcf->service.len == 0 && lcf->serviceValue == nullptr) || lcf->status || lcf->events || lcf->models) {
+    return NGX_DECLINED;
+  }
   try {
     return handle(r, lcf);
   } catch (const std::exception& e) {

@@ -333,6 +333,19 @@ class EventsTest(ModuleTestCase):
         until(lambda l: l is None, 25)
         self.assertLess(time.monotonic() - started, 20, "ended by the old worker's next heartbeat")
 
+    def test_an_events_location_in_a_server_of_a_service_neither_waits_for_it_nor_wakes_it(self):
+        port = free_port()
+        self.start_controld_with([self.sample_yaml("notes", port)])
+        self.start_front("location = %s { ondemand_events; }\n"
+                         "location / { proxy_pass http://127.0.0.1:%d; }" % (EVENTS, port),
+                         server_extra="ondemand_service notes;")
+        s = self.stream()
+        self.assertEqual(s.status, 200)
+        s.until(state_is("notes", "cold"), timeout=5, what="the first state, at once")
+        time.sleep(0.5)
+        self.assertEqual(self.service_state("notes"), "cold")
+        self.assertEqual(self.messages_received().get("wake", 0), 0)
+
     def worker_pids(self):
         out = set()
         for pid in os.listdir("/proc"):
