@@ -36,6 +36,7 @@ class TopLevelFieldScanner {
   Result finish();
 
   Result result() const { return result_; }
+  const std::string& field() const { return field_; }
   const std::string& value() const { return value_; }
   // For NotJson: "unexpected '}' at byte 12".
   const std::string& error() const { return error_; }

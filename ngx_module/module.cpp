@@ -466,7 +466,7 @@ ngx_int_t postConfiguration(ngx_conf_t* cf) {
   auto* first = static_cast<ngx_http_handler_pt*>(handlers->elts);
   std::memmove(first + 1, first, (handlers->nelts - 1) * sizeof(ngx_http_handler_pt));
   first[0] = precontentHandler;
-  return NGX_OK;
+  return installBodyFilter();
 }
 
 ngx_int_t serviceVariable(ngx_http_request_t* r, ngx_http_variable_value_t* v, uintptr_t) {

@@ -21,6 +21,8 @@ namespace ondemand::module {
 enum class Phase : std::uint8_t { Fresh, Body, Parked, Recheck, Passed, Answer, Answered };
 
 // The body as routing.cpp sees it.
+class TopLevelFieldScanner;  // body_scan.hpp
+
 enum class BodyState : std::uint8_t { NotRead, Reading, Read };
 // Answers in the API's own shape (routing.cpp) rather than the module's.
 enum class RouteAnswer : std::uint8_t { None, BadBody };
@@ -60,6 +62,9 @@ struct RequestCtx {
   std::uint8_t modelOutcome;    // TopLevelFieldScanner::Result + 1; 0: not scanned
   const ngx_str_t* modelField;  // the field scanned for (ondemand_model_field)
   ngx_str_t model;              // its value, or what is wrong with the body (request pool)
+  // While the module reads the body: the scan fed by the request body
+  // filter as the bytes arrive (request pool; null when not scanning).
+  TopLevelFieldScanner* bodyScanner;
   // Main request only: the services it counts as in flight.
   std::uint8_t countedN;
   ControlLink* countedLink[kMaxCountedServices];

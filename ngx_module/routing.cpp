@@ -115,10 +115,47 @@ const char* problemCode(Scan result) {
   return "invalid_request_body";
 }
 
-// Scans the body nginx has read (memory buffers and/or its temporary file)
-// for the field. NGX_OK, or NGX_ERROR when the file cannot be read.
-ngx_int_t scanBody(ngx_http_request_t* r, RequestCtx* ctx, const LocConf* lcf) {
-  TopLevelFieldScanner scanner(view(lcf->modelField), kMaxModelBytes);
+ngx_http_request_body_filter_pt nextBodyFilter;
+
+// The body filter feeds this scan while the module reads the body.
+void destroyScanner(void* data) {
+  static_cast<TopLevelFieldScanner*>(data)->~TopLevelFieldScanner();
+}
+
+TopLevelFieldScanner* startScanner(ngx_http_request_t* r, const LocConf* lcf) {
+  ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, sizeof(TopLevelFieldScanner));
+  if (cln == nullptr) return nullptr;
+  auto* scanner = new (cln->data) TopLevelFieldScanner(view(lcf->modelField), kMaxModelBytes);
+  cln->handler = destroyScanner;
+  return scanner;
+}
+
+ngx_int_t bodyFilter(ngx_http_request_t* r, ngx_chain_t* in) {
+  auto* ctx = static_cast<RequestCtx*>(ngx_http_get_module_ctx(r, ngx_http_ondemand_module));
+  if (ctx != nullptr && ctx->bodyScanner != nullptr && ctx->bodyState == BodyState::Reading) {
+    TopLevelFieldScanner& scanner = *ctx->bodyScanner;
+    try {
+      for (ngx_chain_t* cl = in; cl != nullptr && scanner.result() == Scan::NeedMore; cl = cl->next) {
+        const ngx_buf_t* b = cl->buf;
+        if (!ngx_buf_in_memory(b)) {
+          ctx->bodyScanner = nullptr;  // (not seen from nginx's readers): the body is scanned once read
+          break;
+        }
+        scanner.feed(
+            std::string_view(reinterpret_cast<const char*>(b->pos), static_cast<std::size_t>(b->last - b->pos)));
+      }
+    } catch (const std::exception& e) {
+      ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "ondemand: body scan: %s", e.what());
+      ctx->bodyScanner = nullptr;  // scanned again once read
+    }
+  }
+  return nextBodyFilter(r, in);
+}
+
+// Walks the body nginx has read (memory buffers and/or its temporary file)
+// through the scanner: NGX_OK, or NGX_ERROR when the file cannot be read.
+// Only for a body the filter did not see (read before the module asked).
+ngx_int_t walkBody(ngx_http_request_t* r, TopLevelFieldScanner& scanner) {
   static std::array<u_char, kFileChunk> chunk;  // one worker, one scan at a time
   const ngx_http_request_body_t* rb = r->request_body;
   for (ngx_chain_t* cl = rb != nullptr ? rb->bufs : nullptr; cl != nullptr && scanner.result() == Scan::NeedMore;
@@ -140,6 +177,20 @@ ngx_int_t scanBody(ngx_http_request_t* r, RequestCtx* ctx, const LocConf* lcf) {
       at += n;
     }
   }
+  return NGX_OK;
+}
+
+// The field of the body: from the scan the filter fed while the body was
+// read, or by walking the body.
+ngx_int_t scanBody(ngx_http_request_t* r, RequestCtx* ctx, const LocConf* lcf) {
+  std::optional<TopLevelFieldScanner> walked;
+  TopLevelFieldScanner* fed = ctx->bodyScanner;
+  ctx->bodyScanner = nullptr;
+  if (fed == nullptr || fed->field() != view(lcf->modelField)) {
+    walked.emplace(view(lcf->modelField), kMaxModelBytes);
+    if (walkBody(r, *walked) != NGX_OK) return NGX_ERROR;
+  }
+  TopLevelFieldScanner& scanner = walked ? *walked : *fed;
   const Scan result = scanner.finish();
   ctx->modelOutcome = static_cast<std::uint8_t>(static_cast<int>(result) + 1);
   ctx->modelField = &lcf->modelField;
@@ -198,6 +249,8 @@ ngx_int_t chooseTarget(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
     if (ctx->bodyState == BodyState::NotRead && r->request_body == nullptr) {
       ctx->bodyState = BodyState::Reading;
       ctx->phase = Phase::Body;
+      ctx->bodyScanner = startScanner(r, lcf);
+      if (ctx->bodyScanner == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
       const ngx_int_t rc = ngx_http_read_client_request_body(r, onBodyRead);
       if (rc >= NGX_HTTP_SPECIAL_RESPONSE) return rc;
       // read_client_request_body counted the request once more: undone here,
@@ -300,6 +353,12 @@ ngx_int_t upstreamVariable(ngx_http_request_t* r, ngx_http_variable_value_t* v, 
   }
   const std::string& upstream = ctx->service->state.upstream;
   return setVariable(v, upstream.data(), upstream.size());
+}
+
+ngx_int_t installBodyFilter() {
+  nextBodyFilter = ngx_http_top_request_body_filter;
+  ngx_http_top_request_body_filter = bodyFilter;
+  return NGX_OK;
 }
 
 // --- ondemand_models --------------------------------------------------------------

@@ -30,6 +30,11 @@ void logUnknownName(ngx_http_request_t* r, ControlLink& link, std::string_view n
 // usable field. Returns what the output filters said.
 ngx_int_t sendRouteAnswer(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf);
 
+// The request body filter: feeds the body's bytes to the scan of a request
+// whose body the module reads, as they arrive (before nginx writes them to
+// its temporary file), so the file is never read back.
+ngx_int_t installBodyFilter();
+
 // $ondemand_model and $ondemand_upstream.
 ngx_int_t modelVariable(ngx_http_request_t* r, ngx_http_variable_value_t* v, uintptr_t data);
 ngx_int_t upstreamVariable(ngx_http_request_t* r, ngx_http_variable_value_t* v, uintptr_t data);
