@@ -11,6 +11,7 @@ import unittest
 
 from module_case import ModuleTestCase
 from harness import free_port, wait_until
+from h2client import H2Connection
 
 # What the workers route: three services, the second with an alias.
 MODELS = {"svc-a": ["m-a"], "svc-b": ["m-b", "m-b-alias"], "svc-c": ["m-c"]}
@@ -277,6 +278,28 @@ location /small-buffer/ {
 
         # The schema check itself finds what is wrong.
         self.assertTrue(schema_errors({"object": "list", "data": [{"id": 1}]}, OPENAI_MODELS_SCHEMA))
+
+
+class Http2Test(RoutingCase):
+
+    def test_http2_posts_on_one_connection_each_reach_the_model_their_body_names(self):
+        self.model_services(names=("svc-a", "svc-b"))
+        h2 = free_port()
+        self.start_front(V1, http_extra="server { listen 127.0.0.1:%d http2; %s }" % (h2, V1.replace("\n", " ")))
+        # Each body in DATA frames of 4 KiB, "model" in the last one, the
+        # streams' frames interleaved.
+        bodies = [chat(model, content="stream %d " % i + "z" * 9000) for i, model in enumerate(["m-a", "m-b-alias", "m-a"])]
+        conn = H2Connection(h2)
+        self.addCleanup(conn.close)
+        conn.post_many("/v1/chat/completions", bodies)
+        streams = conn.wait_all()
+        for stream, body, service in zip(streams, bodies, ["svc-a", "svc-b", "svc-a"]):
+            with self.subTest(stream=stream.id):
+                self.assertEqual((stream.status, stream.reset), (200, None), stream.body[:200])
+                answer = json.loads(stream.body)
+                self.assertEqual(answer["service"], service)
+                self.assertEqual(answer["sha256"], sha(body), "the body reached the service byte for byte")
+        self.assertEqual(len(self.starts("svc-a")), 1)
 
 
 class AnswersTest(RoutingCase):
