@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import unittest
 
 from module_case import ModuleTestCase
@@ -278,6 +279,41 @@ location /small-buffer/ {
 
         # The schema check itself finds what is wrong.
         self.assertTrue(schema_errors({"object": "list", "data": [{"id": 1}]}, OPENAI_MODELS_SCHEMA))
+
+
+class ChunkedTest(RoutingCase):
+
+    def test_a_chunked_body_sent_in_pieces_is_routed_and_arrives_unchanged(self):
+        self.model_services(names=("svc-a", "svc-b"))
+        self.start_front(V1)
+        body = chat("m-b", content="c" * 30000)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as conn:
+            conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: routed\r\nContent-Type: application/json\r\n"
+                         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            for at in range(0, len(body), 7000):
+                piece = body[at:at + 7000]
+                conn.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            conn.sendall(b"0\r\n\r\n")
+            data = b""
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        head, _, payload = data.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        if b"transfer-encoding: chunked" in head.lower():
+            decoded = b""
+            while payload:
+                size, _, payload = payload.partition(b"\r\n")
+                n = int(size, 16)
+                decoded, payload = decoded + payload[:n], payload[n + 2:]
+            payload = decoded
+        answer = json.loads(payload)
+        self.assertEqual(answer["service"], "svc-b")
+        self.assertEqual(answer["length"], len(body))
+        self.assertEqual(answer["sha256"], sha(body), "the chunked body reached the service byte for byte")
+        self.assertEqual(self.service_state("svc-a"), "cold")
 
 
 class Http2Test(RoutingCase):
