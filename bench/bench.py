@@ -8,7 +8,7 @@ ratio or a difference against a baseline measured in the same run, A and B
 alternating over rounds; RESULTS.md gets the median and the spread
 (min..max) of the per-round figures.
 
-  bench/bench.py --build BUILD_DIR [--quick] [--out DIR] [--only warm,burst,lag,isolation,scale,cluster]
+  bench/bench.py --build BUILD_DIR [--quick] [--out DIR] [--only warm,burst,lag,isolation,scale,routing,cluster,swap]
 """
 import argparse
 import atexit
@@ -828,6 +828,21 @@ class Bench:
             out = json.load(f)
         out["command"] = " ".join(shlex.quote(a) for a in argv)
         self.results["cluster"] = out
+    # --- 8. swap on a shared machine -----------------------------------------------
+
+    def swap(self):
+        script = os.path.join(HERE, "swap_overhead.py")
+        js = os.path.join(self.work, "swap.json")
+        swaps = 6 if self.quick else 20
+        argv = [PYTHON, script, "--controld", self.controld, "--swaps", str(swaps), "--json", js]
+        log("swap overhead over %d swaps on one shared machine" % swaps)
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        if p.returncode != 0:
+            raise RuntimeError("swap_overhead.py failed: %s %s" % (p.stdout, p.stderr))
+        with open(js) as f:
+            out = json.load(f)
+        out["command"] = " ".join(shlex.quote(a) for a in argv)
+        self.results["swap"] = out
 
 
 # --- the report ------------------------------------------------------------------
@@ -978,15 +993,20 @@ class Report:
                          "%s / %s" % (f"{s['duplicate_wakes_per_second']:,}", f"{s['first_wakes_per_second']:,}"), "—"))
         if "cluster" in r:
             c = r["cluster"]
-            rows.append(("7", "cluster: state change on the owner seen by every node's workers, median / p99 over %d"
+            rows.append(("6", "cluster: state change on the owner seen by every node's workers, median / p99 over %d"
                          % c["propagation"]["changes"], "p99 ≤ 100 ms",
                          "%.1f / %.1f ms" % (c["propagation"]["median_ms"], c["propagation"]["p99_ms"]),
                          yes(c["propagation"]["p99_ms"] <= 100)))
-            rows.append(("7", "cluster: warm throughput with `cluster:` / without", "≥ 0.99",
+            rows.append(("6", "cluster: warm throughput with `cluster:` / without", "≥ 0.99",
                          spread(c["warm"]["ratios"]), yes(c["warm"]["ratio_median"] >= 0.99)))
-            rows.append(("7", "cluster: double starts over %d concurrent cold bursts (%d requests over 3 nodes each)"
+            rows.append(("6", "cluster: double starts over %d concurrent cold bursts (%d requests over 3 nodes each)"
                          % (c["bursts"]["rounds"], c["bursts"]["requests_per_round"]), "0",
                          str(c["bursts"]["double_starts"]), yes(c["bursts"]["double_starts"] == 0)))
+        if "swap" in r:
+            w = r["swap"]
+            rows.append(("8", "swap on a shared machine: controld's overhead over %d swaps, median / p99" % w["swaps"],
+                         "p99 ≤ 50 ms", "%.1f / %.1f ms" % (w["overhead_median_ms"], w["overhead_p99_ms"]),
+                         yes(w["overhead_p99_ms"] <= 50)))
         return rows
 
     def cluster(self):
@@ -994,7 +1014,7 @@ class Report:
         if not c:
             return
         p, w, b = c["propagation"], c["warm"], c["bursts"]
-        self.w("## 7. The cluster")
+        self.w("## 6. The cluster")
         self.w()
         self.w("`bench/cluster_bench.py`: a 3-member etcd from Debian's etcd-server, 3 controlds with `cluster:` "
                "(node-1 owns every service), on 127.0.0.1 (docs/CLUSTER.md).")
@@ -1352,12 +1372,37 @@ plot '%s' using 1:2 with points pt 7 ps 0.5 title 'X / Y', 0.95 with lines dt 2 
                 spread(d, 3, " ms")))
         self.w()
         self.w("Command (ports vary): `%s`, %d s per run." % (self.show(self.b.commands.get("routing")), r["seconds"]))
+
+    def swap(self):
+        r = self.r.get("swap")
+        if not r:
+            return
+        self.w("## 8. Swap on a shared machine")
+        self.w()
+        self.w("`bench/swap_overhead.py` against the real controld: machine gpu-01 (vram_gb 24, min_warm 0s), "
+               "command-driven services a (16) and b (12), woken in turn by a protocol client subscribed as a "
+               "worker (it acknowledges `stopping` at once), so each wake evicts the other. Per swap: from the "
+               "wake sent to the warm push received, minus the evicted service's stop command and the woken "
+               "one's start command (each %.0f ms, timed by the commands themselves). What is left is controld's "
+               "part: placement, the two-phase stop and its acknowledgement, the state writes (fsync) before "
+               "each driver, spawning and reaping both commands, the pushes." % r["command_ms"])
+        self.w()
+        rs = r["results"]
+        self.w("| figure | median | p99 | max |")
+        self.w("| --- | --- | --- | --- |")
+        for key, label in (("overhead_ms", "overhead (target p99 ≤ 50 ms)"), ("total_ms", "wake to warm"),
+                           ("stop_ms", "stop command"), ("start_ms", "start command")):
+            v = sorted(x[key] for x in rs)
+            self.w("| %s | %.1f ms | %.1f ms | %.1f ms |" % (label, statistics.median(v), percentile(v, 99), v[-1]))
+        self.w()
+        self.w("Command: `%s`." % self.show(r["command"]))
         self.w()
 
     def write(self, path):
         self.header()
         self.summary()
-        for section in (self.warm, self.burst, self.lag, self.isolation, self.scale, self.routing, self.cluster):
+        for section in (self.warm, self.burst, self.lag, self.isolation, self.scale, self.routing, self.cluster,
+                        self.swap):
             section()
         if self.b.problems:
             self.w("## Errors logged by nginx during the run")
@@ -1376,7 +1421,7 @@ def main():
     ap.add_argument("--build", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=HERE)
-    ap.add_argument("--only", default="warm,burst,lag,isolation,scale,routing,cluster")
+    ap.add_argument("--only", default="warm,burst,lag,isolation,scale,routing,cluster,swap")
     ap.add_argument("--command", default="bench/run", help="the command line to name in RESULTS.md")
     args = ap.parse_args()
     b = Bench(args)
@@ -1388,7 +1433,7 @@ def main():
         b.start_services()
         for key, fn in (("warm", b.warm_path), ("burst", b.cold_burst), ("lag", b.release_lag),
                         ("isolation", b.isolation), ("scale", b.controld_scale), ("routing", b.routing),
-                        ("cluster", b.cluster)):
+                        ("cluster", b.cluster), ("swap", b.swap)):
             if key in only:
                 fn()
         b.upstream.stop()

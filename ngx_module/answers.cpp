@@ -82,6 +82,7 @@ std::string whereItIs(const AnswerFacts& f) {
     out += f.state;
   }
   if (f.taskId > 0) out += " (Semaphore task " + std::to_string(f.taskId) + ")";
+  if (!f.waiting.empty() && f.state == "starting") out += ", " + std::string(f.waiting);
   // What to expect: a start of a GPU service can take minutes, and saying
   // so up front is what keeps people from giving up or hammering reload.
   if (f.lastStartMs > 0 && f.state != "unreachable") out += "; the last start took " + seconds(f.lastStartMs);
@@ -108,6 +109,7 @@ std::string jsonBody(const AnswerFacts& f, int status, const std::string& messag
   w.startObject().i64("status", status).str("error", errorCode(f.kind)).str("service", f.service);
   w.str("state", f.state).str("message", message);
   if (!f.reason.empty()) w.str("reason", f.reason);
+  if (!f.waiting.empty()) w.str("waiting", f.waiting);
   if (f.startingForMs >= 0) w.i64("starting_for_ms", f.startingForMs);
   if (f.lastStartMs > 0) w.i64("last_start_ms", f.lastStartMs);
   if (f.retryInMs > 0) w.i64("retry_in_ms", f.retryInMs);

@@ -23,9 +23,10 @@ struct AnswerFacts {
   std::int64_t inStateMs = -1;  // since the service's last transition
   std::int64_t startingForMs = -1;
   std::int64_t taskId = 0;
-  std::string_view reason;              // failure reason
-  std::int64_t retryInMs = -1;          // failed: until a request may try again
-  std::int64_t lastStartMs = 0;         // how long the last good start took; 0: none yet
+  std::string_view reason;       // failure reason
+  std::string_view waiting;      // starting, held back: "waiting for room on gpu-01: comfyui has 2 requests in flight"
+  std::int64_t retryInMs = -1;   // failed: until a request may try again
+  std::int64_t lastStartMs = 0;  // how long the last good start took; 0: none yet
   std::int64_t unreachableSinceMs = 0;  // state "unreachable": unix ms since when (0: unknown)
   std::int64_t unreachableForMs = -1;
   std::int64_t waitedMs = 0;

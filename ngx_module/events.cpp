@@ -318,6 +318,7 @@ void writeServiceState(JsonWriter& w, const ServiceEntry& e, bool reasons) {
   w.i64("starting_since", st.startingSinceMs).str("cause", st.cause);
   w.str("reason", reasons ? std::string_view(st.reason) : std::string_view());
   w.i64("task_id", st.taskId).i64("retry_at", st.retryAtMs).i64("last_start_ms", st.lastStartMs);
+  if (!st.waiting.empty()) w.str("waiting_for", st.waiting);
 }
 
 void writeLinkState(JsonWriter& w, const ControlLink& link) {

@@ -114,6 +114,7 @@ constexpr std::string_view kAnswerScript = R"((function () {
     if (s.state === "failed") { es.close(); reload(); return; }
     d.state = s.state;
     set("od-state", s.state);
+    set("od-wait", s.waiting_for || "");
     if (s.last_start_ms > 0) d.last_start_ms = s.last_start_ms;
     if (s.state === "starting" && s.starting_since > 0) startedAt = Date.now() - Math.max(0, s.now - s.starting_since);
     tick();
@@ -336,6 +337,9 @@ std::string answerPage(const AnswerFacts& f, int status, std::string_view messag
   } else if (startingForMs >= 0) {
     row(f.state == "stopping" ? "Waiting for" : "Starting for", "od-elapsed", humanSeconds(startingForMs / 1000));
   }
+  // On a shared machine: what the start waits for (kept up to date by the
+  // script, emptied once room is found).
+  if (starting && !f.waiting.empty()) row("Waiting for room", "od-wait", std::string(f.waiting));
   if (f.lastStartMs > 0 && !unreachable) row("Last start took", "", humanSeconds((f.lastStartMs + 500) / 1000));
   if (f.taskId > 0) row("Semaphore task", "", std::to_string(f.taskId));
   if (f.kind == AnswerKind::Timeout) row("Waited", "", humanSeconds(f.waitedMs / 1000));

@@ -156,6 +156,7 @@ ngx_int_t sendAnswer(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
     if (st.state == ServiceState::Starting && st.startingSinceMs > 0) facts.startingForMs = now - st.startingSinceMs;
     facts.taskId = st.taskId;
     facts.lastStartMs = st.lastStartMs;
+    if (st.state == ServiceState::Starting) facts.waiting = st.waiting;
     if (st.state == ServiceState::Failed) {
       // ondemand_reasons off: the reason (Ansible output, hosts, paths)
       // stays with controld's CLI; the answer still says the start failed.

@@ -148,7 +148,7 @@ Decoded decodeState(const Value& doc) {
       !f.int64("since", s.sinceMs) || !f.int64("starting_since", s.startingSinceMs, false) ||
       !f.string("cause", s.cause, false) || !f.string("reason", s.reason, false) ||
       !f.int64("task_id", s.taskId, false) || !f.int64("retry_at", s.retryAtMs, false) ||
-      !f.int64("last_start_ms", s.lastStartMs, false)) {
+      !f.int64("last_start_ms", s.lastStartMs, false) || !f.string("waiting", s.waiting, false)) {
     return fail(f.error());
   }
   if (!f.string("upstream", s.upstream, false)) return fail(f.error());
@@ -276,6 +276,7 @@ std::string encode(const StatePush& m) {
         w.string(model);
       w.endArray();
     }
+    if (!m.waiting.empty()) w.str("waiting", truncateUtf8(m.waiting, kMaxReasonBytes));
   });
 }
 
@@ -331,6 +332,7 @@ std::string encode(const Event& m) {
   return line("event", [&](JsonWriter& w) {
     w.str("service", m.service).i64("at", m.atMs).str("from", toString(m.from)).str("to", toString(m.to));
     w.str("cause", m.cause).str("detail", m.detail).i64("task_id", m.taskId).u64("epoch", m.epoch);
+    if (!m.machine.empty()) w.str("machine", m.machine);
   });
 }
 
@@ -381,6 +383,35 @@ void writeHistogram(JsonWriter& w, std::string_view key, const StatusReply::Hist
   w.endArray().u64("sum_ms", h.sumMs).endObject();
 }
 
+void writeAmounts(JsonWriter& w, const std::vector<std::pair<std::string, double>>& amounts) {
+  w.startObject();
+  for (const auto& [resource, amount] : amounts)
+    w.key(resource).number(amount);
+  w.endObject();
+}
+
+void writeMachine(JsonWriter& w, const StatusReply::Machine& m) {
+  w.startObject().str("name", m.name).i64("min_warm_ms", m.minWarmMs);
+  w.key("resources").startObject();
+  for (const auto& r : m.resources) {
+    w.key(r.name).startObject().key("total").number(r.total).key("used").number(r.used);
+    w.key("free").number(r.total - r.used).endObject();
+  }
+  w.endObject();
+  w.key("holders").startArray();
+  for (const auto& h : m.holders) {
+    w.startObject().str("service", h.service).str("state", toString(h.state)).key("needs");
+    writeAmounts(w, h.needs);
+    w.endObject();
+  }
+  w.endArray();
+  w.key("queue").startArray();
+  for (const auto& q : m.queue)
+    w.startObject().str("service", q.service).i64("since", q.sinceMs).str("reason", q.reason).endObject();
+  w.endArray();
+  w.endObject();
+}
+
 void writeService(JsonWriter& w, const StatusReply::Service& s) {
   w.startObject();
   w.str("name", s.name).str("state", toString(s.state)).str("phase", s.phase).u64("epoch", s.epoch);
@@ -403,6 +434,12 @@ void writeService(JsonWriter& w, const StatusReply::Service& s) {
   w.str("driver", s.driver).str("machine", s.machine).str("health_url", s.healthUrl).str("base_url", s.baseUrl);
   w.i64("idle_timeout_ms", s.idleTimeoutMs).flag("queued", s.queued);
   if (s.owner) w.str("owner", *s.owner);
+  if (!s.needs.empty()) {
+    w.key("needs");
+    writeAmounts(w, s.needs);
+    w.flag("evictable", s.evictable);
+  }
+  w.str("waiting_for", s.waitingFor);
   writeOperations(w, s);
   w.endObject();
 }
@@ -421,6 +458,10 @@ std::string encode(const StatusReply& m) {
     w.key("services").startArray();
     for (const auto& s : m.services)
       writeService(w, s);
+    w.endArray();
+    w.key("machines").startArray();
+    for (const auto& machine : m.machines)
+      writeMachine(w, machine);
     w.endArray();
   });
 }

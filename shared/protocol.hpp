@@ -77,13 +77,14 @@ struct StatePush {
   std::uint64_t epoch = 0;           // increases with every transition of this service
   std::int64_t sinceMs = 0;          // unix ms of the last transition
   std::int64_t startingSinceMs = 0;  // unix ms the current start began, 0 when not starting
-  std::string cause;                 // request | idle | cli | recovery | driver | health | timeout | config
+  std::string cause;                 // request | idle | cli | recovery | driver | health | timeout | config | evicted
   std::string reason;                // why it failed (failed) or other detail
   std::int64_t taskId = 0;           // Semaphore task of the current/last operation, 0 if none
   std::int64_t retryAtMs = 0;        // failed: unix ms from which a request may wake it again (failure_backoff)
   std::int64_t lastStartMs = 0;      // how long the last good cold start took (wake to warm), 0 if none yet
   std::vector<std::string> models;   // the names clients may ask for instead of the service's (config)
   std::string upstream;              // "host:port" of the service's base_url, empty when it has none
+  std::string waiting;  // starting, held back for room: "waiting for room on gpu-01: comfyui has 2 requests in flight"
 };
 
 // controld -> subscriber: the service no longer exists (config reload).
@@ -203,6 +204,7 @@ struct Event {
   std::string detail;
   std::int64_t taskId = 0;
   std::uint64_t epoch = 0;
+  std::string machine;  // waits for room ("waiting"/"room" events): the machine; empty otherwise
 };
 
 // controld -> cli: the reply to `status`, what `controld status --json` prints
@@ -279,12 +281,42 @@ struct StatusReply {
     std::int64_t idleTimeoutMs = 0;
     bool queued = false;
     std::optional<std::string> owner;  // in a cluster: the node that owns its operations
+    // Shared machines: what it holds of its machine while starting, warm or
+    // stopping (empty: nothing), whether it may be evicted, and what its
+    // start waits for (empty when it does not wait).
+    std::vector<std::pair<std::string, double>> needs;
+    bool evictable = true;
+    std::string waitingFor;
     std::optional<Operation> operation;
     std::optional<LastOperation> lastOperation;
     std::vector<Transition> history;  // oldest first
   };
   std::vector<Service> services;
   std::string clusterJson;  // in a cluster: the "cluster" object (docs/CLUSTER.md), as JSON text
+  // Shared machines (`machines:`): per resource, who holds it, who waits.
+  struct Machine {
+    std::string name;
+    std::int64_t minWarmMs = 0;
+    struct Resource {
+      std::string name;
+      double total = 0;
+      double used = 0;
+    };
+    std::vector<Resource> resources;
+    struct Holder {
+      std::string service;
+      ServiceState state = ServiceState::Cold;
+      std::vector<std::pair<std::string, double>> needs;
+    };
+    std::vector<Holder> holders;
+    struct Waiter {
+      std::string service;
+      std::int64_t sinceMs = 0;
+      std::string reason;
+    };
+    std::vector<Waiter> queue;  // first in line first
+  };
+  std::vector<Machine> machines;
 };
 
 std::string encode(const Reply&);

@@ -2,6 +2,7 @@
 #include "controld/cli/cluster_cli.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <ctime>
 #include <iostream>
 #include <vector>
@@ -51,6 +52,51 @@ std::string describeOperation(const rapidjson::Value& service, std::int64_t now)
   return out;
 }
 
+std::string amount(const rapidjson::Value& v) {
+  if (!v.IsNumber()) return "?";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v.GetDouble());
+  return buf;
+}
+
+// Shared machines: per resource used and free, who holds it, who waits.
+void printMachines(const rapidjson::Document& reply) {
+  const auto it = reply.FindMember("machines");
+  if (it == reply.MemberEnd() || !it->value.IsArray() || it->value.Empty()) return;
+  const std::int64_t now = jsonInt64(reply, "now");
+  std::cout << "\n"
+            << padRight("MACHINE", 20) << padRight("RESOURCE", 14) << padRight("USED", 8) << padRight("FREE", 8)
+            << "TOTAL\n";
+  for (const auto& m : it->value.GetArray()) {
+    const std::string name = jsonString(m, "name");
+    if (m.HasMember("resources") && m["resources"].IsObject()) {
+      for (const auto& r : m["resources"].GetObject()) {
+        std::cout << padRight(name, 20) << padRight(r.name.GetString(), 14) << padRight(amount(r.value["used"]), 8)
+                  << padRight(amount(r.value["free"]), 8) << amount(r.value["total"]) << "\n";
+      }
+    }
+    std::string holders;
+    if (m.HasMember("holders") && m["holders"].IsArray()) {
+      for (const auto& h : m["holders"].GetArray()) {
+        std::string needs;
+        if (h.HasMember("needs") && h["needs"].IsObject()) {
+          for (const auto& n : h["needs"].GetObject())
+            needs += (needs.empty() ? "" : " ") + std::string(n.name.GetString()) + " " + amount(n.value);
+        }
+        holders += (holders.empty() ? "" : ", ") + jsonString(h, "service") + " (" + jsonString(h, "state") +
+                   (needs.empty() ? "" : ", " + needs) + ")";
+      }
+    }
+    std::cout << "  " << name << " held by: " << (holders.empty() ? "nobody" : holders) << "\n";
+    if (m.HasMember("queue") && m["queue"].IsArray()) {
+      for (const auto& q : m["queue"].GetArray()) {
+        std::cout << "  waiting " << ago(now, jsonInt64(q, "since")) << ": " << jsonString(q, "service") << " — "
+                  << jsonString(q, "reason") << "\n";
+      }
+    }
+  }
+}
+
 void printTable(const rapidjson::Document& reply) {
   const std::int64_t now = jsonInt64(reply, "now");
   std::cout << padRight("SERVICE", 20) << padRight("STATE", 10) << padRight("SINCE", 10) << padRight("IDLE-STOP IN", 14)
@@ -72,6 +118,7 @@ void printTable(const rapidjson::Document& reply) {
   for (const auto& r : reasons)
     std::cout << "\n" << r << "\n";
   printClusterSummary(std::cout, reply);
+  printMachines(reply);
 }
 
 void printDetail(const rapidjson::Document& reply) {
@@ -82,6 +129,7 @@ void printDetail(const rapidjson::Document& reply) {
               << "state:          " << jsonString(s, "state") << " since " << clockTime(jsonInt64(s, "since")) << " ("
               << ago(now, jsonInt64(s, "since")) << " ago, cause " << jsonString(s, "cause") << ")\n";
     if (!jsonString(s, "reason").empty()) std::cout << "reason:         " << jsonString(s, "reason") << "\n";
+    if (!jsonString(s, "waiting_for").empty()) std::cout << "waiting:        " << jsonString(s, "waiting_for") << "\n";
     if (jsonInt64(s, "starting_since"))
       std::cout << "starting for:   " << ago(now, jsonInt64(s, "starting_since")) << "\n";
     if (jsonInt64(s, "retry_at") > now) {

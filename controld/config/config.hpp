@@ -77,6 +77,12 @@ struct ServiceConfig {
   std::string machine;              // operations of services on one machine run one at a time
   std::vector<std::string> models;  // names clients may ask for (a JSON body's "model"), besides the service's
 
+  // Shared machines: what the service holds of its machine's resources from
+  // its start until its stop has finished (empty: nothing), and whether it
+  // may be stopped to make room for another (never while in use).
+  std::map<std::string, double> needs;
+  bool evictable = true;
+
   std::vector<std::string> startCommand;  // argv, empty = none
   std::vector<std::string> stopCommand;
   // What start and stop commands find in their environment besides PATH,
@@ -96,6 +102,16 @@ struct ServiceConfig {
 // ("http://10.0.0.5/x" -> "10.0.0.5:80"); empty for an empty URL. What
 // workers get as $ondemand_upstream.
 std::string upstreamOf(const std::string& baseUrl);
+
+// `machines.NAME`: a box several services share, with what it has.
+struct MachineConfig {
+  std::string name;
+  SourceLocation where;
+  std::map<std::string, double> resources;  // "vram_gb" -> 24
+  // The thrash guard: a service warm for less than this is not stopped to
+  // make room; the wake that wants the room waits until it may be.
+  Millis minWarm = 30s;
+};
 
 // Which file format a Config was read from: messages use that format's key names.
 enum class ConfigFormat { Native, Hestia };
@@ -125,6 +141,7 @@ struct Config {
   std::optional<StatsdSettings> statsd;  // unset = nothing is sent
   std::optional<ClusterSettings> cluster;
   std::map<std::string, ServiceConfig> services;  // by name
+  std::map<std::string, MachineConfig> machines;  // by name; empty: no resources are tracked
 
   // Dotted key -> the line that sets it, for every key the file sets. Lets
   // later checks point at the right line; a key missing here was defaulted.

@@ -33,10 +33,11 @@ inline constexpr std::string_view kHestiaServiceKeys[] = {"idle_timeout_ms", "re
                                                           "routing"};
 inline constexpr std::string_view kNativeTopKeys[] = {"socket",         "socket_mode", "socket_group", "state_dir",
                                                       "history_size",   "semaphore",   "admin_users",  "admin_groups",
-                                                      "metrics_listen", "statsd",      "cluster"};
+                                                      "metrics_listen", "statsd",      "cluster",       "machines"};
 inline constexpr std::string_view kNativeServiceKeys[] = {
-    "warmup",  "start_timeout", "idle_timeout", "failure_backoff", "health_interval", "health_timeout", "stop_timeout",
-    "machine", "start_command", "stop_command", "semaphore",       "environment",     "models"};
+    "warmup",         "start_timeout", "idle_timeout", "failure_backoff", "health_interval",
+    "health_timeout", "stop_timeout",  "machine",      "start_command",   "stop_command",
+    "semaphore",      "environment",   "models",       "needs",           "evictable"};
 
 template <std::size_t N>
 bool contains(const std::string_view (&list)[N], std::string_view key) {
@@ -98,6 +99,7 @@ class Loader {
   void readNativeSemaphore(const Setting& s, Config& config);
   void readNativeStatsd(const Setting& s, Config& config);
   void readCluster(const Setting& s, Config& config);  // cluster.cpp
+  void readMachines(const Setting& s, Config& config);
   void readNativeService(const std::string& name, const Setting& s, const FormatGuess& guess, Config& config);
   void readServiceSemaphore(const Setting& s, SemaphoreServiceSettings& out);
   void readExtraVars(const Setting& s, std::string& out);

@@ -73,6 +73,7 @@ void Loader::loadNative(const YAML::Node& root, const FormatGuess& guess, Config
                    }},
                   {"statsd", [&](const Setting& s) { readNativeStatsd(s, config); }},
                   {"cluster", [&](const Setting& s) { readCluster(s, config); }},
+                  {"machines", [&](const Setting& s) { readMachines(s, config); }},
                   {"services",
                    [&](const Setting& s) {
                      readServices(s, [&](const std::string& name, const Setting& svc) {
@@ -105,6 +106,41 @@ void Loader::readNativeStatsd(const Setting& s, Config& config) {
     problems_.error(s.line, s.key + ".host", "missing: where StatsD listens (host, and port if not 8125)");
   }
   config.statsd = std::move(statsd);
+}
+
+void Loader::readMachines(const Setting& s, Config& config) {
+  if (s.isNull()) return;
+  if (!s.node.IsMap()) {
+    read_.expected(s, "a mapping of machine names to their resources");
+    return;
+  }
+  forEachEntry(problems_, s.node, s.key,
+               [&](const std::string& name, const std::string& dotted, int line, const YAML::Node& value) {
+                 const Setting machine{dotted, line, value, {}};
+                 if (!value.IsMap()) {
+                   read_.expected(machine, "a mapping with resources (and min_warm)");
+                   return;
+                 }
+                 MachineConfig m;
+                 m.name = name;
+                 m.where = {problems_.file(), line};
+                 readMapping(problems_, value, dotted,
+                             {
+                                 {"resources",
+                                  [&](const Setting& v) {
+                                    read_.amounts(v, m.resources,
+                                                  "a mapping of resource names to amounts, e.g. "
+                                                  "{ vram_gb: 24, gpu_slots: 2 }");
+                                  }},
+                                 {"min_warm",
+                                  [&](const Setting& v) { read_.duration(v, m.minWarm, DefaultUnit::Seconds, true); }},
+                             });
+                 if (!problems_.lines.count(dotted + ".resources")) {
+                   problems_.error(line, dotted + ".resources",
+                                   "missing: expected what the machine has, e.g. resources: { vram_gb: 24 }");
+                 }
+                 config.machines[name] = std::move(m);
+               });
 }
 
 void Loader::readNativeSemaphore(const Setting& s, Config& config) {
@@ -159,6 +195,12 @@ void Loader::readNativeService(const std::string& name, const Setting& s, const 
                   {"stop_timeout", duration(svc.stopTimeout, DefaultUnit::Seconds, false)},
                   {"machine", [&](const Setting& v) { read_.text(v, svc.machine, "a machine name"); }},
                   {"models", [&](const Setting& v) { read_.models(v, svc.models); }},
+                  {"needs",
+                   [&](const Setting& v) {
+                     read_.amounts(v, svc.needs,
+                                   "a mapping of the machine's resource names to amounts, e.g. { vram_gb: 16 }");
+                   }},
+                  {"evictable", [&](const Setting& v) { read_.boolean(v, svc.evictable); }},
                   {"start_command", [&](const Setting& v) { read_.argv(v, svc.startCommand); }},
                   {"stop_command", [&](const Setting& v) { read_.argv(v, svc.stopCommand); }},
                   {"environment", [&](const Setting& v) { read_.environment(v, svc.environment); }},

@@ -135,6 +135,49 @@ std::string describe(const YAML::Node& node) {
   return "something else";
 }
 
+std::optional<double> parseAmount(std::string_view text) {
+  if (text.empty() || text.size() > 40) return std::nullopt;
+  bool digit = false;
+  int dots = 0;
+  for (char c : text) {
+    if (c >= '0' && c <= '9') {
+      digit = true;
+    } else if (c == '.') {
+      ++dots;
+    } else {
+      return std::nullopt;
+    }
+  }
+  if (!digit || dots > 1) return std::nullopt;
+  return std::strtod(std::string(text).c_str(), nullptr);
+}
+
+bool Reader::amounts(const Setting& s, std::map<std::string, double>& out, std::string_view what) {
+  if (!s.node.IsMap()) {
+    expected(s, std::string(what));
+    return false;
+  }
+  bool ok = true;
+  forEachEntry(problems_, s.node, s.key,
+               [&](const std::string& name, const std::string& dotted, int line, const YAML::Node& value) {
+                 const Setting item{dotted, line, value, {}};
+                 constexpr std::string_view number = "a number, 0 or more (whole or decimal, e.g. 24 or 7.5)";
+                 const auto v = scalar(item, number);
+                 if (!v) {
+                   ok = false;
+                   return;
+                 }
+                 const auto n = parseAmount(trim(*v));
+                 if (!n) {
+                   expected(item, number);
+                   ok = false;
+                   return;
+                 }
+                 out[name] = *n;
+               });
+  return ok;
+}
+
 void readMapping(Problems& problems, const YAML::Node& map, const std::string& path,
                  const std::vector<KeyHandler>& handlers, const UnknownKeyNote& note) {
   forEachEntry(problems, map, path,

@@ -38,6 +38,8 @@ std::optional<std::int64_t> parseInteger(std::string_view text);
 // Booleans as YAML 1.1 (PyYAML, so Hestia and Ansible) and environment
 // variables spell them.
 std::optional<bool> parseBool(std::string_view text);
+// A resource amount: a plain non-negative decimal number ("24", "7.5").
+std::optional<double> parseAmount(std::string_view text);
 
 // ---------------------------------------------------------------- problems
 
@@ -247,6 +249,9 @@ class Reader {
     out = std::move(names);
     return true;
   }
+
+  // A mapping of resource names to amounts (0 or more, whole or decimal).
+  bool amounts(const Setting& s, std::map<std::string, double>& out, std::string_view what);
 
   bool argv(const Setting& s, std::vector<std::string>& out) {
     constexpr std::string_view what = "a list of arguments, e.g. [\"systemctl\", \"start\", \"x\"]";

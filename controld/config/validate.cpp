@@ -7,6 +7,7 @@
 
 #include "controld/config/config.hpp"
 #include "controld/config/reader.hpp"
+#include "controld/core/placement.hpp"
 
 namespace ondemand::controld {
 
@@ -58,6 +59,63 @@ std::string originOf(std::string_view url) {
   std::transform(host.begin(), host.end(), host.begin(), [](unsigned char c) { return std::tolower(c); });
   if (host == "localhost" || host == "[::1]") host = "127.0.0.1";
   return scheme + "://" + host + ":" + port;
+}
+
+// needs name a declared machine's declared resources, within what it has.
+template <typename Error>
+void validateMachines(const Config& config, const Error& error) {
+  // Placement decides for a whole machine at once, from what every service
+  // on it holds; in a cluster those services may have different owners, each
+  // seeing only its own. Refused rather than placed wrongly.
+  if (config.cluster && !config.machines.empty()) {
+    error(lineOf(config, "machines", config.machines.begin()->second.where.line), "machines",
+          "machines: and cluster: cannot be used together yet: placement needs one controld that owns every "
+          "service of a machine (docs/CLUSTER.md); run the machine's services on a controld without cluster:");
+  }
+  for (const auto& [name, svc] : config.services) {
+    const std::string needsKey = "services." + name + ".needs";
+    const int needsLine = lineOf(config, needsKey, svc.where.line);
+    const bool hasNeeds = !svc.needs.empty() || config.lines.count(needsKey) > 0;
+    if (!hasNeeds) continue;
+    if (svc.machine.empty()) {
+      error(needsLine, needsKey,
+            "needs without a machine: set machine: to the machine (under machines:) whose resources it uses");
+      continue;
+    }
+    const auto m = config.machines.find(svc.machine);
+    if (m == config.machines.end()) {
+      std::string known;
+      for (const auto& [machineName, machine] : config.machines)
+        known += (known.empty() ? "" : ", ") + machineName;
+      error(lineOf(config, "services." + name + ".machine", needsLine), "services." + name + ".machine",
+            "machine " + ("\"" + svc.machine + "\"") +
+                " is not declared under machines:, so its resources are unknown" +
+                (known.empty() ? std::string(" (there is no machines: section)") : " (declared: " + known + ")"));
+      continue;
+    }
+    if (svc.driverKind() == ServiceConfig::DriverKind::None) {
+      error(needsLine, needsKey,
+            "controld can only make room for services it starts and stops: add a start_command and stop_command "
+            "or a semaphore: section, or drop needs");
+    }
+    for (const auto& [resource, amount] : svc.needs) {
+      const std::string key = needsKey + "." + resource;
+      const int line = lineOf(config, key, needsLine);
+      const auto has = m->second.resources.find(resource);
+      if (has == m->second.resources.end()) {
+        std::string declared;
+        for (const auto& [r, v] : m->second.resources)
+          declared += (declared.empty() ? "" : ", ") + r + ": " + formatAmount(v);
+        error(line, key,
+              "machine " + ("\"" + svc.machine + "\"") + " declares no resource " + ("\"" + resource + "\"") +
+                  (declared.empty() ? std::string(" (it declares none)") : " (it has " + declared + ")"));
+      } else if (amount > has->second) {
+        error(line, key,
+              "needs " + formatAmount(amount) + ", more than machine " + ("\"" + svc.machine + "\"") + " has (" +
+                  resource + ": " + formatAmount(has->second) + "): it could never start");
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -135,6 +193,8 @@ ConfigProblems validateConfig(const Config& config) {
               "timeout does nothing");
     }
   }
+
+  validateMachines(config, error);
 
   if (config.semaphore) {
     const SemaphoreSettings& sem = *config.semaphore;

@@ -11,8 +11,9 @@ namespace ondemand::controld {
 
 namespace {
 constexpr EnumName<Cause> kCauseNames[] = {
-    {Cause::Request, "request"}, {Cause::Idle, "idle"},     {Cause::Cli, "cli"},         {Cause::Recovery, "recovery"},
-    {Cause::Driver, "driver"},   {Cause::Health, "health"}, {Cause::Timeout, "timeout"}, {Cause::Config, "config"}};
+    {Cause::Request, "request"},   {Cause::Idle, "idle"},     {Cause::Cli, "cli"},
+    {Cause::Recovery, "recovery"}, {Cause::Driver, "driver"}, {Cause::Health, "health"},
+    {Cause::Timeout, "timeout"},   {Cause::Config, "config"}, {Cause::Evicted, "evicted"}};
 constexpr EnumName<Phase> kPhaseNames[] = {
     {Phase::None, "none"}, {Phase::Driver, "driver"}, {Phase::Readiness, "readiness"}, {Phase::Draining, "draining"}};
 }  // namespace
@@ -209,6 +210,28 @@ Effects ServiceMachine::stopRequested(std::int64_t nowMs) {
   s_.operation = record;
   e.runStopDriver = true;
   return e;
+}
+
+Effects ServiceMachine::evict(std::int64_t nowMs, const std::string& forService) {
+  if (s_.state != ServiceState::Warm || !settings_.hasStopDriver) return {};
+  Effects e =
+      transition(nowMs, ServiceState::Stopping, Phase::Draining, Cause::Evicted, "to make room for " + forService);
+  drainDeadlineMs_ = nowMs + settings_.drainTimeout.count();
+  e.announceStopping = true;
+  return e;
+}
+
+Effects ServiceMachine::roomFailed(std::int64_t nowMs, const std::string& reason) {
+  if (!startPending()) return {};
+  Effects e;
+  e.cancelDriver = true;  // nothing runs yet; the owner forgets the queued start
+  e |= fail(nowMs, Cause::Driver, reason);
+  return e;
+}
+
+bool ServiceMachine::startPending() const {
+  return s_.state == ServiceState::Starting && s_.phase == Phase::Driver &&
+         (!s_.operation || s_.operation->driver.empty());
 }
 
 Effects ServiceMachine::operationProgress(const OperationRecord& record) {

@@ -17,7 +17,7 @@
 
 namespace ondemand::controld {
 
-enum class Cause { Request, Idle, Cli, Recovery, Driver, Health, Timeout, Config };
+enum class Cause { Request, Idle, Cli, Recovery, Driver, Health, Timeout, Config, Evicted };
 const char* toString(Cause cause);
 std::optional<Cause> parseCause(std::string_view text);
 
@@ -115,6 +115,16 @@ class ServiceMachine {
   Effects wake(std::int64_t nowMs, Cause cause, const std::string& why);
   // `controld stop`: stop now, in-flight or not.
   Effects stopRequested(std::int64_t nowMs);
+  // Shared machines: stop a warm service to make room for `forService`,
+  // through the same two-phase stop as an idle stop (a request that slips in
+  // calls it off). Cause `evicted`, detail "to make room for <forService>".
+  Effects evict(std::int64_t nowMs, const std::string& forService);
+  // A start still waiting for room (its driver has not begun) cannot have
+  // it: the service fails with `reason`, holding nothing.
+  Effects roomFailed(std::int64_t nowMs, const std::string& reason);
+  // Whether a start is asked for but its driver has not begun (it may be
+  // waiting for its machine or for its record to be on disk).
+  bool startPending() const;
 
   // The driver reports what must be persisted (e.g. the Semaphore task id).
   Effects operationProgress(const OperationRecord& record);

@@ -120,6 +120,7 @@ void Daemon::apply(Service& s, Effects e, const std::string& why) {
   const auto retryBefore = s.machine.retryAtMs();
   if (services_->applyPendingConfig(s) && s.machine.retryAtMs() != retryBefore) publish(s);
   reschedule(s);
+  placementAfter(s);
 }
 
 void Daemon::launchWhenDurable(Service& s, const Effects& e, const std::string& why) {
@@ -177,6 +178,11 @@ void Daemon::launchWhenDurable(Service& s, const Effects& e, const std::string& 
 
 void Daemon::runOperation(Service& s, OperationKind kind, const std::string& why) {
   if (!s.driver) return;
+  if (kind == OperationKind::Start && !startGoesAhead(s, why)) return;
+  launchOperation(s, kind, why);
+}
+
+void Daemon::launchOperation(Service& s, OperationKind kind, const std::string& why) {
   const auto& history = s.machine.snapshot().history;
   OperationRequest request;
   request.kind = kind;
@@ -220,6 +226,8 @@ void Daemon::resumeOperation(Service& s) {
 
 void Daemon::operationFinished(Service& s, OperationOutcome outcome) {
   const auto& op = s.machine.snapshot().operation;
+  const bool evictionStop = op && op->kind == OperationKind::Stop && s.machine.state() == ServiceState::Stopping &&
+                            s.machine.snapshot().cause == Cause::Evicted;
   LogLine(outcome.ok ? LogLevel::Info : LogLevel::Warning, "operation_end")
       .kv("service", s.config.name)
       .kv("operation", op ? toString(op->kind) : "?")
@@ -230,6 +238,14 @@ void Daemon::operationFinished(Service& s, OperationOutcome outcome) {
   if (s.holdsMachine) {
     s.holdsMachine = false;
     machineQueue_.release(s.config.machine, s.config.name);
+  }
+  if (evictionStop && !outcome.ok) {
+    // Before the service counts as warm again, so it is not evicted anew.
+    placement_.stopFailed(s.config.name, outcome.reason);
+    const std::string forService = s.evictedFor;
+    apply(s, s.machine.operationDone(clockMillisNow(), outcome));
+    evictionStopFailed(s, forService, outcome.reason);
+    return;
   }
   apply(s, s.machine.operationDone(clockMillisNow(), outcome));
 }
@@ -454,8 +470,8 @@ void Daemon::handleCommand(ControlConnection& c, const protocol::Command& comman
 }
 
 StatusSources Daemon::statusSources() const {
-  return StatusSources{config_,      *services_, *server_,    machineQueue_,
-                       startedAtMs_, ledger_,    *telemetry_, cluster_.get()};
+  return StatusSources{config_,     *services_, *server_,    machineQueue_, placement_,
+                       startedAtMs_, ledger_,   *telemetry_, cluster_.get()};
 }
 
 // GET /metrics: the status reply in Prometheus' text format, exactly what
@@ -533,6 +549,7 @@ int Daemon::run() {
   warnIfStateDirNotWritable();
   for (const auto& [name, c] : config_.services)
     services_->add(c);
+  configurePlacement();
   // Signals first: once the socket exists, clients (and systemd) may signal us.
   signals_.start();
   server_->setLimits(connectionLimits());
@@ -558,8 +575,12 @@ int Daemon::run() {
   if (config_.cluster) {
     startCluster();  // etcd, not the state files, holds the truth of a cluster
   } else {
+    restoring_ = true;
     restoreFromDisk();
+    restoring_ = false;
   }
+  for (const auto& machine : placement_.machineNames())
+    pumpMachine(machine);
   LogLine(LogLevel::Info, "ready")
       .kv("version", versionString())
       .kv("socket", config_.socketPath)
@@ -644,6 +665,7 @@ void Daemon::reload() {
   telemetry_->configureStatsd(config_.statsd);
   resolveAdmins();
   if (cluster_) clusterServices();
+  configurePlacement();
   for (const auto& change : changes) {
     if (change.added) {
       LogLine(LogLevel::Info, "service_added").kv("service", change.service->config.name);
@@ -655,6 +677,8 @@ void Daemon::reload() {
       apply(*change.service, Effects{});  // applies now unless an operation or readiness check is under way
     }
   }
+  for (const auto& machine : placement_.machineNames())
+    pumpMachine(machine);
   LogLine(LogLevel::Info, "reloaded").kv("services", static_cast<std::uint64_t>(services_->size()));
   notifySystemd("READY=1");
 }

@@ -19,6 +19,7 @@
 #include "controld/config/config.hpp"
 #include "controld/core/activity_ledger.hpp"
 #include "controld/core/machine_queue.hpp"
+#include "controld/core/placement.hpp"
 #include "controld/core/service_machine.hpp"
 #include "controld/daemon/config_swap.hpp"
 #include "controld/daemon/service_registry.hpp"
@@ -62,6 +63,7 @@ class Daemon : public ControlServer::Handler, public ClusterHost {
   void apply(Service& service, Effects effects, const std::string& why = {});
   void launchWhenDurable(Service& service, const Effects& effects, const std::string& why);
   void runOperation(Service& service, OperationKind kind, const std::string& why);
+  void launchOperation(Service& service, OperationKind kind, const std::string& why);
   void resumeOperation(Service& service);
   void operationFinished(Service& service, OperationOutcome outcome);
   void beginDrain(Service& service);
@@ -74,6 +76,14 @@ class Daemon : public ControlServer::Handler, public ClusterHost {
   void handleActivity(ControlConnection& connection, const protocol::Activity& activity);
   void handleStoppingAck(ControlConnection& connection, const protocol::StoppingAck& ack);
   void handleCommand(ControlConnection& connection, const protocol::Command& command);
+
+  // Shared machines (daemon_placement.cpp).
+  void configurePlacement();
+  void placementAfter(Service& service);  // after every input: tell placement, queue a start that needs room
+  bool startGoesAhead(Service& service, const std::string& why);  // false: placement holds the start back
+  void pumpMachine(const std::string& machine);
+  void publishWaitReasons(const std::string& machine);
+  void evictionStopFailed(Service& service, const std::string& forService, const std::string& reason);
 
   void reload();
   void shutdown();
@@ -110,10 +120,14 @@ class Daemon : public ControlServer::Handler, public ClusterHost {
   std::unique_ptr<Cluster> cluster_;  // with `cluster:` only
   MachineQueue machineQueue_;
   ActivityLedger ledger_;
-  std::map<std::string, std::uint64_t> unknownWakes_;  // unknown service name -> count (logged once), bounded
-  std::uint64_t unknownWakesOther_ = 0;                // wakes for unknown names past that bound
-  std::set<uid_t> adminUids_;                          // admin_users, resolved
-  std::set<gid_t> adminGids_;                          // admin_groups, resolved
+  Placement placement_;
+  bool restoring_ = false;                                       // placement waits until every state file is read
+  std::set<std::string> pumping_, pumpAgain_;                    // machines whose placement is being decided
+  std::map<std::string, std::unique_ptr<Timer>> machineTimers_;  // a min_warm guard runs out
+  std::map<std::string, std::uint64_t> unknownWakes_;            // unknown service name -> count (logged once), bounded
+  std::uint64_t unknownWakesOther_ = 0;                          // wakes for unknown names past that bound
+  std::set<uid_t> adminUids_;                                    // admin_users, resolved
+  std::set<gid_t> adminGids_;                                    // admin_groups, resolved
   DaemonSignals signals_;
   Watchdog watchdog_;
   std::int64_t startedAtMs_ = 0;

@@ -39,6 +39,13 @@ struct Service {
   std::uint64_t startedTotal = 0;              // requests started, as reported by workers
   std::optional<ServiceConfig> pendingConfig;  // a reload that waits for the operation under way
   std::uint64_t eventEpoch = 0;                // the epoch whose transition was last logged and sent as an event
+  // Shared machines: a start that needs room begins once placement lets it
+  // (startPlaced) and its record is on disk (startRecorded).
+  bool startPlaced = false;
+  bool startRecorded = false;
+  std::string startWhy;
+  std::string waitReason;  // what the queued start waits for, as last published
+  std::string evictedFor;  // stopping to make room for this service
 };
 
 // "command", "semaphore" or "none".

@@ -69,10 +69,31 @@ protocol::StatusReply::Service serviceStatus(const Service& s, const StatusSourc
   out.healthUrl = withoutCredentials(s.config.healthUrl);  // a password in it is not for whoever reads status
   out.baseUrl = withoutCredentials(s.config.baseUrl);
   out.idleTimeoutMs = s.config.idleTimeout.count();
-  out.queued = src.machineQueue.waiting(s.config.machine, s.config.name);
+  out.queued = src.machineQueue.waiting(s.config.machine, s.config.name) || src.placement.queued(s.config.name);
   if (src.cluster) out.owner = src.cluster->ownerOf(s.config.name);
+  out.needs.assign(s.config.needs.begin(), s.config.needs.end());
+  out.evictable = s.config.evictable;
+  if (src.placement.queued(s.config.name)) out.waitingFor = src.placement.waitReason(s.config.name);
   addRecord(out, snap);
   return out;
+}
+
+protocol::StatusReply::Machine machineStatus(const std::string& name, const StatusSources& src) {
+  const MachineUsage u = src.placement.usage(name);
+  protocol::StatusReply::Machine m;
+  m.name = name;
+  if (const auto it = src.config.machines.find(name); it != src.config.machines.end()) {
+    m.minWarmMs = it->second.minWarm.count();
+  }
+  for (const auto& [resource, total] : u.total) {
+    const auto used = u.used.find(resource);
+    m.resources.push_back({resource, total, used == u.used.end() ? 0 : used->second});
+  }
+  for (const auto& h : u.holders)
+    m.holders.push_back({h.service, h.state, {h.needs.begin(), h.needs.end()}});
+  for (const auto& q : u.queue)
+    m.queue.push_back({q.service, q.sinceMs, q.reason});
+  return m;
 }
 
 }  // namespace
@@ -96,12 +117,22 @@ protocol::StatePush statePush(const Service& s) {
   if (snap.startsOk > 0) p.lastStartMs = snap.lastStartMs;
   p.models = s.config.models;
   p.upstream = upstreamOf(s.config.baseUrl);
+  if (snap.state == ServiceState::Starting) p.waiting = s.waitReason;
   return p;
 }
 
 std::string eventLine(const Service& s, const Transition& t, std::uint64_t epoch) {
   return protocol::encode(
-      protocol::Event{s.config.name, toWallMs(t.atMs), t.from, t.to, toString(t.cause), t.detail, t.taskId, epoch});
+      protocol::Event{s.config.name, toWallMs(t.atMs), t.from, t.to, toString(t.cause), t.detail, t.taskId, epoch, {}});
+}
+
+// nowMs is controld's monotonic clock (clockMillisNow); the event shows wall time.
+std::string waitingEventLine(const Service& s, const std::string& machine, std::int64_t nowMs) {
+  const ServiceState state = s.machine.state();
+  const bool waiting = !s.waitReason.empty();
+  return protocol::encode(protocol::Event{s.config.name, toWallMs(nowMs), state, state, waiting ? "waiting" : "room",
+                                          waiting ? s.waitReason : "room found on " + machine, 0, s.machine.epoch(),
+                                          machine});
 }
 
 std::string replyLine(std::int64_t id, bool ok, const std::string& error, const Service* s) {
@@ -123,6 +154,8 @@ std::string statusReplyLine(std::int64_t id, const std::string& only, const Stat
   for (const auto& [name, s] : src.services) {
     if (only.empty() || name == only) reply.services.push_back(serviceStatus(*s, src));
   }
+  for (const auto& machine : src.placement.machineNames())
+    reply.machines.push_back(machineStatus(machine, src));
   return protocol::encode(reply);
 }
 

@@ -10,6 +10,7 @@
 #include "controld/config/config.hpp"
 #include "controld/core/activity_ledger.hpp"
 #include "controld/core/machine_queue.hpp"
+#include "controld/core/placement.hpp"
 #include "controld/daemon/service_registry.hpp"
 #include "controld/io/control_server.hpp"
 #include "shared/protocol.hpp"
@@ -22,6 +23,9 @@ protocol::StatePush statePush(const Service& service);
 
 // One `event` line for one of the service's transitions, which made `epoch`.
 std::string eventLine(const Service& service, const Transition& transition, std::uint64_t epoch);
+// One `event` line saying the service's start waits for room (or found it):
+// from and to its state, cause `waiting` (or `room`), the reason as detail.
+std::string waitingEventLine(const Service& service, const std::string& machine, std::int64_t nowMs);
 
 // A command's reply; with `service`, its state after the command.
 std::string replyLine(std::int64_t id, bool ok, const std::string& error, const Service* service);
@@ -32,6 +36,7 @@ struct StatusSources {
   const ServiceRegistry& services;
   const ControlServer& server;
   const MachineQueue& machineQueue;
+  const Placement& placement;
   std::int64_t startedAtMs;
   const ActivityLedger& ledger;      // requests held, per service
   const Telemetry& telemetry;        // histograms and stops

@@ -109,3 +109,16 @@ TEST_CASE("cluster: mistakes name the file, the line and the key") {
     INFO(problems(r));
   }
 }
+
+TEST_CASE("cluster: and machines: together are refused, naming the machines line") {
+  Dir dir;
+  const auto r = loadConfig(dir.write("controld.yaml",
+                                      "cluster:\n  etcd: http://127.0.0.1:2379\n"
+                                      "machines:\n  gpu-01:\n    resources: { vram_gb: 24 }\n" +
+                                          kService),
+                            {});
+  CHECK(!r.config);
+  INFO(problems(r));
+  CHECK(problems(r).find("controld.yaml:3: machines: machines: and cluster: cannot be used together yet") !=
+        std::string::npos);
+}

@@ -817,3 +817,151 @@ TEST_CASE("a base_url gives workers host:port, the port defaulted from the schem
   CHECK(upstreamOf("http://user:secret@host:9000/") == "host:9000");
   CHECK(upstreamOf("") == "");
 }
+
+// --- shared machines -----------------------------------------------------------
+
+namespace {
+std::string gpuBox(const std::string& bNeeds, const std::string& extra = "") {
+  return "machines:\n"
+         "  gpu-01:\n"
+         "    resources: { vram_gb: 24, gpu_slots: 2 }\n"
+         "    min_warm: 5s\n"
+         "services:\n"
+         "  a:\n"
+         "    machine: gpu-01\n"
+         "    needs: { vram_gb: 16, gpu_slots: 1 }\n"
+         "    start_command: [\"true\"]\n"
+         "    stop_command: [\"true\"]\n"
+         "  b:\n"
+         "    machine: gpu-01\n"
+         "    needs: " +
+         bNeeds +
+         "\n"
+         "    start_command: [\"true\"]\n"
+         "    stop_command: [\"true\"]\n"
+         "  e:\n"
+         "    machine: gpu-01\n"
+         "    needs: { vram_gb: 2.5 }\n"
+         "    evictable: false\n"
+         "    start_command: [\"true\"]\n"
+         "    stop_command: [\"true\"]\n" +
+         extra;
+}
+}  // namespace
+
+TEST_CASE("machines: resources, needs and evictable are read as written") {
+  auto l = load(gpuBox("{ vram_gb: 12, gpu_slots: 1 }"));
+  INFO(allProblems(l->result.errors));
+  REQUIRE(l->result.config);
+  const Config& c = *l->result.config;
+  REQUIRE(c.machines.count("gpu-01"));
+  const MachineConfig& m = c.machines.at("gpu-01");
+  CHECK(m.resources.at("vram_gb") == 24);
+  CHECK(m.resources.at("gpu_slots") == 2);
+  CHECK(m.minWarm == 5s);
+  CHECK(m.where.line == 2);
+  CHECK(c.services.at("a").needs.at("vram_gb") == 16);
+  CHECK(c.services.at("a").evictable);
+  CHECK(c.services.at("e").needs.at("vram_gb") == 2.5);
+  CHECK_FALSE(c.services.at("e").evictable);
+  CHECK(MachineConfig{}.minWarm == 30s);  // the documented default
+}
+
+TEST_CASE("needs beyond the machine name file, line, key and the machine's amount") {
+  auto l = load(gpuBox("{ vram_gb: 40 }"));
+  REQUIRE_FALSE(l->result.config);
+  REQUIRE(l->result.errors.size() == 1);
+  const std::string text = formatProblem(l->result.errors[0]);
+  CHECK(text == l->file +
+                    ":13: services.b.needs.vram_gb: needs 40, more than machine \"gpu-01\" has (vram_gb: 24): "
+                    "it could never start");
+}
+
+TEST_CASE("a resource the machine does not declare is an error listing what it has") {
+  auto l = load(gpuBox("{ ram_gb: 4 }"));
+  REQUIRE_FALSE(l->result.config);
+  const ConfigProblem* p = findProblem(l->result.errors, "services.b.needs.ram_gb");
+  REQUIRE(p);
+  CHECK(p->where.line == 13);
+  CHECK(contains(p->message, "declares no resource \"ram_gb\" (it has gpu_slots: 2, vram_gb: 24)"));
+}
+
+TEST_CASE("needs without a machine, or on an undeclared machine, are errors") {
+  auto l = load(
+      "services:\n"
+      "  x:\n"
+      "    needs: { vram_gb: 1 }\n"
+      "    start_command: [\"true\"]\n");
+  REQUIRE_FALSE(l->result.config);
+  const ConfigProblem* p = findProblem(l->result.errors, "services.x.needs");
+  REQUIRE(p);
+  CHECK(p->where.line == 3);
+  CHECK(contains(p->message, "needs without a machine"));
+
+  auto undeclared = load(gpuBox("{ vram_gb: 1 }",
+                                "  z:\n"
+                                "    machine: gpu-02\n"
+                                "    needs: { vram_gb: 1 }\n"
+                                "    start_command: [\"true\"]\n"));
+  REQUIRE_FALSE(undeclared->result.config);
+  const ConfigProblem* q = findProblem(undeclared->result.errors, "services.z.machine");
+  REQUIRE(q);
+  CHECK(q->where.line == 23);
+  CHECK(contains(q->message,
+                 "\"gpu-02\" is not declared under machines:, so its resources are unknown (declared: gpu-01)"));
+}
+
+TEST_CASE("a resource amount that is not a number, or is negative, is an error") {
+  for (const std::string bad : {"lots", "-4", "1e3", "[1]", "1.2.3"}) {
+    auto l = load(gpuBox("{ vram_gb: " + bad + " }"));
+    INFO(bad);
+    REQUIRE_FALSE(l->result.config);
+    const ConfigProblem* p = findProblem(l->result.errors, "services.b.needs.vram_gb");
+    REQUIRE(p);
+    CHECK(p->where.line == 13);
+    CHECK(contains(p->message, "expected a number, 0 or more"));
+  }
+  auto machine = load(
+      "machines:\n"
+      "  gpu-01:\n"
+      "    resources: { vram_gb: many }\n"
+      "services: {}\n");
+  const ConfigProblem* p = findProblem(machine->result.errors, "machines.gpu-01.resources.vram_gb");
+  REQUIRE(p);
+  CHECK(p->where.line == 3);
+  auto noResources = load(
+      "machines:\n"
+      "  gpu-01: { min_warm: 5s }\n"
+      "services: {}\n");
+  CHECK(findProblem(noResources->result.errors, "machines.gpu-01.resources"));
+}
+
+TEST_CASE("needs on a service controld neither starts nor stops is an error") {
+  auto l = load(
+      "machines:\n"
+      "  gpu-01: { resources: { vram_gb: 24 } }\n"
+      "services:\n"
+      "  watched:\n"
+      "    machine: gpu-01\n"
+      "    needs: { vram_gb: 4 }\n"
+      "    health_url: http://127.0.0.1:9/healthz\n");
+  REQUIRE_FALSE(l->result.config);
+  const ConfigProblem* p = findProblem(l->result.errors, "services.watched.needs");
+  REQUIRE(p);
+  CHECK(p->where.line == 6);
+}
+
+TEST_CASE("Hestia: semaphore_machine_id is the service's machine") {
+  auto l = load(
+      "semaphore_base_url: http://semaphore.internal:3000\n"
+      "semaphore_api_key: k\n"
+      "services:\n"
+      "  comfyui:\n"
+      "    health_url: http://gpu:8188/\n"
+      "    semaphore_enabled: true\n"
+      "    semaphore_machine_id: gpu-server-01\n",
+      {}, "hestia_config.yml");
+  INFO(allProblems(l->result.errors));
+  REQUIRE(l->result.config);
+  CHECK(l->result.config->services.at("comfyui").machine == "gpu-server-01");
+}

@@ -218,6 +218,25 @@ TEST_CASE("answers and the page say how long the last start took, once there was
   CHECK_THAT(json.body, Catch::Contains("\"last_start_ms\":41250"));
 }
 
+TEST_CASE("answers and the page say what a start waits for when its machine lacks room") {
+  AnswerFacts f;
+  f.kind = AnswerKind::Timeout;
+  f.service = "sdxl";
+  f.state = "starting";
+  f.startingForMs = 3000;
+  f.waitedMs = 3000;
+  f.waitLimitMs = 3000;
+  f.waiting = "waiting for room on gpu-01: comfyui has 2 requests in flight";
+  const Answer json = renderAnswer(f, false, nullptr);
+  CHECK(json.status == 504);
+  CHECK_THAT(json.body,
+             Catch::Contains("starting for 3.0 s, waiting for room on gpu-01: comfyui has 2 requests in flight"));
+  CHECK_THAT(json.body, Catch::Contains("\"waiting\":\"waiting for room on gpu-01"));
+  f.kind = AnswerKind::WaitingPage;
+  const Answer page = renderAnswer(f, true, nullptr);
+  CHECK_THAT(page.body, Catch::Contains("waiting for room on gpu-01: comfyui has 2 requests in flight"));
+}
+
 TEST_CASE("answers for browsers are HTML and escape what they show") {
   AnswerFacts f;
   f.kind = AnswerKind::StartFailed;

@@ -36,6 +36,15 @@ TEST_CASE("a state push survives encode and decode unchanged") {
   CHECK(back.reason == s.reason);
   CHECK(back.taskId == 42);
   CHECK(back.lastStartMs == 41250);
+  CHECK(back.waiting.empty());
+  CHECK(line.find("\"waiting\"") == std::string::npos);  // only while a start waits for room
+
+  s.state = ServiceState::Starting;
+  s.waiting = "waiting for room on gpu-01: comfyui has 2 requests in flight";
+  const std::string waiting = encode(s);
+  const auto again = decode(std::string_view(waiting).substr(0, waiting.size() - 1));
+  REQUIRE(again.message);
+  CHECK(std::get<StatePush>(*again.message).waiting == s.waiting);
 }
 
 TEST_CASE("a state push carries the service's models and upstream, and omits them when it has none") {
@@ -210,9 +219,15 @@ TEST_CASE("replies and events are written as docs/PROTOCOL.md describes them") {
   CHECK(encode(Reply{4, false, "unknown service \"x\"", Reply::Service{ServiceState::Warm, 9, "why"}}) ==
         "{\"type\":\"reply\",\"id\":4,\"ok\":false,\"error\":\"unknown service \\\"x\\\"\",\"state\":\"warm\","
         "\"epoch\":9,\"reason\":\"why\"}\n");
-  CHECK(encode(Event{"gpu", 1000, ServiceState::Cold, ServiceState::Starting, "request", "GET /", 0, 5}) ==
+  CHECK(encode(Event{"gpu", 1000, ServiceState::Cold, ServiceState::Starting, "request", "GET /", 0, 5, {}}) ==
         "{\"type\":\"event\",\"service\":\"gpu\",\"at\":1000,\"from\":\"cold\",\"to\":\"starting\","
         "\"cause\":\"request\",\"detail\":\"GET /\",\"task_id\":0,\"epoch\":5}\n");
+  // A start waiting for room names its machine.
+  CHECK(encode(Event{"b", 1000, ServiceState::Starting, ServiceState::Starting, "waiting",
+                     "waiting for room on gpu-01: a is starting", 0, 5, "gpu-01"}) ==
+        "{\"type\":\"event\",\"service\":\"b\",\"at\":1000,\"from\":\"starting\",\"to\":\"starting\","
+        "\"cause\":\"waiting\",\"detail\":\"waiting for room on gpu-01: a is starting\",\"task_id\":0,"
+        "\"epoch\":5,\"machine\":\"gpu-01\"}\n");
 }
 
 TEST_CASE("the status reply has every field of status --json, null where nothing is under way") {
@@ -245,7 +260,7 @@ TEST_CASE("the status reply has every field of status --json, null where nothing
         std::string::npos);
   CHECK(line.find("{\"name\":\"idle\"") != std::string::npos);
   CHECK(line.find("\"idle_stop_at\":null") != std::string::npos);
-  CHECK(line.find("\"operation\":null,\"last_operation\":null,\"history\":[]}]}\n") != std::string::npos);
+  CHECK(line.find("\"operation\":null,\"last_operation\":null,\"history\":[]}],\"machines\":[]}\n") != std::string::npos);
 }
 
 namespace {
