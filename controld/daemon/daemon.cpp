@@ -51,6 +51,7 @@ Daemon::~Daemon() {
   telemetry_.reset();
   server_.reset();
   http_.reset();
+  machineTimers_.clear();  // their handles are freed by the loop's last turn
   signals_.stop();
   closeLoop(loop_);
 }

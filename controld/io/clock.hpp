@@ -16,7 +16,9 @@ namespace ondemand::controld {
 // controld's clock now, in (approximately unix) ms.
 std::int64_t clockMillisNow();
 
-// The wall clock minus controld's clock: 0 until the wall clock is stepped.
+// The wall clock minus controld's clock: 0 until the wall clock is stepped
+// (moves by more than half a second against the monotonic clock); jitter
+// below that is ignored, so a time converted twice gives the same answer.
 std::int64_t wallOffsetMs();
 
 // Times that are 0 ("none") stay 0.
