@@ -7,6 +7,7 @@
 
 #include "controld/cli/client.hpp"
 #include "controld/cli/commands.hpp"
+#include "controld/cli/install_units.hpp"
 #include "controld/config/config.hpp"
 #include "controld/daemon/daemon.hpp"
 #include "controld/drivers/semaphore/semaphore_check.hpp"
@@ -144,6 +145,15 @@ int cliMain(int argc, char** argv) {
   auto* metricsCmd =
       app.add_subcommand("metrics", "the status in Prometheus' text format (for node_exporter's textfile collector)");
 
+  auto* installCmd =
+      app.add_subcommand("install-units", "write controld.service and controld.socket for a configuration");
+  std::string unitDir = "/etc/systemd/system";
+  std::string unitBinary;
+  std::string unitUser;
+  installCmd->add_option("--dir", unitDir, "where to write them (default /etc/systemd/system)");
+  installCmd->add_option("--binary", unitBinary, "controld's path in ExecStart= (default: this program)");
+  installCmd->add_option("--user", unitUser, "run controld as this user (default root)");
+
   auto* check = app.add_subcommand("check-config", "validate a configuration: every problem with file:line and key");
   check->add_option("file", checkFile, "the file to check (or --config FILE)");
   check->add_flag("--online", online, "also ask Semaphore: reachable, token accepted, templates exist");
@@ -165,6 +175,13 @@ int cliMain(int argc, char** argv) {
   if (app.got_subcommand("version")) {
     std::cout << versionString() << " (protocol " << protocol::kVersion << ")\n";
     return kExitOk;
+  }
+  if (*installCmd) {
+    if (configOption.empty()) {
+      std::cerr << "install-units: which configuration? controld install-units --config FILE\n";
+      return kExitUsage;
+    }
+    return installUnits(configOption, unitDir, unitBinary, unitUser);
   }
   if (*check) return checkConfig(checkFile, configOption, online);
   if (*serve) {

@@ -3,6 +3,8 @@
 the notify socket) with a wedged controld, and journal fields (JOURNAL_STREAM
 and the journal's native protocol)."""
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,7 +12,17 @@ import threading
 import time
 import unittest
 
-from harness import CONTROLD, OndemandTestCase, free_port, wait_until
+from harness import CONTROLD, SOURCE_DIR, OndemandTestCase, free_port, http_request, wait_until
+
+
+def unit_settings(text):
+    """'Key=value' lines of a unit file -> {key: [values]} (comments and sections skipped)."""
+    settings = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    return settings
 
 
 class DatagramSink:
@@ -188,3 +200,81 @@ class SystemdTest(OndemandTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+class InstallUnitsTest(OndemandTestCase):
+    """`controld install-units` for installs from source: the units it writes
+    pass systemd-analyze verify, and run controld on that configuration the
+    way systemd would (the socket unit's path is the one controld accepts)."""
+
+    service_config = SystemdTest.service_config
+
+    def install_units(self, *args):
+        return subprocess.run([CONTROLD, "install-units"] + list(args), capture_output=True, text=True, timeout=30)
+
+    def test_the_units_written_for_a_configuration_verify_and_run_it(self):
+        port = free_port()
+        config = self.write("controld.yaml", self.service_config(port))
+        out = self.install_units("--config", config, "--dir", self.path("units"), "--user", "nobody")
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertIn("wrote " + self.path("units", "controld.service"), out.stdout)
+        self.assertIn("systemctl daemon-reload", out.stdout)
+        with open(self.path("units", "controld.service")) as f:
+            service = unit_settings(f.read())
+        with open(self.path("units", "controld.socket")) as f:
+            socket_unit = unit_settings(f.read())
+        self.assertEqual(service["ExecStart"], ["%s serve --config %s" % (os.path.realpath(CONTROLD), config)])
+        self.assertEqual(service["User"], ["nobody"])
+        self.assertEqual(service["Group"], ["nogroup"])
+        self.assertEqual(service["Type"], ["notify"])
+        self.assertEqual(service["WatchdogSec"], ["30s"])
+        self.assertEqual(service["Requires"], ["controld.socket"])
+        self.assertEqual(service["EnvironmentFile"], ["-/etc/default/controld"])
+        # Neither the socket nor state_dir is under /run or /var/lib: both
+        # stay writable through ProtectSystem=strict.
+        self.assertEqual(sorted(service["ReadWritePaths"]), sorted([self.dir, self.path("state")]))
+        self.assertEqual(socket_unit["ListenStream"], [self.path("controld.sock")])
+        self.assertEqual(socket_unit["SocketUser"], ["nobody"])
+
+        if shutil.which("systemd-analyze"):
+            man = self.path("man", "man8")
+            os.makedirs(man)
+            shutil.copy(os.path.join(SOURCE_DIR, "packaging", "man", "controld.8"), man)
+            verify = subprocess.run(["systemd-analyze", "verify", self.path("units", "controld.service"),
+                                     self.path("units", "controld.socket")], capture_output=True, text=True,
+                                    timeout=60, env=dict(os.environ, MANPATH=self.path("man")))
+            self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
+
+        # What systemd does with them: bind ListenStream=, then run ExecStart=
+        # with the socket as fd 3. controld refuses a socket of another path,
+        # so serving here proves the two units agree with the configuration.
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(socket_unit["ListenStream"][0])
+        listener.listen(64)
+        self.addCleanup(listener.close)
+        fd = listener.fileno()
+        script = 'exec 3<&%d %d<&-; export LISTEN_FDS=1 LISTEN_PID=$$; exec "$@"' % (fd, fd)
+        self.controld_config = config
+        self.controld_socket = self.path("controld.sock")
+        self.spawn(["/bin/sh", "-c", script, "sh"] + shlex.split(service["ExecStart"][0]), "controld.log",
+                   pass_fds=(fd,))
+        wait_until(lambda: self.cli_ok("status"), 10, message="controld serving on the unit's socket")
+        self.assertEqual(self.cli("start", "--wait", "web").returncode, 0)
+        self.assertEqual(http_request(port, "/healthz")[0], 200)
+
+    def test_a_configuration_error_or_an_unknown_user_writes_nothing(self):
+        bad = self.write("bad.yaml", "socket: %s\nservices:\n  web:\n    idle_timeout: soon\n" % self.path("c.sock"))
+        out = self.install_units("--config", bad, "--dir", self.path("units"))
+        self.assertEqual(out.returncode, 2, out.stdout + out.stderr)
+        self.assertIn(bad + ":4", out.stderr)
+        self.assertIn("idle_timeout", out.stderr)
+        self.assertFalse(os.path.exists(self.path("units")))
+
+        good = self.write("controld.yaml", self.service_config(free_port()))
+        out = self.install_units("--config", good, "--dir", self.path("units"), "--user", "no-such-user-here")
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("there is no user no-such-user-here", out.stderr)
+        self.assertFalse(os.path.exists(self.path("units")))
+
+        out = self.install_units("--dir", self.path("units"))
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn("--config FILE", out.stderr)
