@@ -185,9 +185,9 @@ std::string prometheusText(const rapidjson::Value& status) {
     e.family("ondemand_machine_resource_used", "gauge", "What the machine's services hold of each resource.");
     for (const auto& [labels, value] : used)
       e.sample("ondemand_machine_resource_used", labels, value);
-    e.family("ondemand_machine_resource_total", "gauge", "How much of each resource the machine has.");
+    e.family("ondemand_machine_resource_capacity", "gauge", "How much of each resource the machine has.");
     for (const auto& [labels, value] : total)
-      e.sample("ondemand_machine_resource_total", labels, value);
+      e.sample("ondemand_machine_resource_capacity", labels, value);
   }
 
   const auto daemon = status.FindMember("daemon");

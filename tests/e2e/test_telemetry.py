@@ -165,6 +165,42 @@ class TelemetryTest(ModuleTestCase):
         for w in waits:
             self.assertGreaterEqual(int(w.split(":")[1].split("|")[0]), 900, waits)
 
+    def test_an_eviction_is_counted_and_the_machine_shows_what_its_services_hold(self):
+        self.metrics_port = free_port()
+        ports = {"a": free_port(), "b": free_port()}
+        on_gpu = "    machine: gpu-01\n    needs: { vram_gb: %d }\n"
+        self.start_controld_with(
+            [self.sample_yaml("a", ports["a"], extra=on_gpu % 16), self.sample_yaml("b", ports["b"], extra=on_gpu % 12)],
+            extra="metrics_listen: 127.0.0.1:%d\nstatsd: {host: 127.0.0.1, port: %d, namespace: odtest}\n"
+                  "machines:\n  gpu-01:\n    resources: { vram_gb: 24 }\n    min_warm: 0s\n" %
+                  (self.metrics_port, self.statsd.port))
+        self.start_front(location("/a/", "a", ports["a"]) + location("/b/", "b", ports["b"]))
+        machine = 'machine="gpu-01",resource="vram_gb"'
+
+        text = self.scrape()[2]
+        self.promtool_check(text)
+        self.assertEqual(sample_value(text, "ondemand_machine_resource_capacity", machine), 24)
+        self.assertEqual(sample_value(text, "ondemand_machine_resource_used", machine), 0)
+
+        self.assertEqual(self.get("/a/").status, 200)
+        self.assertEqual(sample_value(self.scrape()[2], "ondemand_machine_resource_used", machine), 16)
+        # b does not fit beside a: a (idle) is evicted, then b starts.
+        self.assertEqual(self.get("/b/").status, 200)
+
+        def evicted():
+            text = self.scrape()[2]
+            return text if sample_value(text, "ondemand_stops_total", 'service="a",reason="evicted"') == 1 else None
+        text = wait_until(evicted, 15, message="a's eviction on /metrics")
+        self.promtool_check(text)
+        self.assertEqual(sample_value(text, "ondemand_stops_total", 'service="a",reason="idle"'), 0)
+        self.assertEqual(sample_value(text, "ondemand_machine_resource_used", machine), 12)
+        self.assertEqual(sample_value(text, "ondemand_service_state", 'service="a",state="cold"'), 1)
+        self.assertEqual(sample_value(text, "ondemand_service_state", 'service="b",state="warm"'), 1)
+        self.assertEqual(sample_value(text, "ondemand_starts_total", 'service="b",result="ok"'), 1)
+        self.assertEqual(sample_value(text, "ondemand_cold_start_duration_seconds_count", 'service="b"'), 1)
+        wait_until(lambda: self.statsd.matching(r"odtest\.a\.stop\.evicted:1\|c"), 10,
+                   message="the eviction on StatsD")
+
     def test_the_serve_flags_set_statsd_and_nothing_is_sent_without_them(self):
         quiet = StatsdListener()
         self.addCleanup(quiet.close)
@@ -204,7 +240,7 @@ class TelemetryTest(ModuleTestCase):
                                  extra="metrics_listen: 127.0.0.1:%d\n" % self.metrics_port)
         page = self.scrape()[2]
         served = set(re.findall(r"^# TYPE (\S+) ", page, re.M))
-        served.update({"ondemand_machine_resource_used", "ondemand_machine_resource_total"})  # with machines: only
+        served.update({"ondemand_machine_resource_used", "ondemand_machine_resource_capacity"})  # with machines: only
         used = set()
         for expr in exprs:
             for name in re.findall(r"\bondemand_[a-z_]+", expr):
