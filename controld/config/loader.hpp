@@ -33,7 +33,7 @@ inline constexpr std::string_view kHestiaServiceKeys[] = {"idle_timeout_ms", "re
                                                           "routing"};
 inline constexpr std::string_view kNativeTopKeys[] = {"socket",         "socket_mode", "socket_group", "state_dir",
                                                       "history_size",   "semaphore",   "admin_users",  "admin_groups",
-                                                      "metrics_listen", "statsd",      "cluster",       "machines"};
+                                                      "metrics_listen", "statsd",      "cluster",      "machines"};
 inline constexpr std::string_view kNativeServiceKeys[] = {
     "warmup",         "start_timeout", "idle_timeout", "failure_backoff", "health_interval",
     "health_timeout", "stop_timeout",  "machine",      "start_command",   "stop_command",

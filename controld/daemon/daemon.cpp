@@ -471,8 +471,8 @@ void Daemon::handleCommand(ControlConnection& c, const protocol::Command& comman
 }
 
 StatusSources Daemon::statusSources() const {
-  return StatusSources{config_,     *services_, *server_,    machineQueue_, placement_,
-                       startedAtMs_, ledger_,   *telemetry_, cluster_.get()};
+  return StatusSources{config_,      *services_, *server_,    machineQueue_, placement_,
+                       startedAtMs_, ledger_,    *telemetry_, cluster_.get()};
 }
 
 // GET /metrics: the status reply in Prometheus' text format, exactly what

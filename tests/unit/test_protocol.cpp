@@ -260,7 +260,8 @@ TEST_CASE("the status reply has every field of status --json, null where nothing
         std::string::npos);
   CHECK(line.find("{\"name\":\"idle\"") != std::string::npos);
   CHECK(line.find("\"idle_stop_at\":null") != std::string::npos);
-  CHECK(line.find("\"operation\":null,\"last_operation\":null,\"history\":[]}],\"machines\":[]}\n") != std::string::npos);
+  CHECK(line.find("\"operation\":null,\"last_operation\":null,\"history\":[]}],\"machines\":[]}\n") !=
+        std::string::npos);
 }
 
 namespace {
