@@ -48,21 +48,28 @@ std::string seconds(std::int64_t ms) {
   return buf;
 }
 
+// " (since 21:40:02 UTC, 12.3 s ago)", or nothing when since is unknown.
+std::string sinceWhen(std::int64_t sinceMs, std::int64_t forMs) {
+  if (sinceMs <= 0) return {};
+  const std::time_t secs = static_cast<std::time_t>(sinceMs / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%H:%M:%S UTC", &tm);
+  std::string out = " (since ";
+  out += buf;
+  if (forMs >= 0) out += ", " + seconds(forMs) + " ago";
+  return out + ")";
+}
+
 // "controld cannot be reached (since 21:40:02 UTC, 12.3 s ago)".
 std::string unreachableSince(const AnswerFacts& f) {
-  std::string out = "controld cannot be reached";
-  if (f.unreachableSinceMs > 0) {
-    const std::time_t secs = static_cast<std::time_t>(f.unreachableSinceMs / 1000);
-    std::tm tm{};
-    gmtime_r(&secs, &tm);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%H:%M:%S UTC", &tm);
-    out += " (since ";
-    out += buf;
-    if (f.unreachableForMs >= 0) out += ", " + seconds(f.unreachableForMs) + " ago";
-    out += ")";
-  }
-  return out;
+  return "controld cannot be reached" + sinceWhen(f.unreachableSinceMs, f.unreachableForMs);
+}
+
+// In a cluster: "controld cannot reach etcd (since ...)".
+std::string etcdUnreachableSince(const AnswerFacts& f) {
+  return "controld cannot reach etcd" + sinceWhen(f.etcdUnreachableSinceMs, f.etcdUnreachableForMs);
 }
 
 // "it has been starting for 12.3 s (Semaphore task 42)", "it is stopping", ...
@@ -71,6 +78,8 @@ std::string whereItIs(const AnswerFacts& f) {
   if (f.state == "starting") {
     out = "it has been starting";
     if (f.startingForMs >= 0) out += " for " + seconds(f.startingForMs);
+  } else if (f.state == "cold" && f.etcdUnreachableSinceMs > 0) {
+    out = "it is not running";
   } else if (f.state == "cold") {
     out = "it is not running; a start has been requested";
   } else if (f.state == "stopping") {
@@ -86,6 +95,11 @@ std::string whereItIs(const AnswerFacts& f) {
   // What to expect: a start of a GPU service can take minutes, and saying
   // so up front is what keeps people from giving up or hammering reload.
   if (f.lastStartMs > 0 && f.state != "unreachable") out += "; the last start took " + seconds(f.lastStartMs);
+  // A cluster node cut off from etcd starts and stops nothing: no answer
+  // may suggest that a start is coming.
+  if (f.etcdUnreachableSinceMs > 0 && f.state != "unreachable") {
+    out += "; " + etcdUnreachableSince(f) + ", so nothing starts or stops it from here until etcd is back";
+  }
   return out;
 }
 
@@ -116,6 +130,9 @@ std::string jsonBody(const AnswerFacts& f, int status, const std::string& messag
   if (f.taskId > 0) w.i64("task_id", f.taskId);
   if (f.unreachableSinceMs > 0)
     w.i64("unreachable_since", f.unreachableSinceMs).i64("unreachable_for_ms", f.unreachableForMs);
+  if (f.etcdUnreachableSinceMs > 0) {
+    w.i64("etcd_unreachable_since", f.etcdUnreachableSinceMs).i64("etcd_unreachable_for_ms", f.etcdUnreachableForMs);
+  }
   if (f.waitedMs > 0 || f.kind == AnswerKind::Timeout) w.i64("waited_ms", f.waitedMs);
   if (retryAfter > 0) w.i64("retry_after", retryAfter);
   return w.endObject().line();
@@ -138,6 +155,10 @@ std::string describe(const AnswerFacts& f) {
       if (f.state == "unreachable") {
         return "Service " + name + " did not become ready within " + seconds(f.waitLimitMs) + ": " + whereItIs(f) +
                ". Try again once controld is back.";
+      }
+      if (f.etcdUnreachableSinceMs > 0) {
+        return "Service " + name + " did not become ready within " + seconds(f.waitLimitMs) + ": " + whereItIs(f) +
+               ". Try again once etcd is back.";
       }
       return "Service " + name + " did not become ready within " + seconds(f.waitLimitMs) + ": " + whereItIs(f) +
              ". Its start carries on; try again shortly.";

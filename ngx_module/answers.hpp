@@ -29,6 +29,10 @@ struct AnswerFacts {
   std::int64_t lastStartMs = 0;  // how long the last good start took; 0: none yet
   std::int64_t unreachableSinceMs = 0;  // state "unreachable": unix ms since when (0: unknown)
   std::int64_t unreachableForMs = -1;
+  // In a cluster: controld cannot reach etcd (since, unix ms; 0: it can), so
+  // it starts and stops nothing (docs/CLUSTER.md).
+  std::int64_t etcdUnreachableSinceMs = 0;
+  std::int64_t etcdUnreachableForMs = -1;
   std::int64_t waitedMs = 0;
   std::int64_t waitLimitMs = 0;
   std::uint64_t maxWaiting = 0;

@@ -319,6 +319,7 @@ void writeServiceState(JsonWriter& w, const ServiceEntry& e, bool reasons) {
   w.str("reason", reasons ? std::string_view(st.reason) : std::string_view());
   w.i64("task_id", st.taskId).i64("retry_at", st.retryAtMs).i64("last_start_ms", st.lastStartMs);
   if (!st.waiting.empty()) w.str("waiting_for", st.waiting);
+  if (st.etcdUnreachableSinceMs > 0) w.i64("etcd_unreachable_since", st.etcdUnreachableSinceMs);
 }
 
 void writeLinkState(JsonWriter& w, const ControlLink& link) {

@@ -67,6 +67,7 @@ constexpr std::string_view kAnswerScript = R"((function () {
   }
   function reload(why) { if (done) return; done = true; if (why) set("od-hint", why); location.reload(); }
   var unreachable = d.state === "unreachable";
+  var etcdDown = d.etcd_unreachable_for_ms >= 0;  // in a cluster: this node starts nothing until etcd is back
   var startedAt = d.starting_for_ms >= 0 ? t0 - d.starting_for_ms : -1;
   var retryAt = d.retry_in_ms > 0 ? t0 + d.retry_in_ms : -1;
   function tick() {
@@ -112,6 +113,7 @@ constexpr std::string_view kAnswerScript = R"((function () {
     if (d.kind === "unknown_service") { reload(); return; }
     if (d.kind === "start_failed") { if (s.state !== "failed") reload(); return; }
     if (s.state === "failed") { es.close(); reload(); return; }
+    if (!!s.etcd_unreachable_since !== etcdDown) { reload(); return; }  // etcd went or came back
     d.state = s.state;
     set("od-state", s.state);
     set("od-wait", s.waiting_for || "");
@@ -236,6 +238,8 @@ std::string renderFrame(const PageFrame& f) {
 
 std::string answerPage(const AnswerFacts& f, int status, std::string_view message) {
   const bool unreachable = f.state == "unreachable";
+  // In a cluster, cut off from etcd: nothing is starting either.
+  const bool etcdDown = !unreachable && f.etcdUnreachableSinceMs > 0;
   const bool waitingKind = f.kind == AnswerKind::WaitingPage || f.kind == AnswerKind::Timeout;
   PageFrame frame;
   std::string headline;
@@ -245,12 +249,13 @@ std::string answerPage(const AnswerFacts& f, int status, std::string_view messag
     case AnswerKind::WaitingPage:
     case AnswerKind::Timeout:
     case AnswerKind::NotReady:
-      headline = unreachable                     ? std::string(f.service) + " cannot be started now"
+      headline = unreachable || etcdDown         ? std::string(f.service) + " cannot be started now"
                  : f.kind == AnswerKind::Timeout ? std::string(f.service) + " is not ready yet"
                                                  : std::string(f.service) + " is starting";
-      frame.tone = unreachable ? "warn" : "wait";
-      hint = unreachable
-                 ? "This page carries on by itself once controld is back."
+      frame.tone = unreachable || etcdDown ? "warn" : "wait";
+      hint = unreachable ? "This page carries on by itself once controld is back."
+             : etcdDown
+                 ? "This page carries on by itself once etcd is back."
                  : "This page follows the start and opens " + std::string(f.service) + " as soon as it is ready.";
       refresh = kPageRefreshSeconds;
       break;
@@ -299,7 +304,7 @@ std::string answerPage(const AnswerFacts& f, int status, std::string_view messag
   m.append("<p id=\"od-message\" role=\"status\" aria-live=\"polite\">").append(htmlEscape(sentence)).append("</p>\n");
   if (!f.reason.empty()) m.append("<pre id=\"od-reason\">").append(htmlEscape(f.reason)).append("</pre>\n");
 
-  const bool starting = waitingKind && !unreachable && f.state != "failed";
+  const bool starting = waitingKind && !unreachable && !etcdDown && f.state != "failed";
   // Cold: this request's wake is what starts it, now.
   const std::int64_t startingForMs = !starting ? -1 : f.startingForMs >= 0 ? f.startingForMs : 0;
   if (starting) {
@@ -340,6 +345,9 @@ std::string answerPage(const AnswerFacts& f, int status, std::string_view messag
   // On a shared machine: what the start waits for (kept up to date by the
   // script, emptied once room is found).
   if (starting && !f.waiting.empty()) row("Waiting for room", "od-wait", std::string(f.waiting));
+  if (etcdDown && f.etcdUnreachableForMs >= 0) {
+    row("etcd unreachable for", "", humanSeconds(f.etcdUnreachableForMs / 1000));
+  }
   if (f.lastStartMs > 0 && !unreachable) row("Last start took", "", humanSeconds((f.lastStartMs + 500) / 1000));
   if (f.taskId > 0) row("Semaphore task", "", std::to_string(f.taskId));
   if (f.kind == AnswerKind::Timeout) row("Waited", "", humanSeconds(f.waitedMs / 1000));
@@ -371,6 +379,7 @@ std::string answerPage(const AnswerFacts& f, int status, std::string_view messag
     retryIn = static_cast<std::int64_t>(refresh) * 1000;
   }
   w.i64("retry_in_ms", retryIn).i64("unreachable_for_ms", unreachable ? f.unreachableForMs : -1);
+  w.i64("etcd_unreachable_for_ms", etcdDown ? f.etcdUnreachableForMs : -1);
   frame.data = w.endObject().text();
   frame.script = kAnswerScript;
   return renderFrame(frame);

@@ -157,6 +157,10 @@ ngx_int_t sendAnswer(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
     facts.taskId = st.taskId;
     facts.lastStartMs = st.lastStartMs;
     if (st.state == ServiceState::Starting) facts.waiting = st.waiting;
+    if (st.etcdUnreachableSinceMs > 0) {
+      facts.etcdUnreachableSinceMs = st.etcdUnreachableSinceMs;
+      facts.etcdUnreachableForMs = std::max<std::int64_t>(0, now - st.etcdUnreachableSinceMs);
+    }
     if (st.state == ServiceState::Failed) {
       // ondemand_reasons off: the reason (Ansible output, hosts, paths)
       // stays with controld's CLI; the answer still says the start failed.

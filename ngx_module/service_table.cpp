@@ -102,6 +102,9 @@ std::vector<const ServiceEntry*> ServiceTable::sortedByName() const {
 ServiceEntry& ServiceTable::applyPush(const protocol::StatePush& push) {
   ServiceEntry& entry = get(push.service);
   std::vector<std::string> before = std::move(entry.state.models);
+  // In a cluster, etcd back: controld acted on none of the wakes sent while
+  // it was away (same epoch), so the next request or parked one asks again.
+  if (entry.state.etcdUnreachableSinceMs > 0 && push.etcdUnreachableSinceMs == 0) entry.wakeSent = false;
   entry.state = push;
   if (!entry.known) entry.unknownLogged = false;
   entry.known = true;

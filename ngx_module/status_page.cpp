@@ -141,6 +141,15 @@ std::string statusHtml(ControlLink& link, bool reasons, std::string_view eventsU
   if (doc == nullptr && link.status() == LinkStatus::Up) {
     m.append("<p>controld did not send its status in time: the counts are this nginx worker's.</p>\n");
   }
+  // In a cluster every push carries it (the same for all services).
+  std::int64_t etcdDownSinceMs = 0;
+  for (const ServiceEntry* e : link.services().sortedByName())
+    if (e->known && e->state.etcdUnreachableSinceMs > 0) etcdDownSinceMs = e->state.etcdUnreachableSinceMs;
+  if (etcdDownSinceMs > 0 && link.status() == LinkStatus::Up) {
+    m.append("<p id=\"od-etcd\">controld cannot reach etcd, for ")
+        .append(humanSeconds(std::max<std::int64_t>(0, now - etcdDownSinceMs) / 1000))
+        .append(": warm services are served from the last state; nothing starts or stops until etcd is back.</p>\n");
+  }
   m.append(eventsUrl.empty() ? "<p class=\"hint\">This page reloads every 10 s.</p>\n"
                              : "<p class=\"hint\">This page updates itself as states change.</p>\n");
   m.append("</div>\n<div class=\"services\">\n");

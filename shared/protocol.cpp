@@ -151,7 +151,9 @@ Decoded decodeState(const Value& doc) {
       !f.int64("last_start_ms", s.lastStartMs, false) || !f.string("waiting", s.waiting, false)) {
     return fail(f.error());
   }
-  if (!f.string("upstream", s.upstream, false)) return fail(f.error());
+  if (!f.string("upstream", s.upstream, false) || !f.int64("etcd_unreachable_since", s.etcdUnreachableSinceMs, false)) {
+    return fail(f.error());
+  }
   if (const auto models = doc.FindMember("models"); models != doc.MemberEnd()) {
     if (!models->value.IsArray()) return fail("field \"models\" must be an array of strings");
     for (const auto& m : models->value.GetArray()) {
@@ -270,6 +272,7 @@ std::string encode(const StatePush& m) {
     w.i64("last_start_ms", m.lastStartMs);
     // Only services that have them: most pushes stay as short as before.
     if (!m.upstream.empty()) w.str("upstream", m.upstream);
+    if (m.etcdUnreachableSinceMs > 0) w.i64("etcd_unreachable_since", m.etcdUnreachableSinceMs);
     if (!m.models.empty()) {
       w.key("models").startArray();
       for (const auto& model : m.models)

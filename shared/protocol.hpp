@@ -85,6 +85,9 @@ struct StatePush {
   std::vector<std::string> models;   // the names clients may ask for instead of the service's (config)
   std::string upstream;              // "host:port" of the service's base_url, empty when it has none
   std::string waiting;  // starting, held back for room: "waiting for room on gpu-01: comfyui has 2 requests in flight"
+  // In a cluster: unix ms since when this controld cannot reach etcd (it
+  // starts and stops nothing until it can), 0 while it can or without one.
+  std::int64_t etcdUnreachableSinceMs = 0;
 };
 
 // controld -> subscriber: the service no longer exists (config reload).

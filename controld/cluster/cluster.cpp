@@ -93,7 +93,8 @@ Cluster::Cluster(uv_loop_t* loop, HttpClient& http, const ClusterSettings& setti
       etcd_(http, settings),
       keepaliveTimer_(loop),
       retryTimer_(loop),
-      watchTimer_(loop) {}
+      watchTimer_(loop),
+      leaveTimer_(loop) {}
 
 Cluster::~Cluster() {
   *alive_ = false;
@@ -122,7 +123,7 @@ void Cluster::start() {
 }
 
 bool Cluster::owns(const std::string& service) const {
-  return reachable_ && synced_ && mine_.count(service) > 0;
+  return !leaving_ && reachable_ && synced_ && mine_.count(service) > 0;
 }
 
 std::string Cluster::ownerOf(const std::string& service) const {
@@ -135,12 +136,13 @@ void Cluster::retryLater(std::function<void()> step) {
 }
 
 void Cluster::setReachable(bool reachable, const std::string& why) {
-  if (reachable == reachable_ && (reachable || why == lastError_)) return;
-  const bool changed = reachable != reachable_;
-  reachable_ = reachable;
   if (!reachable) lastError_ = why;
-  if (!changed) return;
+  // News: etcd answers again, or the first failure (also before it ever answered).
+  const bool news = reachable ? !reachable_ : unreachableSinceMs_ == 0;
+  reachable_ = reachable;
+  if (!news) return;
   reachableSinceMs_ = unixMillisNow();
+  if (!reachable) unreachableSinceMs_ = reachableSinceMs_;  // cleared once caught up (resync)
   if (reachable) {
     LogLine(LogLevel::Info, "etcd_reachable").kv("endpoint", etcd_.endpoint());
   } else {
@@ -162,6 +164,7 @@ void Cluster::failed(const EtcdClient::Reply& reply, const char* what) {
 // --- lease ------------------------------------------------------------------
 
 void Cluster::grantLease() {
+  if (leaving_) return;
   const std::int64_t ttl = settings_.leaseTtl.count() / 1000;
   etcd_.call("lease/grant", etcd::leaseGrantBody(ttl), [this, alive = alive_](EtcdClient::Reply r) {
     if (!*alive) return;
@@ -256,6 +259,7 @@ void Cluster::registerNode() {
 // --- reading and watching ---------------------------------------------------
 
 void Cluster::resync() {
+  if (leaving_) return;
   etcd_.call("kv/range", etcd::rangeBody(settings_.prefix, etcd::prefixEnd(settings_.prefix)),
              [this, alive = alive_](EtcdClient::Reply r) {
                if (!*alive) return;
@@ -301,6 +305,10 @@ void Cluster::resync() {
                  host_.clusterActivity(name, false);
                for (const auto& [name, l] : local_)
                  flushLocal(name);
+               if (unreachableSinceMs_ != 0) {  // caught up: the workers may ask again what they asked meanwhile
+                 unreachableSinceMs_ = 0;
+                 host_.clusterCaughtUp();
+               }
              });
 }
 
@@ -438,7 +446,7 @@ void Cluster::mirrorState(const std::string& service, const std::string& value) 
 // --- ownership --------------------------------------------------------------
 
 void Cluster::contend(const std::string& service) {
-  if (!leaseId_ || contending_.count(service) || mine_.count(service)) return;
+  if (leaving_ || !leaseId_ || contending_.count(service) || mine_.count(service)) return;
   contending_.insert(service);
   const std::string ownerKey = key("owner", service);
   const std::string stateKey = key("state", service);
@@ -546,7 +554,48 @@ void Cluster::flushState(const std::string& service) {
                for (auto& cb : waiting)
                  cb(ok);
                flushState(service);
+               if (leaving_) revokeWhenWritten();
              });
+}
+
+// --- leaving ----------------------------------------------------------------
+
+void Cluster::leave(std::chrono::milliseconds bound, std::function<void()> done) {
+  if (leaving_) return;
+  leaving_ = true;
+  leftCallback_ = std::move(done);
+  etcd_.cancelWatch();
+  keepaliveTimer_.stop();
+  retryTimer_.stop();
+  watchTimer_.stop();
+  leaveTimer_.start(bound, [this] { left("timed out"); });
+  revokeWhenWritten();
+}
+
+void Cluster::revokeWhenWritten() {
+  if (revoking_ || !leftCallback_) return;
+  for (const auto& [service, w] : writes_)
+    if (w.busy || w.pending) return;  // the next owner follows the newest state: it goes first
+  if (!leaseId_ || !reachable_) return left("no lease to revoke");
+  revoking_ = true;
+  etcd_.call("lease/revoke", etcd::leaseIdBody(leaseId_), [this, alive = alive_](EtcdClient::Reply r) {
+    if (!*alive) return;
+    if (!r.ok) LogLine(LogLevel::Warning, "etcd_error").kv("request", "lease/revoke").kv("why", r.error);
+    left(r.ok ? "lease revoked" : "lease not revoked");
+  });
+}
+
+void Cluster::left(const char* how) {
+  if (!leftCallback_) return;
+  leaveTimer_.stop();
+  LogLine(LogLevel::Info, "cluster_leave")
+      .kv("node", settings_.node)
+      .kv("lease", leaseId_)
+      .kv("how", how)
+      .kv("services_owned", static_cast<std::uint64_t>(mine_.size()));
+  auto done = std::move(leftCallback_);
+  leftCallback_ = nullptr;
+  done();
 }
 
 // --- activity and wakes ------------------------------------------------------

@@ -54,6 +54,8 @@ class ClusterHost {
   virtual void clusterActivity(const std::string& service, bool requestsStarted) = 0;
   // etcd became reachable or unreachable.
   virtual void clusterReachability(bool reachable) = 0;
+  // After an outage: re-read and watching again (unreachableSinceMs() is 0 again).
+  virtual void clusterCaughtUp() = 0;
 };
 
 // A node's summary of one service's settings; nodes compare them.
@@ -71,7 +73,16 @@ class Cluster {
   void setServices(std::map<std::string, std::string> summaries);
   void start();
 
+  // controld stopping: act on nothing more, let the pending state writes
+  // finish, then revoke the lease so that every key under it (owner, node,
+  // activity, wakes) goes now and another node takes over at once, not after
+  // lease_ttl. done() runs once: when etcd answered, or after `bound`.
+  void leave(std::chrono::milliseconds bound, std::function<void()> done);
+
   bool reachable() const { return reachable_; }
+  // Unix ms since when etcd does not answer this node, until it answers and
+  // this node has re-read everything and watches again; 0 otherwise.
+  std::int64_t unreachableSinceMs() const { return unreachableSinceMs_; }
   bool owns(const std::string& service) const;
   std::string ownerOf(const std::string& service) const;
 
@@ -140,6 +151,8 @@ class Cluster {
   void failed(const EtcdClient::Reply& reply, const char* what);
   void setReachable(bool reachable, const std::string& why);
   void retryLater(std::function<void()> step);
+  void revokeWhenWritten();
+  void left(const char* how);
 
   uv_loop_t* loop_;
   ClusterSettings settings_;
@@ -148,6 +161,10 @@ class Cluster {
   Timer keepaliveTimer_;
   Timer retryTimer_;
   Timer watchTimer_;
+  Timer leaveTimer_;
+  bool leaving_ = false;
+  bool revoking_ = false;
+  std::function<void()> leftCallback_;
   std::map<std::string, std::string> services_;  // mine: name -> summary
   std::int64_t leaseId_ = 0;
   std::int64_t leaseTtl_ = 0;
@@ -157,6 +174,7 @@ class Cluster {
   bool reachable_ = false;
   std::string lastError_;
   std::int64_t reachableSinceMs_ = 0;
+  std::int64_t unreachableSinceMs_ = 0;
   std::int64_t revision_ = 0;  // the store revision seen last
   std::map<std::string, Owner> owners_;
   std::map<std::string, std::int64_t> mine_;  // owned by me: service -> owner key's create_revision

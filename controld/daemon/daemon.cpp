@@ -309,7 +309,7 @@ void Daemon::publish(Service& s) {
     events += eventLine(s, t, epoch);
     telemetry_->transition(s.config.name, t, snap);
   }
-  const std::string line = protocol::encode(statePush(s));
+  const std::string line = protocol::encode(statePush(s, etcdUnreachableSinceMs()));
   server_->forEach([&](ControlConnection& c) {
     if (c.subscribed) c.send(line);
     if (c.wantsEvents && !events.empty()) c.send(events);
@@ -330,7 +330,7 @@ void Daemon::onMessage(ControlConnection& c, protocol::Message&& message) {
   if (std::holds_alternative<protocol::Subscribe>(message)) {
     c.subscribed = true;
     for (auto& [name, s] : *services_)
-      c.send(protocol::encode(statePush(*s)));
+      c.send(protocol::encode(statePush(*s, etcdUnreachableSinceMs())));
     c.send(protocol::encode(protocol::Synced{}));
   } else if (const auto* wake = std::get_if<protocol::Wake>(&message)) {
     handleWake(c, *wake);
@@ -639,6 +639,12 @@ void Daemon::shutdown() {
   server_->closeAll();
   watchdog_.stop();
   signals_.stop();
+  if (cluster_) {
+    // The next owner takes over now, from the newest state, not after lease_ttl.
+    const auto bound = std::min<Millis>(config_.cluster->requestTimeout, Millis(3000));
+    cluster_->leave(bound, [this] { uv_stop(loop_); });
+    return;
+  }
   uv_stop(loop_);
 }
 

@@ -56,6 +56,7 @@ class Daemon : public ControlServer::Handler, public ClusterHost {
   void clusterWake(const std::string& service, const std::string& reason) override;
   void clusterActivity(const std::string& service, bool requestsStarted) override;
   void clusterReachability(bool reachable) override;
+  void clusterCaughtUp() override;
 
  private:
   void restoreFromDisk();
@@ -100,6 +101,8 @@ class Daemon : public ControlServer::Handler, public ClusterHost {
   // Requests in flight for a service: this node's workers, and in a cluster
   // every other node's too.
   std::uint64_t inFlight(const std::string& service) const;
+  // In a cluster: since when etcd does not answer (pushed with every state); 0: it does.
+  std::int64_t etcdUnreachableSinceMs() const;
   void startCluster();
   void clusterServices();
   // Owner: the state goes to etcd (fenced); `launch` runs once it is there.

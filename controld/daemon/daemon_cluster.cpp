@@ -17,6 +17,10 @@ std::uint64_t Daemon::inFlight(const std::string& service) const {
   return ledger_.inFlight(service) + (cluster_ ? cluster_->remoteInFlight(service) : 0);
 }
 
+std::int64_t Daemon::etcdUnreachableSinceMs() const {
+  return cluster_ ? cluster_->unreachableSinceMs() : 0;
+}
+
 void Daemon::clusterServices() {
   std::map<std::string, std::string> summaries;
   for (const auto& [name, c] : config_.services)
@@ -109,8 +113,14 @@ void Daemon::clusterActivity(const std::string& name, bool requestsStarted) {
   maybeFinishDrain(*s);
 }
 
+void Daemon::clusterCaughtUp() {
+  for (auto& [name, s] : *services_)
+    publish(*s);  // workers stop saying etcd is away, and ask again for what they want
+}
+
 void Daemon::clusterReachability(bool reachable) {
   for (auto& [name, s] : *services_) {
+    if (!reachable) publish(*s);  // workers say so in their answers and pages
     if (reachable && acting(*s)) {
       Effects e;  // what changed while etcd was away goes there now
       e.persist = true;

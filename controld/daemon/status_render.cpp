@@ -98,7 +98,7 @@ protocol::StatusReply::Machine machineStatus(const std::string& name, const Stat
 
 }  // namespace
 
-protocol::StatePush statePush(const Service& s) {
+protocol::StatePush statePush(const Service& s, std::int64_t etcdUnreachableSinceMs) {
   const auto& snap = s.machine.snapshot();
   protocol::StatePush p;
   p.service = s.config.name;
@@ -118,6 +118,7 @@ protocol::StatePush statePush(const Service& s) {
   p.models = s.config.models;
   p.upstream = upstreamOf(s.config.baseUrl);
   if (snap.state == ServiceState::Starting) p.waiting = s.waitReason;
+  p.etcdUnreachableSinceMs = etcdUnreachableSinceMs;
   return p;
 }
 

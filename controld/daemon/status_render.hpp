@@ -19,7 +19,8 @@ namespace ondemand::controld {
 
 class Telemetry;
 
-protocol::StatePush statePush(const Service& service);
+// etcdUnreachableSinceMs: in a cluster, since when etcd does not answer (0: it does).
+protocol::StatePush statePush(const Service& service, std::int64_t etcdUnreachableSinceMs = 0);
 
 // One `event` line for one of the service's transitions, which made `epoch`.
 std::string eventLine(const Service& service, const Transition& transition, std::uint64_t epoch);

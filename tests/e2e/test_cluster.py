@@ -1,13 +1,14 @@
 """The cluster: 3 controlds on a real 3-member etcd, each with its own nginx
 (docs/CLUSTER.md). Each test starts its own etcd members, controlds and
 nginx on free loopback ports."""
+import json
 import os
 import signal
 import threading
 import time
 
 from cluster_case import ClusterTestCase, unb64
-from harness import free_port, wait_until
+from harness import free_port, http_request, wait_until
 
 NODES = ["node-1", "node-2", "node-3"]
 
@@ -32,9 +33,12 @@ class ClusterTest(ClusterTestCase):
     def states(self, name):
         return {n: self.node_service(n, name).get("state") for n in NODES}
 
+    def wait_all_of(self, nodes, name, state, timeout=20):
+        wait_until(lambda: all(self.node_service(n, name).get("state") == state for n in nodes), timeout,
+                   message="%s showing %s %s" % (", ".join(nodes), name, state))
+
     def wait_all(self, name, state, timeout=20):
-        wait_until(lambda: set(self.states(name).values()) == {state}, timeout,
-                   message="every node shows %s %s" % (name, state))
+        self.wait_all_of(NODES, name, state, timeout)
 
     def test_a_burst_over_three_nginx_starts_the_service_once(self):
         port = free_port()
@@ -82,7 +86,6 @@ class ClusterTest(ClusterTestCase):
 
     @staticmethod
     def json(v):
-        import json
         return json.dumps(v)
 
     def stops(self, name):
@@ -143,10 +146,10 @@ class ClusterTest(ClusterTestCase):
         self.assertEqual(self.stops("calloff"), 0)
         self.assertEqual(self.starts("calloff"), 1)
 
-    def test_the_owner_killed_mid_start_another_node_follows_the_same_start(self):
-        port = free_port()
-        self.start_cluster("slow", port, ready_after=4.0, start_timeout="30s")
-        self.assertEqual(self.owner("slow"), "node-1")
+    def hold_during_start(self, name):
+        """node-1 owns `name`, started cold by requests held on nodes 2 and 3:
+        returns once the start command runs, with those requests' results to come."""
+        self.assertEqual(self.owner(name), "node-1")
         held = {}
 
         def hold(node):
@@ -155,23 +158,55 @@ class ClusterTest(ClusterTestCase):
         threads = [threading.Thread(target=hold, args=(n,), daemon=True) for n in ("node-2", "node-3")]
         for t in threads:
             t.start()
-        wait_until(lambda: self.starts("slow") == 1, 10, message="the start command running")
-        wait_until(lambda: self.node_service("node-2", "slow").get("state") == "starting", 10,
+        wait_until(lambda: self.starts(name) == 1, 10, message="the start command running")
+        wait_until(lambda: self.node_service("node-2", name).get("state") == "starting", 10,
                    message="node-2 seeing starting")
+        return held, threads
+
+    def assert_the_same_start_followed(self, name, held, threads):
+        """The held requests served, one start command, one start in the new owner's history."""
+        for t in threads:
+            t.join(40)
+        self.assertEqual(held["node-2"].status, 200, held["node-2"])
+        self.assertEqual(held["node-3"].status, 200, held["node-3"])
+        self.assertEqual(self.starts(name), 1, "never a second start")
+        new_owner = self.owner(name)
+        ops = [h for h in self.node_service(new_owner, name)["history"] if h["to"] == "starting"]
+        self.assertEqual(len(ops), 1, "the new owner followed the start under way")
+
+    def test_the_owner_killed_mid_start_another_node_follows_the_same_start(self):
+        port = free_port()
+        self.start_cluster("slow", port, ready_after=4.0, start_timeout="30s")
+        held, threads = self.hold_during_start("slow")
         killed = time.monotonic()
         self.nodes["node-1"]["controld"].kill9()
         wait_until(lambda: self.owner("slow") in ("node-2", "node-3"), self.lease_ttl + 2 + 1, interval=0.05,
                    message="another node owning slow")
         took = time.monotonic() - killed
         self.assertLessEqual(took, self.lease_ttl + 2, "takeover within lease_ttl + 2 s")
-        for t in threads:
-            t.join(40)
-        self.assertEqual(held["node-2"].status, 200, held["node-2"])
-        self.assertEqual(held["node-3"].status, 200, held["node-3"])
-        self.assertEqual(self.starts("slow"), 1, "never a second start")
-        new_owner = self.owner("slow")
-        ops = [h for h in self.node_service(new_owner, "slow")["history"] if h["to"] == "starting"]
-        self.assertEqual(len(ops), 1, "the new owner followed the start under way")
+        self.assert_the_same_start_followed("slow", held, threads)
+
+    def test_a_stopped_owner_hands_over_at_once_not_after_its_lease(self):
+        self.lease_ttl = 20  # a takeover that waited for the lease to expire would take 20 s
+        port = free_port()
+        self.start_cluster("handover", port, ready_after=3.0, start_timeout="30s")
+        held, threads = self.hold_during_start("handover")
+        stopped = time.monotonic()
+        node1 = self.nodes["node-1"]["controld"]
+        node1.signal(signal.SIGTERM)
+        wait_until(lambda: self.owner("handover") in ("node-2", "node-3"), 10, interval=0.05,
+                   message="another node owning handover")
+        took = time.monotonic() - stopped
+        self.assertLess(took, 5, "the lease was revoked: no wait for lease_ttl (20 s)")
+        wait_until(lambda: not node1.alive(), 10, message="node-1's controld exiting")
+        self.assertEqual(node1.proc.returncode, 0)
+        with open(self.path("node-1-controld.log")) as f:
+            log = f.read()
+        self.assertIn("cluster_leave", log)
+        self.assertIn("lease revoked", log)
+        self.assertIsNone(self.etcd.get("/od-test/nodes/node-1"), "node-1's keys went with its lease")
+        self.assert_the_same_start_followed("handover", held, threads)
+        self.wait_all_of(("node-2", "node-3"), "handover", "warm")
 
     def test_an_owner_paused_past_its_lease_writes_nothing_after_it(self):
         port = free_port()
@@ -206,7 +241,9 @@ class ClusterTest(ClusterTestCase):
         services = self.service_yaml("up", warm_port) + self.service_yaml("down", cold_port)
         for node in NODES:
             self.start_node(node, services, location("up", warm_port).replace("location /", "location /up") +
-                            location("down", cold_port).replace("location /", "location /down"))
+                            location("down", cold_port).replace("location /", "location /down") +
+                            "location /quick/ { ondemand_service down; ondemand_wait 1s; proxy_pass http://127.0.0.1:%d; }"
+                            % cold_port)
         wait_until(lambda: all(self.node_service(n, "down").get("owner") for n in NODES), 20, message="owners")
         self.assertEqual(self.node_get("node-1", "/up/").status, 200)
         self.wait_all("up", "warm")
@@ -218,12 +255,31 @@ class ClusterTest(ClusterTestCase):
                 self.assertEqual(self.node_get(node, "/up/%d" % i).status, 200)
         out = self.cli("status", socket_path=self.nodes["node-2"]["socket"])
         self.assertIn("etcd UNREACHABLE", out.stdout)
-        cold = self.node_get("node-2", "/down/", timeout=3)
-        self.assertNotEqual(cold.status, 200)
+        # The answers and pages say why nothing starts; none claims a start.
+        cold = self.node_get("node-2", "/quick/", timeout=20)
+        self.assertEqual(cold.status, 504, cold)
+        answer = json.loads(cold.body)
+        self.assertEqual(answer["state"], "cold")
+        self.assertGreater(answer["etcd_unreachable_since"], 0)
+        self.assertIn("controld cannot reach etcd", answer["message"])
+        self.assertIn("Try again once etcd is back", answer["message"])
+        self.assertNotIn("a start has been requested", answer["message"])
+        page = self.node_get("node-3", "/down/", timeout=20, headers={"Accept": "text/html,*/*;q=0.8"})
+        self.assertEqual(page.status, 503, page)
+        self.assertIn("down cannot be started now", page.body)
+        self.assertIn("etcd unreachable for", page.body)
+        self.assertIn("once etcd is back", page.body)
+        self.assertNotIn("id=\"od-bar\"", page.body, "no progress bar: nothing is starting")
+        for node in NODES:
+            self.assertGreater(self.front(node, "down").get("etcd_unreachable_since", 0), 0, node)
+        _, _, status_page = http_request(self.nodes["node-1"]["port"], "/_ondemand", headers={"Accept": "text/html"})
+        self.assertIn("controld cannot reach etcd", status_page)
         self.assertEqual(self.starts("down"), 0, "nothing starts while etcd is away")
         self.etcd.restart_all()
         wait_until(lambda: all(self.node_status(n)["cluster"]["etcd"]["reachable"] for n in NODES), 30,
                    message="every node seeing etcd again")
+        wait_until(lambda: all("etcd_unreachable_since" not in self.front(n, "up") for n in NODES), 10,
+                   message="every node's workers told that etcd is back")
         self.assertEqual(self.node_get("node-3", "/down/").status, 200)
         self.assertEqual(self.starts("down"), 1)
         self.assertEqual(self.starts("up"), 1, "no double start after catching up")
@@ -251,7 +307,6 @@ class ClusterTest(ClusterTestCase):
 
 
 def json_writer(event):
-    import json
     try:
         return json.loads(unb64(event["kv"]["value"])).get("writer")
     except (KeyError, ValueError):

@@ -185,10 +185,10 @@ class ClusterTestCase(ModuleTestCase):
                 return s
         return {}
 
-    def node_get(self, node, path, timeout=60):
+    def node_get(self, node, path, timeout=60, headers=None):
         started = time.time()
         try:
-            status, hdrs, text = http_request(self.nodes[node]["port"], path, timeout=timeout)
+            status, hdrs, text = http_request(self.nodes[node]["port"], path, timeout=timeout, headers=headers)
             from module_case import Result
             return Result(status, hdrs, text, started, time.time())
         except OSError as e:

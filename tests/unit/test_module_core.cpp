@@ -432,6 +432,26 @@ TEST_CASE("the service table: pushes, sync removes vanished services, wakes once
   CHECK_FALSE(ServiceTable::claimWake(a, 9000));
 }
 
+TEST_CASE("a wake sent while controld could not reach etcd is sent again once it can") {
+  ServiceTable table;
+  ServiceEntry& a = table.get("a");
+  protocol::StatePush push;
+  push.service = "a";
+  push.epoch = 3;
+  push.etcdUnreachableSinceMs = 5000;
+  table.applyPush(push);
+  CHECK(ServiceTable::claimWake(a, 6000));
+  CHECK_FALSE(ServiceTable::claimWake(a, 6001));
+  table.applyPush(push);  // still away: the same epoch, no new wake
+  CHECK_FALSE(ServiceTable::claimWake(a, 7000));
+  push.etcdUnreachableSinceMs = 0;  // back, same epoch
+  table.applyPush(push);
+  CHECK(ServiceTable::claimWake(a, 8000));
+  CHECK_FALSE(ServiceTable::claimWake(a, 8001));
+  table.applyPush(push);
+  CHECK_FALSE(ServiceTable::claimWake(a, 8002));
+}
+
 TEST_CASE("activity reports what changed, and everything in flight after subscribing") {
   ServiceTable table;
   ServiceEntry& a = table.get("a");
