@@ -1401,7 +1401,7 @@ plot '%s' using 1:2 with points pt 7 ps 0.5 title 'X / Y', 0.95 with lines dt 2 
     def write(self, path):
         self.header()
         self.summary()
-        for section in (self.warm, self.burst, self.lag, self.isolation, self.scale, self.routing, self.cluster,
+        for section in (self.warm, self.burst, self.lag, self.isolation, self.scale, self.cluster, self.routing,
                         self.swap):
             section()
         if self.b.problems:
