@@ -23,6 +23,7 @@ struct AnswerFacts {
   std::int64_t inStateMs = -1;  // since the service's last transition
   std::int64_t startingForMs = -1;
   std::int64_t taskId = 0;
+  std::uint64_t epoch = 0;       // of the state the answer is about (0: unknown)
   std::string_view reason;       // failure reason
   std::string_view waiting;      // starting, held back: "waiting for room on gpu-01: comfyui has 2 requests in flight"
   std::int64_t retryInMs = -1;   // failed: until a request may try again

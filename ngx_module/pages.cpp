@@ -112,7 +112,8 @@ constexpr std::string_view kAnswerScript = R"((function () {
     if (s.state === "warm") { es.close(); reload("Ready: opening " + d.service + "\u2026"); return; }
     if (d.kind === "unknown_service") { reload(); return; }
     if (d.kind === "start_failed") { if (s.state !== "failed") reload(); return; }
-    if (s.state === "failed") { es.close(); reload(); return; }
+    // A failure newer than the page (not the one a retry just left behind).
+    if (s.state === "failed") { if (s.epoch > d.epoch) { es.close(); reload(); } return; }
     if (!!s.etcd_unreachable_since !== etcdDown) { reload(); return; }  // etcd went or came back
     d.state = s.state;
     set("od-state", s.state);
@@ -370,7 +371,7 @@ std::string answerPage(const AnswerFacts& f, int status, std::string_view messag
 
   JsonWriter w;
   w.startObject().str("kind", errorCodeOf(f.kind)).str("service", f.service).str("state", f.state);
-  w.str("events", f.eventsUrl).i64("refresh", refresh);
+  w.str("events", f.eventsUrl).i64("refresh", refresh).u64("epoch", f.epoch);
   w.i64("starting_for_ms", startingForMs).i64("last_start_ms", f.lastStartMs);
   std::int64_t retryIn = -1;
   if (f.kind == AnswerKind::StartFailed) {

@@ -155,6 +155,7 @@ ngx_int_t sendAnswer(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
     if (st.sinceMs > 0) facts.inStateMs = now - st.sinceMs;
     if (st.state == ServiceState::Starting && st.startingSinceMs > 0) facts.startingForMs = now - st.startingSinceMs;
     facts.taskId = st.taskId;
+    facts.epoch = st.epoch;
     facts.lastStartMs = st.lastStartMs;
     if (st.state == ServiceState::Starting) facts.waiting = st.waiting;
     if (st.etcdUnreachableSinceMs > 0) {
