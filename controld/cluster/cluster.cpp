@@ -87,8 +87,7 @@ std::string serviceSummary(const ServiceConfig& c) {
 }
 
 Cluster::Cluster(uv_loop_t* loop, HttpClient& http, const ClusterSettings& settings, ClusterHost& host)
-    : loop_(loop),
-      settings_(settings),
+    : settings_(settings),
       host_(host),
       etcd_(http, settings),
       keepaliveTimer_(loop),

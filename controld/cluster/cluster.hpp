@@ -154,7 +154,6 @@ class Cluster {
   void revokeWhenWritten();
   void left(const char* how);
 
-  uv_loop_t* loop_;
   ClusterSettings settings_;
   ClusterHost& host_;
   EtcdClient etcd_;
