@@ -12,7 +12,7 @@ import threading
 import time
 import unittest
 
-from harness import CONTROLD, SOURCE_DIR, OndemandTestCase, free_port, http_request, wait_until
+from harness import CONTROLD, SOURCE_DIR, DatagramSink, OndemandTestCase, free_port, http_request, wait_until
 
 
 def unit_settings(text):
@@ -23,38 +23,6 @@ def unit_settings(text):
             key, value = line.split("=", 1)
             settings.setdefault(key, []).append(value)
     return settings
-
-
-class DatagramSink:
-    """A Unix datagram socket keeping what arrives (a notify or journal socket)."""
-
-    def __init__(self, path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(0.1)
-        self.messages = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop:
-            try:
-                data = self.sock.recv(1 << 20)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.messages.append((time.monotonic(), data))
-
-    def count(self, payload, since=0.0):
-        return sum(1 for at, data in list(self.messages) if at >= since and payload in data)
-
-    def close(self):
-        self._stop = True
-        self._thread.join(5)
-        self.sock.close()
 
 
 def journal_fields(datagram):

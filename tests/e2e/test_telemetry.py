@@ -5,14 +5,11 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import threading
-import time
 import unittest
 
 from module_case import ModuleTestCase
-from harness import SOURCE_DIR, free_port, http_request, wait_until
+from harness import SOURCE_DIR, DatagramSink, free_port, http_request, wait_until
 
 PROMTOOL = shutil.which("promtool")
 
@@ -21,36 +18,15 @@ def location(path, service, port):
     return "location %s { ondemand_service %s; proxy_pass http://127.0.0.1:%d; }\n" % (path, service, port)
 
 
-class StatsdListener:
-    """A UDP socket on loopback that keeps every datagram it receives."""
+class StatsdListener(DatagramSink):
+    """A UDP socket on loopback that keeps every StatsD line it receives."""
 
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.lines = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop:
-            try:
-                data, _ = self.sock.recvfrom(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.lines.extend(data.decode().splitlines())
+    @property
+    def lines(self):
+        return [line for _, data in list(self.messages) for line in data.decode().splitlines()]
 
     def matching(self, pattern):
-        return [line for line in list(self.lines) if re.fullmatch(pattern, line)]
-
-    def close(self):
-        self._stop = True
-        self._thread.join(5)
-        self.sock.close()
+        return [line for line in self.lines if re.fullmatch(pattern, line)]
 
 
 def sample_value(text, name, labels):

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import textwrap
 import time
 import unittest
@@ -53,6 +54,45 @@ def http_request(port, path="/", method="GET", headers=None, body=None, timeout=
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
     finally:
         conn.close()
+
+
+class DatagramSink:
+    """A bound datagram socket (a Unix path, or a UDP port on loopback) keeping
+    what arrives with when: systemd's notify and journal sockets, a StatsD
+    listener."""
+
+    def __init__(self, path=None):
+        if path is None:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind(("127.0.0.1", 0))
+            self.port = self.sock.getsockname()[1]
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.sock.bind(path)
+        self.path = path
+        self.sock.settimeout(0.1)
+        self.messages = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                data = self.sock.recv(1 << 20)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.messages.append((time.monotonic(), data))
+
+    def count(self, payload, since=0.0):
+        return sum(1 for at, data in list(self.messages) if at >= since and payload in data)
+
+    def close(self):
+        self._stop = True
+        self._thread.join(5)
+        self.sock.close()
 
 
 class Process:
