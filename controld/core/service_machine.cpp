@@ -92,16 +92,20 @@ Effects ServiceMachine::transition(std::int64_t nowMs, ServiceState to, Phase ph
   return e;
 }
 
+void ServiceMachine::beginOperation(OperationKind kind, std::int64_t nowMs) {
+  OperationRecord record;
+  record.kind = kind;
+  record.startedAtMs = nowMs;
+  s_.operation = record;
+}
+
 Effects ServiceMachine::beginStart(std::int64_t nowMs, Cause cause, const std::string& why) {
   const std::int64_t startingSince = s_.startingSinceMs ? s_.startingSinceMs : nowMs;
   s_.lastActivityMs = nowMs;
   if (settings_.hasStartDriver) {
     Effects e = transition(nowMs, ServiceState::Starting, Phase::Driver, cause, why);
     s_.startingSinceMs = startingSince;
-    OperationRecord record;
-    record.kind = OperationKind::Start;
-    record.startedAtMs = nowMs;
-    s_.operation = record;
+    beginOperation(OperationKind::Start, nowMs);
     e.runStartDriver = true;
     return e;
   }
@@ -204,10 +208,7 @@ Effects ServiceMachine::stopRequested(std::int64_t nowMs) {
   }
   s_.restartAfterStop = false;
   e |= transition(nowMs, ServiceState::Stopping, Phase::Driver, Cause::Cli, "controld stop");
-  OperationRecord record;
-  record.kind = OperationKind::Stop;
-  record.startedAtMs = nowMs;
-  s_.operation = record;
+  beginOperation(OperationKind::Stop, nowMs);
   e.runStopDriver = true;
   return e;
 }
@@ -312,10 +313,7 @@ Effects ServiceMachine::drainFinished(std::int64_t nowMs, std::uint64_t inFlight
                       "stop called off: " + std::to_string(inFlight) + " requests in flight");
   }
   s_.phase = Phase::Driver;
-  OperationRecord record;
-  record.kind = OperationKind::Stop;
-  record.startedAtMs = nowMs;
-  s_.operation = record;
+  beginOperation(OperationKind::Stop, nowMs);
   Effects e;
   e.persist = true;
   e.runStopDriver = true;
@@ -431,10 +429,7 @@ Effects ServiceMachine::restore(std::int64_t nowMs, MachineSnapshot snapshot) {
         } else if (!mayHaveBegun()) {
           // No driver had begun (the start may have been queued behind
           // another operation on its machine): launching now is not a repeat.
-          OperationRecord record;
-          record.kind = OperationKind::Start;
-          record.startedAtMs = nowMs;
-          s_.operation = record;
+          beginOperation(OperationKind::Start, nowMs);
           e.runStartDriver = true;
         } else {
           // The driver had begun, even if it had not reported a pid or a task

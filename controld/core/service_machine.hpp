@@ -177,6 +177,7 @@ class ServiceMachine {
   bool mayHaveBegun() const;
   Effects transition(std::int64_t nowMs, ServiceState to, Phase phase, Cause cause, std::string detail);
   Effects beginStart(std::int64_t nowMs, Cause cause, const std::string& why);
+  void beginOperation(OperationKind kind, std::int64_t nowMs);  // a new record in s_.operation
   Effects enterReadiness(std::int64_t nowMs);
   Effects fail(std::int64_t nowMs, Cause cause, std::string reason);
   void finishOperation(std::int64_t nowMs, const OperationOutcome& outcome);
