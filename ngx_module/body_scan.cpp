@@ -18,12 +18,27 @@ const char* plainStringEnd(const char* p, const char* const end) {
   const __m128i quote = _mm_set1_epi8('"');
   const __m128i backslash = _mm_set1_epi8('\\');
   const __m128i control = _mm_set1_epi8(0x1f);
+  // The bytes of v that end a run: '"', '\\', or <= 0x1f (unsigned), which
+  // is exactly when min(v, 0x1f) == v.
+  const auto hits = [&](const char* at) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(at));
+    return _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                        _mm_cmpeq_epi8(_mm_min_epu8(v, control), v));
+  };
+  // A key or a short value ends in its first 16 bytes; a long prompt goes
+  // on 64 bytes a turn, one test for all four blocks.
+  if (end - p >= 16) {
+    const int mask = _mm_movemask_epi8(hits(p));
+    if (mask != 0) return p + __builtin_ctz(static_cast<unsigned>(mask));
+    p += 16;
+  }
+  while (end - p >= 64) {
+    const __m128i any = _mm_or_si128(_mm_or_si128(hits(p), hits(p + 16)), _mm_or_si128(hits(p + 32), hits(p + 48)));
+    if (_mm_movemask_epi8(any) != 0) break;  // the block below finds where
+    p += 64;
+  }
   while (end - p >= 16) {
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    // v <= 0x1f (unsigned) exactly when min(v, 0x1f) == v.
-    const __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
-                                     _mm_cmpeq_epi8(_mm_min_epu8(v, control), v));
-    const int mask = _mm_movemask_epi8(hit);
+    const int mask = _mm_movemask_epi8(hits(p));
     if (mask != 0) return p + __builtin_ctz(static_cast<unsigned>(mask));
     p += 16;
   }
@@ -79,11 +94,11 @@ void TopLevelFieldScanner::pushContainer(bool isObject) {
   }
   const std::size_t word = depth_ / 64;
   const std::uint64_t bit = std::uint64_t{1} << (depth_ % 64);
-  if (word >= stack_.size()) stack_.push_back(0);
+  if (word > deep_.size()) deep_.push_back(0);
   if (isObject) {
-    stack_[word] |= bit;
+    stackWord(word) |= bit;
   } else {
-    stack_[word] &= ~bit;
+    stackWord(word) &= ~bit;
   }
   ++depth_;
   state_ = isObject ? State::ObjectKeyOrEnd : State::ArrayValueOrEnd;
@@ -354,7 +369,7 @@ bool TopLevelFieldScanner::step(char c) {
     case State::CommaOrEnd: {
       if (isSpace(c)) break;
       const std::size_t top = depth_ - 1;
-      const bool inObject = (stack_[top / 64] >> (top % 64)) & 1;
+      const bool inObject = (stackWord(top / 64) >> (top % 64)) & 1;
       if (c == ',') {
         state_ = inObject ? State::ObjectKey : State::Value;
       } else if ((c == '}' && inObject) || (c == ']' && !inObject)) {

@@ -81,8 +81,12 @@ class TopLevelFieldScanner {
   Result result_ = Result::NeedMore;
   State state_ = State::Start;
   StringRole role_ = StringRole::Skip;
-  bool stringIsKey_ = false;          // the string being read is an object key
-  std::vector<std::uint64_t> stack_;  // one bit per depth: 1 object, 0 array
+  bool stringIsKey_ = false;  // the string being read is an object key
+  // One bit per depth: 1 object, 0 array. The first 64 levels (every real
+  // request) in shallow_, without an allocation; deeper ones in deep_.
+  std::uint64_t& stackWord(std::size_t word) { return word == 0 ? shallow_ : deep_[word - 1]; }
+  std::uint64_t shallow_ = 0;
+  std::vector<std::uint64_t> deep_;
   std::size_t depth_ = 0;
   std::uint64_t offset_ = 0;
 
