@@ -42,6 +42,7 @@ enum class ModelsShape : ngx_uint_t { None, OpenAI, Ollama };
 struct LocConf {
   ngx_str_t service;  // ondemand_service: data == nullptr unset, len == 0 off (or a variable value)
   ngx_http_complex_value_t* serviceValue;  // ondemand_service with variables; nullptr: a fixed name
+  ngx_flag_t serviceIsModel;               // ... and it is exactly $ondemand_model: the body's field, not evaluated
   ngx_str_t modelField;                    // ondemand_model_field: the body's field for $ondemand_model
   ngx_uint_t models;                       // ondemand_models (ModelsShape)
   ngx_msec_t wait;                         // ondemand_wait

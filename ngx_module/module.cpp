@@ -266,6 +266,7 @@ char* mergeLocConf(ngx_conf_t* cf, void* parent, void* child) {
   if (conf->service.data == nullptr) {
     conf->service = prev->service;
     conf->serviceValue = prev->serviceValue;
+    conf->serviceIsModel = prev->serviceIsModel;
   }
   if (conf->service.data == nullptr) conf->service = ngx_str_t{0, reinterpret_cast<u_char*>(const_cast<char*>(""))};
   ngx_conf_merge_str_value(conf->modelField, prev->modelField, "model");
@@ -321,6 +322,9 @@ char* setService(ngx_conf_t* cf, ngx_command_t*, void* conf) {
     if (ngx_http_compile_complex_value(&ccv) != NGX_OK) return static_cast<char*>(NGX_CONF_ERROR);
     lcf->service = ngx_str_t{0, reinterpret_cast<u_char*>(const_cast<char*>(""))};
     lcf->serviceValue = cv;
+    // The usual one-endpoint setting: the value is the body's field itself,
+    // so a request needs neither a first look at it nor an evaluation.
+    lcf->serviceIsModel = view(value) == "$ondemand_model" || view(value) == "${ondemand_model}";
     return NGX_CONF_OK;
   }
   if (!isValidServiceName(view(value)) && !isValidModelName(view(value))) {

@@ -58,6 +58,7 @@ struct RequestCtx {
   bool modelAsked;     // $ondemand_model was looked at while choosing
   bool fromModel;      // ... and the choice depends on it: answers in OpenAI's shape
   BodyState bodyState;
+  bool readingInline;  // ngx_http_read_client_request_body is on the stack: a body read at once goes on there
   RouteAnswer routeAnswer;
   std::uint8_t modelOutcome;    // TopLevelFieldScanner::Result + 1; 0: not scanned
   const ngx_str_t* modelField;  // the field scanned for (ondemand_model_field)

@@ -210,7 +210,37 @@ void onBodyRead(ngx_http_request_t* r) {
   // where they stopped (our handler, which now chooses).
   r->preserve_body = 1;
   r->write_event_handler = ngx_http_core_run_phases;
+  // Read at once (it was all there): readBody goes on choosing on its own
+  // stack, without a second pass through the phases.
+  if (ctx != nullptr && ctx->readingInline) return;
   ngx_http_core_run_phases(r);
+}
+
+// Reads the body for the scan. NGX_OK: read (at once, or before the module
+// asked); NGX_DONE: being read, its handler runs the phases again; anything
+// else: an error code for nginx.
+ngx_int_t readBody(ngx_http_request_t* r, RequestCtx* ctx, const LocConf* lcf) {
+  if (ctx->bodyState != BodyState::NotRead || r->request_body != nullptr) {
+    ctx->bodyState = BodyState::Read;
+    return NGX_OK;
+  }
+  ctx->bodyState = BodyState::Reading;
+  ctx->phase = Phase::Body;
+  ctx->bodyScanner = startScanner(r, lcf);
+  if (ctx->bodyScanner == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+  ctx->readingInline = true;
+  const ngx_int_t rc = ngx_http_read_client_request_body(r, onBodyRead);
+  ctx->readingInline = false;
+  if (rc >= NGX_HTTP_SPECIAL_RESPONSE) return rc;
+  // read_client_request_body counted the request once more: undone here, as
+  // mirror and auth_request users do (finalizing with NGX_DONE; when the
+  // body is already read, the count alone: the request goes on here).
+  if (ctx->bodyState == BodyState::Read) {
+    --r->main->count;
+    return NGX_OK;
+  }
+  ngx_http_finalize_request(r, NGX_DONE);
+  return NGX_DONE;
 }
 
 std::string printable(std::string_view name) {
@@ -238,28 +268,26 @@ ngx_int_t chooseTarget(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) {
   ngx_str_t value{0, nullptr};
   for (;;) {
     const bool firstLook = body && !scanned(ctx, lcf);
-    ctx->modelAsked = false;
-    std::optional<VariablesSnapshot> snapshot;
-    if (firstLook) snapshot.emplace(r);
-    if (ngx_http_complex_value(r, lcf->serviceValue, &value) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    if (!firstLook || !ctx->modelAsked) break;
+    if (lcf->serviceIsModel) {
+      // Exactly $ondemand_model: the field once scanned, and empty (off)
+      // without a body, as the variable gives.
+      ctx->modelAsked = true;
+      if (!firstLook) {
+        if (body && outcome(ctx) == Scan::Found) value = ctx->model;
+        break;
+      }
+    } else {
+      ctx->modelAsked = false;
+      std::optional<VariablesSnapshot> snapshot;
+      if (firstLook) snapshot.emplace(r);
+      if (ngx_http_complex_value(r, lcf->serviceValue, &value) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+      if (!firstLook || !ctx->modelAsked) break;
+      snapshot->restore();
+    }
     // The choice depends on the body's field: read the body, scan it, and
     // look again.
-    snapshot->restore();
-    if (ctx->bodyState == BodyState::NotRead && r->request_body == nullptr) {
-      ctx->bodyState = BodyState::Reading;
-      ctx->phase = Phase::Body;
-      ctx->bodyScanner = startScanner(r, lcf);
-      if (ctx->bodyScanner == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-      const ngx_int_t rc = ngx_http_read_client_request_body(r, onBodyRead);
-      if (rc >= NGX_HTTP_SPECIAL_RESPONSE) return rc;
-      // read_client_request_body counted the request once more: undone here,
-      // as mirror and auth_request users do. The body handler (perhaps
-      // already, on this stack) runs the phases again.
-      ngx_http_finalize_request(r, NGX_DONE);
-      return NGX_DONE;
-    }
-    ctx->bodyState = BodyState::Read;
+    const ngx_int_t rc = readBody(r, ctx, lcf);
+    if (rc != NGX_OK) return rc;
     if (scanBody(r, ctx, lcf) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
   }
   ctx->fromModel = ctx->modelAsked;
