@@ -153,7 +153,7 @@ void Cluster::setReachable(bool reachable, const std::string& why) {
 }
 
 void Cluster::failed(const EtcdClient::Reply& reply, const char* what) {
-  if (reply.transport) {
+  if (reply.transport || reply.refused) {
     setReachable(false, reply.error);
   } else {
     LogLine(LogLevel::Warning, "etcd_error").kv("request", what).kv("why", reply.error);

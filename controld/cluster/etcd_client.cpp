@@ -45,6 +45,7 @@ void EtcdClient::call(const std::string& path, std::string body, Callback callba
       if (!ok) {
         Reply r;
         r.transport = error.rfind("unreachable: ", 0) == 0;
+        r.refused = !r.transport;
         r.error = std::move(error);
         a->callback(std::move(r));
         return;
@@ -56,11 +57,22 @@ void EtcdClient::call(const std::string& path, std::string body, Callback callba
   attempt(a);
 }
 
+// An etcd started with --client-cert-auth drops a TLS connection that brings
+// no certificate; curl then reports a bad-certificate alert or, as often, a
+// socket already gone (TLS 1.3 sends the alert after the handshake). Neither
+// names the setting that is missing.
+std::string EtcdClient::tlsHint(const std::string& error) const {
+  if (!settings_.certFile.empty() || endpoint().rfind("https://", 0) != 0) return {};
+  if (error.find("SSL") == std::string::npos && error.find("getpeername") == std::string::npos) return {};
+  return " - no client certificate was offered: if etcd runs with --client-cert-auth, set cert_file and key_file";
+}
+
 void EtcdClient::attempt(std::shared_ptr<Attempt> a) {
   http_.send(request(a->path, a->body), [this, a, alive = alive_](HttpResponse response) {
     if (!*alive) return;
     if (response.status == 0 || (response.status >= 500 && !etcd::errorOf(response.body))) {
       a->lastError = endpoint() + ": " + (response.status ? "HTTP " + std::to_string(response.status) : response.error);
+      if (response.status == 0) a->lastError += tlsHint(response.error);
       ++a->tried;
       current_ = (current_ + 1) % settings_.endpoints.size();
       if (a->tried < settings_.endpoints.size()) return attempt(a);
@@ -86,6 +98,7 @@ void EtcdClient::attempt(std::shared_ptr<Attempt> a) {
         return;
       }
       r.error = "etcd: " + *e;
+      r.refused = e->find("permission denied") != std::string::npos;
     } else if (!response.ok()) {
       r.error = "etcd answered HTTP " + std::to_string(response.status);
     } else {

@@ -25,6 +25,9 @@ class EtcdClient {
   struct Reply {
     bool ok = false;
     bool transport = false;  // no answer from any endpoint (etcd unreachable)
+    // etcd answered but refused this controld: its user or password, or the
+    // user's permissions. As useless as no answer until an operator fixes it.
+    bool refused = false;
     std::string error;
     std::string body;
   };
@@ -52,6 +55,7 @@ class EtcdClient {
  private:
   struct Attempt;
   void attempt(std::shared_ptr<Attempt> a);
+  std::string tlsHint(const std::string& error) const;
   void authenticate(std::function<void(bool ok, std::string error)> done);
   HttpRequest request(const std::string& path, std::string body) const;
 
