@@ -3,7 +3,7 @@
  * alike. The benchmarks' load tool for A/B throughput and latency.
  *
  *   abload --a PORT[/path] --b PORT[/path] [--conns 32] [--slice-ms 250]
- *          [--seconds 20] [--warmup 1] [--json FILE] [--body FILE]
+ *          [--seconds 20] [--warmup 1] [--json FILE] [--body FILE] [--cpu-pid PID]
  *
  * With --body, every request is a POST of that file's bytes (Content-Type:
  * application/json) instead of a GET.
@@ -16,6 +16,11 @@
  * favours neither. Per slice: answers and elapsed time; per target: every
  * answer's latency (request written -> answer complete), in a histogram of
  * 1 us buckets. The --warmup seconds run the same way and are not counted.
+ *
+ * With --cpu-pid (the nginx worker serving both), each slice also has the
+ * CPU time that process used during it ("cpu_us", from utime + stime in
+ * /proc/PID/stat): nothing of the other target is in flight then, so it is
+ * that target's CPU time.
  *
  * Output (stdout and --json): {"slice_ms":..,"conns":..,"slices":[{"t":"A","n":..,"us":..},..],
  *   "A":{"answers":..,"errors":..,"p50_us":..,"p90_us":..,"p99_us":..,"p999_us":..},"B":{..}}
@@ -61,6 +66,23 @@ static int epfd;
 static int in_flight;
 static int counting;
 static uint64_t slice_answers;
+
+/* utime + stime of process `pid` in microseconds (-1 when it cannot be read). */
+static int64_t process_cpu_us(int pid) {
+  char path[64], text[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  FILE* f = fopen(path, "r");
+  if (f == NULL) return -1;
+  size_t n = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  text[n] = '\0';
+  /* after "pid (comm) ": state is field 3, utime 14 and stime 15 */
+  const char* p = strrchr(text, ')');
+  unsigned long long utime = 0, stime = 0;
+  if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+    return -1;
+  return (int64_t)((utime + stime) * 1000000ULL / (unsigned long long)sysconf(_SC_CLK_TCK));
+}
 
 static void conn_open(struct conn* c) {
   struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)c->t->port)};
@@ -205,7 +227,7 @@ static void build_request(struct target* t) {
 
 int main(int argc, char** argv) {
   struct target targets[2] = {{0}};
-  int conns = 32, slice_ms = 250, have_a = 0, have_b = 0;
+  int conns = 32, slice_ms = 250, have_a = 0, have_b = 0, cpu_pid = 0;
   double seconds = 20, warmup = 1;
   const char* json_path = NULL;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -226,15 +248,18 @@ int main(int argc, char** argv) {
       json_path = v;
     else if (strcmp(a, "--body") == 0)
       body_path = v;
+    else if (strcmp(a, "--cpu-pid") == 0)
+      cpu_pid = atoi(v);
     else {
       fprintf(stderr, "abload: unknown option %s\n", a);
       return 2;
     }
   }
-  if (!have_a || !have_b || conns <= 0 || slice_ms <= 0 || (argc - 1) % 2 != 0) {
+  if (!have_a || !have_b || conns <= 0 || slice_ms <= 0 || (argc - 1) % 2 != 0 ||
+      (cpu_pid != 0 && process_cpu_us(cpu_pid) < 0)) {
     fprintf(stderr,
             "usage: abload --a PORT[/path] --b PORT[/path] [--conns N] [--slice-ms MS] [--seconds S] "
-            "[--warmup S] [--json FILE] [--body FILE]\n");
+            "[--warmup S] [--json FILE] [--body FILE] [--cpu-pid PID]\n");
     return 2;
   }
   build_request(&targets[0]);
@@ -257,6 +282,7 @@ int main(int argc, char** argv) {
     char t;
     uint64_t n;
     int64_t us;
+    int64_t cpu_us;
   }* slices = calloc(max_slices, sizeof *slices);
   size_t n_slices = 0;
   static const int order[4] = {0, 1, 1, 0};
@@ -273,6 +299,7 @@ int main(int argc, char** argv) {
     }
     int k = order[s % 4];
     slice_answers = 0;
+    int64_t cpu_start = cpu_pid != 0 ? process_cpu_us(cpu_pid) : 0;
     int64_t slice_end = slice_start + (int64_t)slice_ms * 1000000;
     for (int i = 0; i < conns; ++i)
       conn_send(&pool[k][i]);
@@ -285,10 +312,12 @@ int main(int argc, char** argv) {
         on_readable(events[i].data.ptr, keep_going);
     }
     int64_t elapsed_us = (now_ns() - slice_start) / 1000;
+    int64_t cpu_us = cpu_pid != 0 ? process_cpu_us(cpu_pid) - cpu_start : 0;
     if (counting && n_slices < max_slices) {
       slices[n_slices].t = targets[k].name;
       slices[n_slices].n = slice_answers;
       slices[n_slices].us = elapsed_us;
+      slices[n_slices].cpu_us = cpu_us;
       ++n_slices;
     }
   }
@@ -298,9 +327,12 @@ int main(int argc, char** argv) {
   size_t text_len = 0;
   FILE* out = open_memstream(&text, &text_len);
   fprintf(out, "{\"slice_ms\":%d,\"conns\":%d,\"seconds\":%g,\"slices\":[", slice_ms, conns, seconds);
-  for (size_t i = 0; i < n_slices; ++i)
-    fprintf(out, "%s{\"t\":\"%c\",\"n\":%llu,\"us\":%lld}", i ? "," : "", slices[i].t, (unsigned long long)slices[i].n,
+  for (size_t i = 0; i < n_slices; ++i) {
+    fprintf(out, "%s{\"t\":\"%c\",\"n\":%llu,\"us\":%lld", i ? "," : "", slices[i].t, (unsigned long long)slices[i].n,
             (long long)slices[i].us);
+    if (cpu_pid != 0) fprintf(out, ",\"cpu_us\":%lld", (long long)slices[i].cpu_us);
+    fputc('}', out);
+  }
   fprintf(out, "]");
   for (int k = 0; k < 2; ++k) {
     struct target* t = &targets[k];

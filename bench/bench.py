@@ -479,10 +479,14 @@ class Bench:
         if self.gate_ready(k) is not None:
             raise RuntimeError("%s is cold but its ready file is there" % k)
 
-    def abload(self, a_port, b_port, conns, seconds, slice_ms=250, warmup=1.0, cpu=0, body=None):
+    def abload(self, a_port, b_port, conns, seconds, slice_ms=250, warmup=1.0, cpu=0, body=None, cpu_pid=None):
+        """With cpu_pid (the one nginx worker serving A and B): each target's CPU time of that worker per
+        answer, from the slices (only one target is in flight during a slice)."""
         argv = ([] if cpu is None or (os.cpu_count() or 1) < 2 else ["taskset", "-c", str(cpu)]) + [
             self.abload_bin, "--a", str(a_port), "--b", str(b_port), "--conns", str(conns), "--slice-ms",
-            str(slice_ms), "--seconds", str(seconds), "--warmup", str(warmup)] + (["--body", body] if body else [])
+            str(slice_ms), "--seconds", str(seconds), "--warmup", str(warmup)] + (["--body", body] if body else []) + (
+            ["--cpu-pid", str(cpu_pid)] if cpu_pid else [])
+        load_before = os.getloadavg()[0]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + warmup + 60)
         if out.returncode != 0:
             raise RuntimeError("abload failed: %s" % out.stderr)
@@ -493,6 +497,9 @@ class Bench:
                 raise RuntimeError("abload: %d errors on %s" % (r[t]["errors"], t))
             sl = [x for x in r["slices"] if x["t"] == t]
             r[t]["rps"] = sum(x["n"] for x in sl) / (sum(x["us"] for x in sl) / 1e6)
+            if cpu_pid:
+                r[t]["cpu_us_per_request"] = sum(x["cpu_us"] for x in sl) / max(1, sum(x["n"] for x in sl))
+        r["load"] = (load_before, os.getloadavg()[0])  # 1-minute load average before and after
         # One figure per ABBA group: B's answers per second over A's.
         groups = []
         sl = r["slices"]
@@ -543,7 +550,7 @@ class Bench:
     def routing(self):
         """The same POST through a plain proxy_pass location (A) and a location that chooses the service
         from the body's "model" (B): the module reads the body, scans it and resolves the model."""
-        runs = 2 if self.quick else 6  # (a noisy machine: the median of six)
+        runs = 2 if self.quick else 6  # (a noisy machine: the median of six, each of interleaved A B B A slices)
         seconds = 2 if self.quick else 10
         pa, pb = free_port(), free_port()
         upstream = "upstream llm { server 127.0.0.1:%d; keepalive 32; keepalive_requests 1000000; }" % (
@@ -557,14 +564,20 @@ class Bench:
         try:
             started = self.ctl.status("llm")["services"][0].get("started_total", 0)
             sizes = {}
-            for size, conns in ((1024, 32), (256 * 1024, 8)):
-                body = self.chat_body(size)
-                runs_ = []
-                for r in range(runs):
-                    runs_.append(self.abload(pa, pb, conns, seconds, body=body))
-                    log("routing %d B run %d: throughput ratio %.3f (%.0f vs %.0f req/s)"
-                        % (size, r + 1, runs_[-1]["ratio"], runs_[-1]["A"]["rps"], runs_[-1]["B"]["rps"]))
-                sizes[str(size)] = {"runs": runs_, "conns": conns}
+            worker = ng.workers()[0]
+            settings = ((1024, 32), (256 * 1024, 8))
+            bodies = {size: self.chat_body(size) for size, _ in settings}
+            for size, conns in settings:
+                sizes[str(size)] = {"runs": [], "conns": conns}
+            # The sizes take turns run by run, so a busy spell of the machine falls on both.
+            for r in range(runs):
+                for size, conns in settings:
+                    x = self.abload(pa, pb, conns, seconds, body=bodies[size], cpu_pid=worker)
+                    sizes[str(size)]["runs"].append(x)
+                    log("routing %d B run %d: throughput ratio %.3f (%.0f vs %.0f req/s); worker CPU per request "
+                        "%.1f vs %.1f us; load %.1f" % (size, r + 1, x["ratio"], x["A"]["rps"], x["B"]["rps"],
+                                                        x["A"]["cpu_us_per_request"], x["B"]["cpu_us_per_request"],
+                                                        x["load"][1]))
             # B's requests went through the module to the service it chose.
             routed_n = self.ctl.status("llm")["services"][0].get("started_total", 0) - started
             self.results["routing"] = {"sizes": sizes, "seconds": seconds, "routed": routed_n}
@@ -1371,7 +1384,28 @@ plot '%s' using 1:2 with points pt 7 ps 0.5 title 'X / Y', 0.95 with lines dt 2 
                 ", ".join("%.0f / %.0f" % (x["A"]["rps"], x["B"]["rps"]) for x in rs["runs"]),
                 spread(d, 3, " ms")))
         self.w()
-        self.w("Command (ports vary): `%s`, %d s per run." % (self.show(self.b.commands.get("routing")), r["seconds"]))
+        self.w("The reported figure is the throughput ratio above. Beside it, the nginx worker's CPU time per "
+               "request (utime + stime of `/proc/PID/stat` over each target's slices; one target is in flight "
+               "at a time), which depends less on what else the machine runs:")
+        self.w()
+        self.w("| body | CPU per request A / B per run (µs) | median A / B | CPU B / A (median of runs) | "
+               "throughput B / A, median of all A B B A groups | load average |")
+        self.w("| --- | --- | --- | --- | --- | --- |")
+        for size, rs in sorted(r["sizes"].items(), key=lambda kv: int(kv[0])):
+            runs = rs["runs"]
+            if "cpu_us_per_request" not in runs[0]["A"]:
+                continue
+            a = [x["A"]["cpu_us_per_request"] for x in runs]
+            b = [x["B"]["cpu_us_per_request"] for x in runs]
+            load = [x["load"][1] for x in runs]
+            groups = [g for x in runs for g in x["group_ratios"]]
+            self.w("| %s | %s | %.1f / %.1f | %s | %.3f (%d groups) | %s |" % (
+                size_text(int(size)), ", ".join("%.1f / %.1f" % (p, q) for p, q in zip(a, b)),
+                statistics.median(a), statistics.median(b), spread([q / p for p, q in zip(a, b)]),
+                statistics.median(groups), len(groups), spread(load, 1)))
+        self.w()
+        self.w("Command (ports vary): `%s`, %d s per run, the two sizes in turn." % (
+            self.show(self.b.commands.get("routing")), r["seconds"]))
 
     def swap(self):
         r = self.r.get("swap")
