@@ -16,7 +16,7 @@ struct EtcdClient::Attempt {
 EtcdClient::EtcdClient(HttpClient& http, const ClusterSettings& settings) : http_(http), settings_(settings) {}
 
 EtcdClient::~EtcdClient() {
-  *alive_ = false;
+  lifetime_.end();
   cancelWatch();
 }
 
@@ -40,8 +40,8 @@ void EtcdClient::call(const std::string& path, std::string body, Callback callba
   a->body = std::move(body);
   a->callback = std::move(callback);
   if (!settings_.username.empty() && token_.empty()) {
-    authenticate([this, a, alive = alive_](bool ok, std::string error) {
-      if (!*alive) return;
+    authenticate([this, a, life = lifetime_.token()](bool ok, std::string error) {
+      if (!life.alive()) return;
       if (!ok) {
         Reply r;
         r.transport = error.rfind("unreachable: ", 0) == 0;
@@ -68,8 +68,8 @@ std::string EtcdClient::tlsHint(const std::string& error) const {
 }
 
 void EtcdClient::attempt(std::shared_ptr<Attempt> a) {
-  http_.send(request(a->path, a->body), [this, a, alive = alive_](HttpResponse response) {
-    if (!*alive) return;
+  http_.send(request(a->path, a->body), [this, a, life = lifetime_.token()](HttpResponse response) {
+    if (!life.alive()) return;
     if (response.status == 0 || (response.status >= 500 && !etcd::errorOf(response.body))) {
       a->lastError = endpoint() + ": " + (response.status ? "HTTP " + std::to_string(response.status) : response.error);
       if (response.status == 0) a->lastError += tlsHint(response.error);
@@ -86,8 +86,8 @@ void EtcdClient::attempt(std::shared_ptr<Attempt> a) {
       if (!settings_.username.empty() && !a->reauthenticated && e->find("auth token") != std::string::npos) {
         a->reauthenticated = true;
         token_.clear();
-        authenticate([this, a, alive](bool ok, std::string error) {
-          if (!*alive) return;
+        authenticate([this, a, life](bool ok, std::string error) {
+          if (!life.alive()) return;
           if (!ok) {
             Reply failed;
             failed.error = std::move(error);
@@ -136,29 +136,29 @@ void EtcdClient::watch(std::string key, std::string rangeEnd, std::int64_t start
   auto broken = std::make_shared<std::function<void(std::string)>>(std::move(onBroken));
   HttpRequest r = request("watch", etcd::watchCreateBody(key, rangeEnd, startRevision));
   r.timeout = std::chrono::milliseconds(0);
-  auto alive = alive_;
-  r.onBodyChunk = [this, generation, splitter, broken, onMessage = std::move(onMessage), alive](std::string_view data) {
+  auto life = lifetime_.token();
+  r.onBodyChunk = [this, generation, splitter, broken, onMessage = std::move(onMessage), life](std::string_view data) {
     for (const std::string& line : splitter->feed(data)) {
-      if (!*alive || generation != watchGeneration_) return;
+      if (!life.alive() || generation != watchGeneration_) return;
       std::string error;
       auto message = etcd::parseWatch(line, error);
       if (!message || message->canceled) {
         const std::string why = message ? "watch canceled: " + message->cancelReason : error;
         if (message && message->compactRevision) onMessage(*message);  // tells the revision to resync from
-        if (!*alive || generation != watchGeneration_) return;
+        if (!life.alive() || generation != watchGeneration_) return;
         cancelWatch();
         (*broken)(why);
         return;
       }
       onMessage(*message);
     }
-    if (splitter->overflow() && *alive && generation == watchGeneration_) {
+    if (splitter->overflow() && life.alive() && generation == watchGeneration_) {
       cancelWatch();
       (*broken)("watch message too large");
     }
   };
-  watchId_ = http_.send(std::move(r), [this, generation, broken, alive](HttpResponse response) {
-    if (!*alive || generation != watchGeneration_) return;
+  watchId_ = http_.send(std::move(r), [this, generation, broken, life](HttpResponse response) {
+    if (!life.alive() || generation != watchGeneration_) return;
     watchId_ = 0;
     current_ = (current_ + 1) % settings_.endpoints.size();  // the next try goes elsewhere
     (*broken)(response.status ? "watch stream ended (HTTP " + std::to_string(response.status) + ")"

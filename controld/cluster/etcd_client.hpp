@@ -15,6 +15,7 @@
 #include "controld/cluster/etcd_wire.hpp"
 #include "controld/config/config.hpp"
 #include "controld/io/http_client.hpp"
+#include "controld/io/lifetime.hpp"
 
 namespace ondemand::controld {
 
@@ -65,7 +66,7 @@ class EtcdClient {
   std::string token_;
   HttpClient::RequestId watchId_ = 0;
   std::uint64_t watchGeneration_ = 0;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  Lifetime lifetime_;
 };
 
 }  // namespace ondemand::controld

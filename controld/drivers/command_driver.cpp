@@ -517,7 +517,7 @@ std::vector<std::string> commandEnvironment(const std::string& service,
 }
 
 CommandDriver::~CommandDriver() {
-  *alive_ = false;
+  lifetime_.end();
   cancel();
 }
 
@@ -575,10 +575,10 @@ void CommandDriver::run(const OperationRequest& request, ProgressCallback progre
   op->record.kind = request.kind;
   op->record.driver = "command";
   op->record.startedAtMs = clockMillisNow();
-  const auto alive = alive_;
+  const auto life = lifetime_.token();
   if (progress) {
     progress(op->record);
-    if (!*alive || op_.get() != op) return;  // cancelled or destroyed from the callback
+    if (!life.alive() || op_.get() != op) return;  // cancelled or destroyed from the callback
   }
   op->progress = std::move(progress);
 

@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "controld/core/driver.hpp"
+#include "controld/io/lifetime.hpp"
 #include "controld/io/uv.hpp"
 #include "shared/duration.hpp"
 
@@ -120,7 +121,7 @@ class CommandDriver : public Driver {
   Millis killGrace_;
 
   std::unique_ptr<Operation> op_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  Lifetime lifetime_;
 };
 
 }  // namespace ondemand::controld

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string_view>
 
+#include "controld/io/lifetime.hpp"
 #include "controld/io/uv.hpp"
 
 namespace ondemand::controld {
@@ -100,7 +101,7 @@ struct HttpClient::Impl {
   }
 
   ~Impl() {
-    *alive = false;
+    lifetime.end();
     shuttingDown = true;  // curl's callbacks below must not touch the loop any more
     sockets.clear();      // stops watching before curl closes the descriptors
     for (auto& [id, transfer] : transfers) {
@@ -212,15 +213,15 @@ struct HttpClient::Impl {
   void socketAction(curl_socket_t fd, int flags) {
     int running = 0;
     curl_multi_socket_action(multi, fd, flags, &running);
-    const auto stillAlive = alive;
+    const auto life = lifetime.token();
     deliverChunks();  // may cancel transfers or destroy this
-    if (!*stillAlive) return;
+    if (!life.alive()) return;
     collectFinished();
     deliverReady();  // may destroy this
   }
 
   void deliverChunks() {
-    const auto stillAlive = alive;
+    const auto life = lifetime.token();
     while (!chunksReady.empty()) {
       const RequestId id = chunksReady.front();
       chunksReady.pop_front();
@@ -230,7 +231,7 @@ struct HttpClient::Impl {
       it->second->chunk.clear();
       auto callback = it->second->request.onBodyChunk;  // a copy: the transfer may go inside
       callback(data);
-      if (!*stillAlive) return;
+      if (!life.alive()) return;
     }
   }
 
@@ -285,7 +286,7 @@ struct HttpClient::Impl {
   }
 
   void deliverReady() {
-    const auto stillAlive = alive;
+    const auto life = lifetime.token();
     while (!ready.empty()) {
       const RequestId id = ready.front();
       ready.pop_front();
@@ -297,7 +298,7 @@ struct HttpClient::Impl {
       HttpResponse response = std::move(transfer->response);
       transfer.reset();
       if (callback) callback(std::move(response));  // may send, cancel, or destroy the client
-      if (!*stillAlive) return;
+      if (!life.alive()) return;
     }
   }
 
@@ -419,7 +420,7 @@ struct HttpClient::Impl {
   std::deque<RequestId> chunksReady;  // streaming transfers with body pieces to hand over
   RequestId nextId = 1;
   bool shuttingDown = false;
-  std::shared_ptr<bool> alive = std::make_shared<bool>(true);  // false once destroyed
+  Lifetime lifetime;  // ended once destroyed
 };
 
 HttpClient::HttpClient(uv_loop_t* loop) : impl_(std::make_unique<Impl>(loop)) {}

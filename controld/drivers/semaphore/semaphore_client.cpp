@@ -18,8 +18,8 @@ SemaphoreClient::SemaphoreClient(uv_loop_t* loop, HttpClient& http, SemaphoreSet
 
 SemaphoreClient::~SemaphoreClient() {
   // The transfers under way finish on their own (or with the HttpClient, which
-  // may already be gone at shutdown); their callbacks see alive_ and return.
-  *alive_ = false;
+  // may already be gone at shutdown); their callbacks find lifetime_ ended and return.
+  lifetime_.end();
   live_.reset();
 }
 
@@ -73,8 +73,8 @@ void SemaphoreClient::dispatch(RequestId id) {
   request.timeout = settings_.httpTimeout;
   request.keepBodyTail = call.keepBodyTail;
   call.session = sessionGeneration_;
-  call.httpId = http_.send(std::move(request), [this, alive = alive_, id](HttpResponse response) {
-    if (*alive) onResponse(id, std::move(response));
+  call.httpId = http_.send(std::move(request), [this, life = lifetime_.token(), id](HttpResponse response) {
+    if (life.alive()) onResponse(id, std::move(response));
   });
 }
 
@@ -112,8 +112,8 @@ void SemaphoreClient::startLogin() {
   request.headers = {"Accept: application/json", "Content-Type: application/json"};
   request.body = body.text();
   request.timeout = settings_.httpTimeout;
-  loginId_ = http_.send(std::move(request), [this, alive = alive_](HttpResponse response) {
-    if (*alive) onLogin(std::move(response));
+  loginId_ = http_.send(std::move(request), [this, life = lifetime_.token()](HttpResponse response) {
+    if (life.alive()) onLogin(std::move(response));
   });
 }
 
@@ -154,9 +154,9 @@ void SemaphoreClient::onLogin(HttpResponse response) {
     refused = who + " answered HTTP " + std::to_string(response.status) + " to the login of user \"" +
               settings_.username + "\"";
   }
-  const auto alive = alive_;
+  const auto life = lifetime_.token();
   for (const RequestId id : waiting) {
-    if (!*alive) return;
+    if (!life.alive()) return;
     if (calls_.count(id)) finish(id, response, refused);
   }
 }
@@ -240,9 +240,9 @@ void SemaphoreClient::onLiveEvent(const SemaphoreLiveUpdates::Event& event) {
   for (const auto& [id, watch] : watches_) {
     if (event.kind == Kind::Connected || watch.taskId == event.taskId) due.emplace_back(id, watch.callback);
   }
-  const auto alive = alive_;
+  const auto life = lifetime_.token();
   for (auto& [id, callback] : due) {
-    if (!*alive) return;
+    if (!life.alive()) return;
     if (!watches_.count(id)) continue;  // unwatched by an earlier callback
     callback(status);
   }

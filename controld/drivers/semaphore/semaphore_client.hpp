@@ -15,6 +15,7 @@
 #include "controld/config/config.hpp"
 #include "controld/drivers/semaphore/semaphore_live.hpp"
 #include "controld/io/http_client.hpp"
+#include "controld/io/lifetime.hpp"
 #include "controld/io/uv.hpp"
 
 namespace ondemand::controld {
@@ -107,7 +108,7 @@ class SemaphoreClient {
   bool liveConnected_ = false;
   std::string liveProblemLogged_;  // the last "unavailable" reason logged, to log each only once
 
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  Lifetime lifetime_;
 };
 
 }  // namespace ondemand::controld

@@ -464,7 +464,7 @@ SemaphoreLiveUpdates::SemaphoreLiveUpdates(uv_loop_t* loop, const SemaphoreSetti
 }
 
 SemaphoreLiveUpdates::~SemaphoreLiveUpdates() {
-  *alive_ = false;
+  lifetime_.end();
   {
     std::lock_guard lock(shared_->mutex);
     shared_->stop = true;
@@ -498,10 +498,10 @@ void SemaphoreLiveUpdates::deliver() {
     std::lock_guard lock(shared_->mutex);
     events.swap(shared_->events);
   }
-  const auto alive = alive_;
+  const auto life = lifetime_.token();
   for (const auto& e : events) {
     callback_(e);  // may destroy this
-    if (!*alive) return;
+    if (!life.alive()) return;
   }
 }
 

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "controld/config/config.hpp"
+#include "controld/io/lifetime.hpp"
 #include "controld/io/uv.hpp"
 
 namespace ondemand::controld {
@@ -58,7 +59,7 @@ class SemaphoreLiveUpdates {
   std::thread thread_;
   UvHandle<uv_async_t> async_;
   Callback callback_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  Lifetime lifetime_;
 };
 
 }  // namespace ondemand::controld
