@@ -73,6 +73,18 @@ class JsonWriter {
   JsonWriter& u64(std::string_view k, std::uint64_t v) { return key(k).uint64(v); }
   JsonWriter& flag(std::string_view k, bool v) { return key(k).boolean(v); }
 
+  // Text that is JSON already (an object another writer made), as a value.
+  JsonWriter& json(std::string_view text) {
+    writer_.RawValue(text.data(), text.size(), rapidjson::kObjectType);
+    return *this;
+  }
+  // A parsed RapidJSON value, written again.
+  template <typename Value>
+  JsonWriter& value(const Value& v) {
+    v.Accept(writer_);
+    return *this;
+  }
+
   // For RapidJSON values written as they are (value.Accept(writer.raw())).
   rapidjson::Writer<rapidjson::StringBuffer>& raw() { return writer_; }
 

@@ -456,7 +456,7 @@ std::string encode(const StatusReply& m) {
     writeDaemon(w, m.daemon);
     if (!m.clusterJson.empty()) {
       w.key("cluster");
-      w.raw().RawValue(m.clusterJson.c_str(), m.clusterJson.size(), rapidjson::kObjectType);
+      w.json(m.clusterJson);
     }
     w.key("services").startArray();
     for (const auto& s : m.services)

@@ -18,6 +18,7 @@
 // state and push it to their workers. The daemon acts only on what it owns
 // while etcd answers (owns()).
 
+#include <rapidjson/fwd.h>
 #include <uv.h>
 
 #include <cstdint>
@@ -32,6 +33,7 @@
 #include "controld/cluster/etcd_client.hpp"
 #include "controld/config/config.hpp"
 #include "controld/core/service_machine.hpp"
+#include "controld/io/lifetime.hpp"
 #include "controld/io/uv.hpp"
 
 namespace ondemand::controld {
@@ -134,25 +136,42 @@ class Cluster {
     bool dirty = false;
   };
 
+  struct StateValue {  // what state/<service> holds
+    std::string writer;
+    std::optional<MachineSnapshot> snapshot;  // nullopt: none, or one that does not read (error says why)
+    std::string error;
+  };
+  static constexpr auto kRetry = std::chrono::milliseconds(500);
+
+  // cluster.cpp: the core and reporting.
   std::string key(const std::string& kind, const std::string& service = {}, const std::string& node = {}) const;
+  void failed(const EtcdClient::Reply& reply, const char* what);
+  void setReachable(bool reachable, const std::string& why);
+  void retryLater(std::function<void()> step);
+  void checkMismatches();
+
+  // cluster_ownership.cpp: the lease, claiming, fenced writes, leaving.
   void grantLease();
   void keepAlive();
   void leaseLost(const std::string& why);
   void registerNode();
-  void resync();
-  void watchFrom(std::int64_t revision);
   void contend(const std::string& service);
-  void apply(const etcd::KeyValue& kv, bool deleted);
+  void claimed(const std::string& service, const etcd::TxnResult& txn);
   void setOwner(const std::string& service, std::optional<Owner> owner);
-  void mirrorState(const std::string& service, const std::string& value);
   void flushState(const std::string& service);
-  void flushLocal(const std::string& service);
-  void checkMismatches();
-  void failed(const EtcdClient::Reply& reply, const char* what);
-  void setReachable(bool reachable, const std::string& why);
-  void retryLater(std::function<void()> step);
   void revokeWhenWritten();
   void left(const char* how);
+
+  // cluster_mirror.cpp: reading and watching etcd, the other nodes, this node's activity.
+  static StateValue readStateValue(const std::string& value);
+  void resync();
+  void resynced(const etcd::RangeResult& range);
+  void watchFrom(std::int64_t revision);
+  void apply(const etcd::KeyValue& kv, bool deleted);
+  void applyMember(const std::string& node, const rapidjson::Value* value, std::int64_t lease);  // null: deleted
+  void applyActivity(const std::string& service, const std::string& node, const rapidjson::Value* value);
+  void mirrorState(const std::string& service, const std::string& value);
+  void flushLocal(const std::string& service);
 
   ClusterSettings settings_;
   ClusterHost& host_;
@@ -182,13 +201,12 @@ class Cluster {
   std::map<std::string, std::map<std::string, Remote>> remote_;  // service -> node -> activity
   std::map<std::string, Local> local_;
   std::map<std::string, Writes> writes_;
-  std::map<std::string, std::string> lastWriter_;
   std::set<std::string> wakesInFlight_;
   std::uint64_t wakeSeq_ = 0;
   std::set<std::string> reportedMismatches_;
   std::vector<std::string> mismatches_;  // "service: node a has idle_timeout_ms=..., node b ..." (JSON objects)
   std::int64_t startedAtMs_ = 0;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  Lifetime lifetime_;
 };
 
 }  // namespace ondemand::controld

@@ -1,36 +1,29 @@
 #include "controld/cluster/etcd_wire.hpp"
 
 #include <rapidjson/document.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 
 #include <charconv>
 
 #include "controld/io/websocket.hpp"
+#include "shared/enum_names.hpp"
+#include "shared/json_writer.hpp"
 
 namespace ondemand::controld::etcd {
 
 namespace {
 
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
-
-void str(Writer& w, std::string_view v) {
-  w.String(v.data(), static_cast<rapidjson::SizeType>(v.size()));
+// Keys and values go base64-encoded, 64-bit numbers as strings, as the
+// gateway writes them.
+void b64(JsonWriter& w, std::string_view key, std::string_view v) {
+  w.str(key, base64Encode(v));
 }
-void b64(Writer& w, const char* key, std::string_view v) {
-  w.Key(key);
-  const std::string e = base64Encode(v);
-  str(w, e);
+void num(JsonWriter& w, std::string_view key, std::int64_t v) {
+  w.str(key, std::to_string(v));
 }
-// 64-bit numbers go as strings, as the gateway writes them.
-void num(Writer& w, const char* key, std::int64_t v) {
-  w.Key(key);
-  const std::string s = std::to_string(v);
-  str(w, s);
-}
-
-std::string finish(rapidjson::StringBuffer& buffer) {
-  return std::string(buffer.GetString(), buffer.GetSize());
+// "key" and, for more than one key, "range_end".
+void keys(JsonWriter& w, std::string_view key, std::string_view rangeEnd) {
+  b64(w, "key", key);
+  if (!rangeEnd.empty()) b64(w, "range_end", rangeEnd);
 }
 
 // A number the gateway sent as a string (int64) or as a JSON number; absent = 0.
@@ -85,17 +78,53 @@ bool readHeaderRevision(const rapidjson::Value& obj, std::int64_t& revision) {
   return readInt(h->value, "revision", revision);
 }
 
-bool parseRangeValue(const rapidjson::Value& v, RangeResult& out) {
-  if (!v.IsObject() || !readHeaderRevision(v, out.revision)) return false;
-  auto kvs = v.FindMember("kvs");
-  if (kvs == v.MemberEnd()) return true;
-  if (!kvs->value.IsArray()) return false;
-  for (const auto& item : kvs->value.GetArray()) {
-    KeyValue kv;
-    if (!readKv(item, kv)) return false;
-    out.kvs.push_back(std::move(kv));
-  }
+// The array `key` of obj (absent: empty), each item given to read(), which
+// says false when the item is malformed.
+template <typename ReadItem>
+bool readArray(const rapidjson::Value& obj, const char* key, ReadItem read) {
+  auto m = obj.FindMember(key);
+  if (m == obj.MemberEnd()) return true;
+  if (!m->value.IsArray()) return false;
+  for (const auto& item : m->value.GetArray())
+    if (!read(item)) return false;
   return true;
+}
+
+bool parseRangeValue(const rapidjson::Value& v, RangeResult& out) {
+  return v.IsObject() && readHeaderRevision(v, out.revision) && readArray(v, "kvs", [&](const rapidjson::Value& item) {
+           KeyValue kv;
+           if (!readKv(item, kv)) return false;
+           out.kvs.push_back(std::move(kv));
+           return true;
+         });
+}
+
+// A txn answer's "responses": the ranges it read, in order.
+bool readRanges(const rapidjson::Value& doc, std::vector<RangeResult>& ranges) {
+  return readArray(doc, "responses", [&](const rapidjson::Value& item) {
+    if (!item.IsObject()) return false;
+    auto range = item.FindMember("response_range");
+    if (range == item.MemberEnd()) return true;
+    RangeResult rr;
+    if (!parseRangeValue(range->value, rr)) return false;
+    ranges.push_back(std::move(rr));
+    return true;
+  });
+}
+
+// A watch message's "events".
+bool readEvents(const rapidjson::Value& result, std::vector<Event>& events) {
+  return readArray(result, "events", [&](const rapidjson::Value& item) {
+    if (!item.IsObject()) return false;
+    Event e;
+    auto type = item.FindMember("type");
+    e.deleted =
+        type != item.MemberEnd() && type->value.IsString() && std::string_view(type->value.GetString()) == "DELETE";
+    auto kv = item.FindMember("kv");
+    if (kv == item.MemberEnd() || !readKv(kv->value, e.kv)) return false;
+    events.push_back(std::move(e));
+    return true;
+  });
 }
 
 std::optional<std::string> errorIn(const rapidjson::Value& doc) {
@@ -122,33 +151,45 @@ bool parseDoc(rapidjson::Document& doc, std::string_view body, std::string& erro
   return true;
 }
 
-void writeOp(Writer& w, const TxnOp& op) {
-  w.StartObject();
-  switch (op.kind) {
-    case TxnOp::Kind::Put:
-      w.Key("request_put");
-      w.StartObject();
-      b64(w, "key", op.key);
-      b64(w, "value", op.value);
-      if (op.lease) num(w, "lease", op.lease);
-      w.EndObject();
-      break;
-    case TxnOp::Kind::Range:
-      w.Key("request_range");
-      w.StartObject();
-      b64(w, "key", op.key);
-      if (!op.rangeEnd.empty()) b64(w, "range_end", op.rangeEnd);
-      w.EndObject();
-      break;
-    case TxnOp::Kind::Delete:
-      w.Key("request_delete_range");
-      w.StartObject();
-      b64(w, "key", op.key);
-      if (!op.rangeEnd.empty()) b64(w, "range_end", op.rangeEnd);
-      w.EndObject();
-      break;
+void writePut(JsonWriter& w, std::string_view key, std::string_view value, std::int64_t lease) {
+  b64(w, "key", key);
+  b64(w, "value", value);
+  if (lease) num(w, "lease", lease);
+}
+
+constexpr EnumName<TxnOp::Kind> kOpNames[] = {{TxnOp::Kind::Put, "request_put"},
+                                              {TxnOp::Kind::Range, "request_range"},
+                                              {TxnOp::Kind::Delete, "request_delete_range"}};
+
+void writeOp(JsonWriter& w, const TxnOp& op) {
+  w.startObject().key(nameOf(kOpNames, op.kind, "request_range")).startObject();
+  if (op.kind == TxnOp::Kind::Put) {
+    writePut(w, op.key, op.value, op.lease);
+  } else {
+    keys(w, op.key, op.rangeEnd);
   }
-  w.EndObject();
+  w.endObject().endObject();
+}
+
+// Each target of a comparison: its name, and the field that holds what it is compared with.
+struct TargetWire {
+  Compare::Target target;
+  const char* name;
+  const char* operand;
+};
+constexpr TargetWire kTargets[] = {{Compare::Target::Create, "CREATE", "create_revision"},
+                                   {Compare::Target::Mod, "MOD", "mod_revision"},
+                                   {Compare::Target::Version, "VERSION", "version"},
+                                   {Compare::Target::Value, "VALUE", "value"},
+                                   {Compare::Target::Lease, "LEASE", "lease"}};
+
+void writeTarget(JsonWriter& w, const Compare& c) {
+  for (const TargetWire& t : kTargets) {
+    if (t.target != c.target) continue;
+    w.str("target", t.name);
+    if (c.target == Compare::Target::Value) return b64(w, t.operand, c.value);
+    return num(w, t.operand, c.number);
+  }
 }
 
 }  // namespace
@@ -206,123 +247,67 @@ std::string prefixEnd(std::string_view prefix) {
 }
 
 std::string rangeBody(std::string_view key, std::string_view rangeEnd, std::int64_t revision) {
-  rapidjson::StringBuffer buffer;
-  Writer w(buffer);
-  w.StartObject();
-  b64(w, "key", key);
-  if (!rangeEnd.empty()) b64(w, "range_end", rangeEnd);
+  JsonWriter w;
+  w.startObject();
+  keys(w, key, rangeEnd);
   if (revision) num(w, "revision", revision);
-  w.EndObject();
-  return finish(buffer);
+  return w.endObject().text();
 }
 
 std::string putBody(std::string_view key, std::string_view value, std::int64_t lease) {
-  rapidjson::StringBuffer buffer;
-  Writer w(buffer);
-  w.StartObject();
-  b64(w, "key", key);
-  b64(w, "value", value);
-  if (lease) num(w, "lease", lease);
-  w.EndObject();
-  return finish(buffer);
+  JsonWriter w;
+  w.startObject();
+  writePut(w, key, value, lease);
+  return w.endObject().text();
 }
 
 std::string leaseGrantBody(std::int64_t ttlSeconds) {
-  rapidjson::StringBuffer buffer;
-  Writer w(buffer);
-  w.StartObject();
+  JsonWriter w;
+  w.startObject();
   num(w, "TTL", ttlSeconds);
-  w.EndObject();
-  return finish(buffer);
+  return w.endObject().text();
 }
 
 std::string leaseIdBody(std::int64_t id) {
-  rapidjson::StringBuffer buffer;
-  Writer w(buffer);
-  w.StartObject();
+  JsonWriter w;
+  w.startObject();
   num(w, "ID", id);
-  w.EndObject();
-  return finish(buffer);
+  return w.endObject().text();
 }
 
 std::string watchCreateBody(std::string_view key, std::string_view rangeEnd, std::int64_t startRevision) {
-  rapidjson::StringBuffer buffer;
-  Writer w(buffer);
-  w.StartObject();
-  w.Key("create_request");
-  w.StartObject();
-  b64(w, "key", key);
-  if (!rangeEnd.empty()) b64(w, "range_end", rangeEnd);
+  JsonWriter w;
+  w.startObject().key("create_request").startObject();
+  keys(w, key, rangeEnd);
   if (startRevision) num(w, "start_revision", startRevision);
-  w.Key("progress_notify");
-  w.Bool(true);
-  w.EndObject();
-  w.EndObject();
-  return finish(buffer);
+  w.flag("progress_notify", true);
+  return w.endObject().endObject().text();
 }
 
 std::string authenticateBody(std::string_view name, std::string_view password) {
-  rapidjson::StringBuffer buffer;
-  Writer w(buffer);
-  w.StartObject();
-  w.Key("name");
-  str(w, name);
-  w.Key("password");
-  str(w, password);
-  w.EndObject();
-  return finish(buffer);
+  JsonWriter w;
+  w.startObject().str("name", name).str("password", password);
+  return w.endObject().text();
 }
 
 std::string txnBody(const std::vector<Compare>& compare, const std::vector<TxnOp>& success,
                     const std::vector<TxnOp>& failure) {
-  rapidjson::StringBuffer buffer;
-  Writer w(buffer);
-  w.StartObject();
-  w.Key("compare");
-  w.StartArray();
+  JsonWriter w;
+  w.startObject().key("compare").startArray();
   for (const Compare& c : compare) {
-    w.StartObject();
+    w.startObject();
     b64(w, "key", c.key);
-    w.Key("result");
-    w.String("EQUAL");
-    w.Key("target");
-    switch (c.target) {
-      case Compare::Target::Create:
-        w.String("CREATE");
-        num(w, "create_revision", c.number);
-        break;
-      case Compare::Target::Mod:
-        w.String("MOD");
-        num(w, "mod_revision", c.number);
-        break;
-      case Compare::Target::Version:
-        w.String("VERSION");
-        num(w, "version", c.number);
-        break;
-      case Compare::Target::Value:
-        w.String("VALUE");
-        b64(w, "value", c.value);
-        break;
-      case Compare::Target::Lease:
-        w.String("LEASE");
-        num(w, "lease", c.number);
-        break;
-    }
-    w.EndObject();
+    w.str("result", "EQUAL");
+    writeTarget(w, c);
+    w.endObject();
   }
-  w.EndArray();
-  w.Key("success");
-  w.StartArray();
+  w.endArray().key("success").startArray();
   for (const TxnOp& op : success)
     writeOp(w, op);
-  w.EndArray();
-  w.Key("failure");
-  w.StartArray();
+  w.endArray().key("failure").startArray();
   for (const TxnOp& op : failure)
     writeOp(w, op);
-  w.EndArray();
-  w.EndObject();
-  return finish(buffer);
+  return w.endArray().endObject().text();
 }
 
 std::optional<std::string> errorOf(std::string_view body) {
@@ -348,27 +333,7 @@ std::optional<TxnResult> parseTxn(std::string_view body, std::string& error) {
   if (!parseDoc(doc, body, error)) return std::nullopt;
   TxnResult out;
   out.succeeded = readBool(doc, "succeeded");
-  bool ok = readHeaderRevision(doc, out.revision);
-  if (auto r = doc.FindMember("responses"); ok && r != doc.MemberEnd()) {
-    ok = r->value.IsArray();
-    if (ok) {
-      for (const auto& item : r->value.GetArray()) {
-        if (!item.IsObject()) {
-          ok = false;
-          break;
-        }
-        auto range = item.FindMember("response_range");
-        if (range == item.MemberEnd()) continue;
-        RangeResult rr;
-        if (!parseRangeValue(range->value, rr)) {
-          ok = false;
-          break;
-        }
-        out.ranges.push_back(std::move(rr));
-      }
-    }
-  }
-  if (!ok) {
+  if (!readHeaderRevision(doc, out.revision) || !readRanges(doc, out.ranges)) {
     error = "etcd's txn answer is malformed";
     return std::nullopt;
   }
@@ -417,28 +382,11 @@ std::optional<WatchMessage> parseWatch(std::string_view line, std::string& error
   WatchMessage out;
   out.created = readBool(v, "created");
   out.canceled = readBool(v, "canceled");
-  bool ok = readHeaderRevision(v, out.revision) && readInt(v, "compact_revision", out.compactRevision);
   if (auto m = v.FindMember("cancel_reason"); m != v.MemberEnd() && m->value.IsString()) {
     out.cancelReason = m->value.GetString();
   }
-  if (auto evs = v.FindMember("events"); ok && evs != v.MemberEnd()) {
-    ok = evs->value.IsArray();
-    if (ok) {
-      for (const auto& item : evs->value.GetArray()) {
-        Event e;
-        auto type = item.IsObject() ? item.FindMember("type") : item.MemberEnd();
-        e.deleted = item.IsObject() && type != item.MemberEnd() && type->value.IsString() &&
-                    std::string_view(type->value.GetString()) == "DELETE";
-        auto kv = item.IsObject() ? item.FindMember("kv") : item.MemberEnd();
-        if (!item.IsObject() || kv == item.MemberEnd() || !readKv(kv->value, e.kv)) {
-          ok = false;
-          break;
-        }
-        out.events.push_back(std::move(e));
-      }
-    }
-  }
-  if (!ok) {
+  if (!readHeaderRevision(v, out.revision) || !readInt(v, "compact_revision", out.compactRevision) ||
+      !readEvents(v, out.events)) {
     error = "etcd's watch message is malformed";
     return std::nullopt;
   }

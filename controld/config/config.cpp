@@ -10,12 +10,25 @@
 #include <filesystem>
 
 #include "controld/config/loader.hpp"
+#include "shared/enum_names.hpp"
 
 extern char** environ;
 
 namespace ondemand::controld {
 
 using namespace config_detail;
+
+namespace {
+
+constexpr EnumName<ServiceConfig::DriverKind> kDriverNames[] = {{ServiceConfig::DriverKind::None, "none"},
+                                                                {ServiceConfig::DriverKind::Command, "command"},
+                                                                {ServiceConfig::DriverKind::Semaphore, "semaphore"}};
+
+}  // namespace
+
+const char* driverName(const ServiceConfig& c) {
+  return nameOf(kDriverNames, c.driverKind(), "none");
+}
 
 std::string withoutTrailingSlashes(std::string url) {
   while (!url.empty() && url.back() == '/')

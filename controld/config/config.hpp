@@ -98,6 +98,9 @@ struct ServiceConfig {
   }
 };
 
+// "command", "semaphore" or "none".
+const char* driverName(const ServiceConfig& config);
+
 // "host:port" of an http(s) URL, the port defaulted from the scheme
 // ("http://10.0.0.5/x" -> "10.0.0.5:80"); empty for an empty URL. What
 // workers get as $ondemand_upstream.

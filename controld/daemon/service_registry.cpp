@@ -5,18 +5,6 @@
 
 namespace ondemand::controld {
 
-const char* driverName(const ServiceConfig& c) {
-  switch (c.driverKind()) {
-    case ServiceConfig::DriverKind::Command:
-      return "command";
-    case ServiceConfig::DriverKind::Semaphore:
-      return "semaphore";
-    case ServiceConfig::DriverKind::None:
-      return "none";
-  }
-  return "none";
-}
-
 ServiceRegistry::ServiceRegistry(uv_loop_t* loop, HttpClient& http, const StateStore& store)
     : loop_(loop), http_(http), store_(store), semaphore_(loop, http) {}
 

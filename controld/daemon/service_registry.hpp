@@ -48,9 +48,6 @@ struct Service {
   std::string evictedFor;  // stopping to make room for this service
 };
 
-// "command", "semaphore" or "none".
-const char* driverName(const ServiceConfig& config);
-
 class ServiceRegistry {
  public:
   using Map = std::map<std::string, std::unique_ptr<Service>>;

@@ -21,6 +21,11 @@ inline std::int64_t jsonInt64(const rapidjson::Value& o, const char* key) {
   return v && v->IsInt64() ? v->GetInt64() : 0;
 }
 
+inline std::uint64_t jsonUint64(const rapidjson::Value& o, const char* key) {
+  const auto* v = jsonMember(o, key);
+  return v && v->IsUint64() ? v->GetUint64() : 0;
+}
+
 // The member, or a null value: never an assertion on a missing member.
 inline const rapidjson::Value& jsonMemberOrNull(const rapidjson::Value& o, const char* key) {
   static const rapidjson::Value null;
