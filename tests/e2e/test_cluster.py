@@ -9,6 +9,8 @@ import time
 
 from cluster_case import ClusterTestCase, unb64
 from harness import free_port, http_request, wait_until
+from semaphore_double import DEFAULT_TOKEN, SemaphoreDouble
+from test_semaphore_controld import HealthServer
 
 NODES = ["node-1", "node-2", "node-3"]
 
@@ -21,12 +23,12 @@ def location(service, port, extra=""):
 class ClusterTest(ClusterTestCase):
 
     def start_cluster(self, name, port, idle="1h", ready_after=0.0, start_timeout="20s", extra="",
-                      services=None):
+                      services=None, top_yaml=""):
         services = services or {}
         for node in NODES:
             yaml = services.get(node) or self.service_yaml(name, port, idle=idle, ready_after=ready_after,
                                                            start_timeout=start_timeout)
-            self.start_node(node, yaml, location(name, port, extra))
+            self.start_node(node, yaml, location(name, port, extra), top_yaml)
         wait_until(lambda: all(self.node_service(n, name).get("owner") for n in NODES), 20,
                    message="every node knows the owner of %s" % name)
 
@@ -174,17 +176,103 @@ class ClusterTest(ClusterTestCase):
         ops = [h for h in self.node_service(new_owner, name)["history"] if h["to"] == "starting"]
         self.assertEqual(len(ops), 1, "the new owner followed the start under way")
 
+    def kill_the_owner(self, name):
+        """SIGKILLs node-1's controld, the owner of `name`; returns the node
+        that took over, once it did (within lease_ttl + 2 s)."""
+        self.assertEqual(self.owner(name), "node-1")
+        killed = time.monotonic()
+        self.nodes["node-1"]["controld"].kill9()
+        wait_until(lambda: self.owner(name) in ("node-2", "node-3"), self.lease_ttl + 2 + 1, interval=0.05,
+                   message="another node owning %s" % name)
+        took = time.monotonic() - killed
+        self.assertLessEqual(took, self.lease_ttl + 2, "takeover within lease_ttl + 2 s")
+        return self.owner(name)
+
     def test_the_owner_killed_mid_start_another_node_follows_the_same_start(self):
         port = free_port()
         self.start_cluster("slow", port, ready_after=4.0, start_timeout="30s")
         held, threads = self.hold_during_start("slow")
-        killed = time.monotonic()
-        self.nodes["node-1"]["controld"].kill9()
-        wait_until(lambda: self.owner("slow") in ("node-2", "node-3"), self.lease_ttl + 2 + 1, interval=0.05,
-                   message="another node owning slow")
-        took = time.monotonic() - killed
-        self.assertLessEqual(took, self.lease_ttl + 2, "takeover within lease_ttl + 2 s")
+        self.kill_the_owner("slow")
         self.assert_the_same_start_followed("slow", held, threads)
+
+    def semaphore_cluster(self, start_ms, idle):
+        """gpu on every node, driven by the Semaphore double (template 22
+        starts it in start_ms, 23 stops it), its health and answers served by
+        the test (up from the start: the task decides when it is warm)."""
+        double = SemaphoreDouble(templates=[{"id": 22, "run": "succeed", "after_ms": start_ms},
+                                            {"id": 23, "run": "succeed", "after_ms": 50}], queue_delay_ms=50).start()
+        self.addCleanup(double.stop)
+        health = HealthServer(up=True)
+        self.addCleanup(health.stop)
+        top = "semaphore:\n  base_url: %s\n  project_id: 1\n  api_token: %s\n  http_timeout: 1s\n" % (
+            double.url, DEFAULT_TOKEN)
+        yaml = ("  gpu:\n    health_url: {health}\n    idle_timeout: {idle}\n    start_timeout: 20s\n"
+                "    machine: gpu-01\n    semaphore:\n      start_template_id: 22\n      stop_template_id: 23\n"
+                "      task_timeout: 20s\n      poll_interval: 200ms\n").format(health=health.url, idle=idle)
+        self.start_cluster("gpu", health.server.server_address[1], services={n: yaml for n in NODES}, top_yaml=top)
+        return double
+
+    @staticmethod
+    def tasks(double, template_id):
+        return [t for t in double.all_tasks() if t["template_id"] == template_id]
+
+    def state_in_etcd(self, name):
+        kv = self.etcd.get("/od-test/state/" + name)
+        return json.loads(unb64(kv["value"]))["snapshot"] if kv else {}
+
+    def assert_one_task_then_one_idle_stop(self, double, new_owner):
+        """Once idle, the new owner stops gpu with one stop task; one start
+        task in all, and the history of one start (the task node-1 ran) and
+        one stop, nothing between: health kept it warm."""
+        self.wait_all_of(("node-2", "node-3"), "gpu", "cold", 25)
+        self.assertEqual(len(self.tasks(double, 22)), 1, "exactly one start task")
+        self.assertEqual(len(self.tasks(double, 23)), 1, "exactly one stop task")
+        svc = self.node_service(new_owner, "gpu")
+        self.assertEqual((svc["last_operation"]["kind"], svc["last_operation"]["task_id"],
+                          svc["last_operation"]["task_status"]), ("stop", 2, "success"))
+        history = svc["history"]
+        self.assertEqual([(h["from"], h["to"]) for h in history],
+                         [("cold", "starting"), ("starting", "warm"), ("warm", "stopping"), ("stopping", "cold")])
+        self.assertEqual((history[1]["task_id"], history[3]["task_id"]), (1, 2))
+
+    def test_the_owner_of_a_warm_semaphore_service_killed_another_node_keeps_it_warm_and_stops_it_once(self):
+        double = self.semaphore_cluster(start_ms=300, idle="8s")
+        first = self.node_get("node-1", "/first")
+        self.assertEqual(first.status, 200, first)
+        self.wait_all("gpu", "warm")
+        new_owner = self.kill_the_owner("gpu")
+        svc = self.node_service(new_owner, "gpu")
+        self.assertEqual(svc["state"], "warm")
+        self.assertEqual((svc["last_operation"]["task_id"], svc["last_operation"]["task_status"]), (1, "success"))
+        for node in ("node-2", "node-3"):
+            r = self.node_get(node, "/after")
+            self.assertEqual((r.status, r.body), (200, "ok\n"), r)
+        time.sleep(1.0)  # health checks of the new owner
+        self.assertEqual(self.states("gpu")["node-2"], "warm")
+        self.assertEqual(self.states("gpu")["node-3"], "warm")
+        self.assertEqual(len(self.tasks(double, 22)), 1, "no second start task")
+        self.assert_one_task_then_one_idle_stop(double, new_owner)
+
+    def test_the_owner_killed_while_its_semaphore_task_runs_another_node_follows_that_task(self):
+        # The task runs 7 s: the takeover (within lease_ttl + 2 s) comes while it runs.
+        double = self.semaphore_cluster(start_ms=7000, idle="5s")
+        held = {}
+        t = threading.Thread(target=lambda: held.update(r=self.node_get("node-2", "/held")), daemon=True)
+        t.start()
+        wait_until(lambda: (self.state_in_etcd("gpu").get("operation") or {}).get("task_id") == 1, 10,
+                   message="task 1 recorded in etcd")
+        new_owner = self.kill_the_owner("gpu")
+        self.assertEqual(double.task(1)["status"], "running", "taken over while the task runs")
+        t.join(30)
+        self.assertEqual((held["r"].status, held["r"].body), (200, "ok\n"), held["r"])
+        self.assertEqual(double.task(1)["status"], "success")
+        self.assertEqual(len(self.tasks(double, 22)), 1, "the new owner followed task 1 and started no other")
+        with open(self.path("%s-controld.log" % new_owner)) as f:
+            self.assertRegex(f.read(), r"operation_resumed service=gpu operation=start task_id=1\b")
+        svc = self.node_service(new_owner, "gpu")
+        self.assertEqual(svc["state"], "warm")
+        self.assertEqual((svc["last_operation"]["task_id"], svc["last_operation"]["task_status"]), (1, "success"))
+        self.assert_one_task_then_one_idle_stop(double, new_owner)
 
     def test_a_stopped_owner_hands_over_at_once_not_after_its_lease(self):
         self.lease_ttl = 20  # a takeover that waited for the lease to expire would take 20 s

@@ -140,13 +140,14 @@ class ClusterTestCase(ModuleTestCase):
                 "    start_timeout: {st}\n    start_command: {start}\n    stop_command: {stop}\n").format(
             name=name, port=port, idle=idle, st=start_timeout, start=json.dumps(start), stop=json.dumps(stop))
 
-    def start_node(self, node, services_yaml, locations):
-        """A controld joined to the cluster and an nginx in front of it."""
+    def start_node(self, node, services_yaml, locations, top_yaml=""):
+        """A controld joined to the cluster and an nginx in front of it;
+        top_yaml: more top-level sections of its controld.yaml (semaphore:)."""
         d = self.path(node)
         os.makedirs(d, exist_ok=True)
         sock = os.path.join(d, "c.sock")
-        config = self.write("%s/controld.yaml" % node, "socket: %s\nstate_dir: %s/state\n%sservices:\n%s" % (
-            sock, d, self.cluster_yaml(node), services_yaml))
+        config = self.write("%s/controld.yaml" % node, "socket: %s\nstate_dir: %s/state\n%s%sservices:\n%s" % (
+            sock, d, self.cluster_yaml(node), top_yaml, services_yaml))
         proc = self.spawn([CONTROLD, "serve", "--config", config], "%s-controld.log" % node)
         wait_until(lambda: os.path.exists(sock) or not proc.alive(), 10, message="%s socket" % node)
         port = free_port()
