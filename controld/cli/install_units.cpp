@@ -7,7 +7,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
+#include <string_view>
+#include <vector>
+
+#include "controld/cli/packaged_units.hpp"
 
 namespace ondemand::controld {
 
@@ -27,79 +32,136 @@ std::string octal(mode_t mode) {
   return buf;
 }
 
+void replaceAll(std::string& text, std::string_view from, const std::string& to) {
+  for (std::size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+    text.replace(at, from.size(), to);
+}
+
+// What a setting of the packaged unit becomes: kept as it is, dropped, or
+// replaced by these lines (each "Key=value").
+struct Rewritten {
+  enum class How { Keep, Drop, Replace } how = How::Keep;
+  std::vector<std::string> lines;
+};
+Rewritten keep() {
+  return {};
+}
+Rewritten drop() {
+  return {Rewritten::How::Drop, {}};
+}
+Rewritten replace(std::vector<std::string> lines) {
+  return {Rewritten::How::Replace, std::move(lines)};
+}
+Rewritten replaceIf(bool wanted, std::string line) {
+  return wanted ? replace({std::move(line)}) : drop();
+}
+
+using Rule = std::function<Rewritten(std::string_view key, const std::string& value)>;
+
+// The packaged unit, line by line: its comments go (they speak of the
+// package's paths and users), its sections and settings stay, rewritten by
+// `rule`; `beforeInstall` lines end the section before [Install].
+std::string rewriteUnit(std::string_view packaged, const std::string& header, const Rule& rule,
+                        const std::vector<std::string>& beforeInstall = {}) {
+  std::string out = header;
+  bool blank = false;  // collapse the blank lines the comments leave behind
+  auto emit = [&](const std::string& line) {
+    if (line.empty()) {
+      blank = !out.empty();
+      return;
+    }
+    if (blank && line.front() == '[') out += "\n";
+    blank = false;
+    out += line + "\n";
+  };
+  std::size_t pos = 0;
+  while (pos < packaged.size()) {
+    std::size_t eol = packaged.find('\n', pos);
+    if (eol == std::string_view::npos) eol = packaged.size();
+    const std::string line(packaged.substr(pos, eol - pos));
+    pos = eol + 1;
+    if (!line.empty() && line.front() == '#') continue;
+    if (line == "[Install]") {
+      for (const auto& extra : beforeInstall)
+        emit(extra);
+      blank = true;  // [Install] stays apart from the last setting before it
+    }
+    const std::size_t eq = line.find('=');
+    if (line.empty() || line.front() == '[' || eq == std::string::npos) {
+      emit(line);
+      continue;
+    }
+    const Rewritten r = rule(std::string_view(line).substr(0, eq), line.substr(eq + 1));
+    switch (r.how) {
+      case Rewritten::How::Keep:
+        emit(line);
+        break;
+      case Rewritten::How::Drop:
+        break;
+      case Rewritten::How::Replace:
+        for (const auto& l : r.lines)
+          emit(l);
+        break;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 UnitFiles renderUnits(const Config& config, const UnitOptions& o) {
   const std::string socketDir = std::filesystem::path(config.socketPath).parent_path().string();
   const std::string runtimeDir = underDir(socketDir, "/run");
   const std::string stateDir = underDir(config.stateDir, "/var/lib");
-  UnitFiles u;
-  u.service = "# Written by `controld install-units --config " + o.configPath +
-              "`.\n"
-              "# docs/OPERATIONS.md explains every setting; change them with a drop-in\n"
-              "# (systemctl edit controld) rather than here.\n"
-              "[Unit]\n"
-              "Description=ondemand control daemon (wake-on-request for nginx)\n"
-              "Documentation=man:controld(8)\n"
-              "After=network-online.target controld.socket\n"
-              "Wants=network-online.target\n"
-              "Requires=controld.socket\n"
-              "Before=nginx.service\n"
-              "\n"
-              "[Service]\n"
-              "Type=notify\n"
-              "NotifyAccess=main\n";
-  if (!o.user.empty()) {
-    u.service += "User=" + o.user + "\nGroup=" + o.group + "\n";
-    if (!config.socketGroup.empty()) u.service += "SupplementaryGroups=" + config.socketGroup + "\n";
-  } else {
-    u.service += "# Runs as root: install-units --user NAME for a user of its own.\n";
-  }
-  u.service +=
-      "EnvironmentFile=-/etc/default/controld\n"
-      "ExecStartPre=" +
-      o.binary + " check-config --config " + o.configPath + "\nExecStart=" + o.binary + " serve --config " +
-      o.configPath + "\nExecReload=" + o.binary + " check-config --config " + o.configPath +
-      "\nExecReload=/bin/kill -HUP $MAINPID\n"
-      "Restart=on-failure\n"
-      "RestartSec=2s\n"
-      "RestartPreventExitStatus=2\n"
-      "WatchdogSec=30s\n"
-      "KillMode=process\n"
-      "TimeoutStopSec=30s\n";
-  if (!runtimeDir.empty()) {
-    u.service += "RuntimeDirectory=" + runtimeDir + "\nRuntimeDirectoryMode=0755\nRuntimeDirectoryPreserve=yes\n";
-  }
-  if (!stateDir.empty()) u.service += "StateDirectory=" + stateDir + "\nStateDirectoryMode=0750\n";
-  u.service +=
-      "UMask=0027\n"
-      "LimitNOFILE=65536\n"
-      "NoNewPrivileges=yes\n"
-      "ProtectSystem=strict\n"
-      "ProtectHome=read-only\n"
-      "PrivateTmp=yes\n"
-      "ProtectControlGroups=yes\n";
-  if (stateDir.empty()) u.service += "ReadWritePaths=" + config.stateDir + "\n";
-  if (runtimeDir.empty()) u.service += "ReadWritePaths=" + socketDir + "\n";
-  u.service += "\n[Install]\nWantedBy=multi-user.target\n";
+  const bool root = o.user.empty();
+  const std::string header = "# Written by `controld install-units --config " + o.configPath +
+                             "` from the packaged unit.\n"
+                             "# docs/OPERATIONS.md explains every setting; change them with a drop-in\n"
+                             "# (systemctl edit controld) rather than here.\n";
+  // Outside /run and /var/lib systemd makes no directory: ProtectSystem=strict
+  // must be told the paths controld writes.
+  std::vector<std::string> writable;
+  if (stateDir.empty()) writable.push_back("ReadWritePaths=" + config.stateDir);
+  if (runtimeDir.empty()) writable.push_back("ReadWritePaths=" + socketDir);
 
-  u.socket = "# Written by `controld install-units --config " + o.configPath +
-             "`: controld's control socket,\n"
-             "# held by systemd so nginx workers are never refused while controld restarts.\n"
-             "[Unit]\n"
-             "Description=ondemand control socket (wake-on-request for nginx)\n"
-             "Documentation=man:controld(8)\n"
-             "\n"
-             "[Socket]\n"
-             "ListenStream=" +
-             config.socketPath + "\n";
-  if (!o.user.empty()) u.socket += "SocketUser=" + o.user + "\n";
-  if (!config.socketGroup.empty()) u.socket += "SocketGroup=" + config.socketGroup + "\n";
-  u.socket += "SocketMode=" + octal(config.socketMode.value_or(0660)) +
-              "\n"
-              "DirectoryMode=0755\n"
-              "RemoveOnStop=yes\n"
-              "\n[Install]\nWantedBy=sockets.target\n";
+  UnitFiles u;
+  u.service = rewriteUnit(
+      kPackagedService, header,
+      [&](std::string_view key, const std::string& value) -> Rewritten {
+        if (key == "Documentation") return replace({"Documentation=man:controld(8)"});
+        if (key == "User") {
+          return replace(
+              {root ? "# Runs as root: install-units --user NAME for a user of its own." : "User=" + o.user});
+        }
+        if (key == "Group") return replaceIf(!root, "Group=" + o.group);
+        if (key == "SupplementaryGroups") {
+          return replaceIf(!root && !config.socketGroup.empty(), "SupplementaryGroups=" + config.socketGroup);
+        }
+        if (key == "ExecStartPre" || key == "ExecStart" || key == "ExecReload") {
+          std::string command = value;
+          replaceAll(command, "/usr/bin/controld", o.binary);
+          replaceAll(command, "/etc/controld/controld.yaml", o.configPath);
+          return replace({std::string(key) + "=" + command});
+        }
+        if (key == "RuntimeDirectory") return replaceIf(!runtimeDir.empty(), "RuntimeDirectory=" + runtimeDir);
+        if (key.rfind("RuntimeDirectory", 0) == 0) return runtimeDir.empty() ? drop() : keep();
+        if (key == "StateDirectory") return replaceIf(!stateDir.empty(), "StateDirectory=" + stateDir);
+        if (key.rfind("StateDirectory", 0) == 0) return stateDir.empty() ? drop() : keep();
+        return keep();
+      },
+      writable);
+
+  const std::string socketHeader = "# Written by `controld install-units --config " + o.configPath +
+                                   "`: controld's control socket,\n"
+                                   "# held by systemd so nginx workers are never refused while controld restarts.\n";
+  u.socket = rewriteUnit(kPackagedSocket, socketHeader, [&](std::string_view key, const std::string&) -> Rewritten {
+    if (key == "Documentation") return replace({"Documentation=man:controld(8)"});
+    if (key == "ListenStream") return replace({"ListenStream=" + config.socketPath});
+    if (key == "SocketUser") return replaceIf(!root, "SocketUser=" + o.user);
+    if (key == "SocketGroup") return replaceIf(!config.socketGroup.empty(), "SocketGroup=" + config.socketGroup);
+    if (key == "SocketMode") return replace({"SocketMode=" + octal(config.socketMode.value_or(0660))});
+    return keep();
+  });
   return u;
 }
 
