@@ -104,7 +104,7 @@ void Cluster::setReachable(bool reachable, const std::string& why) {
   host_.clusterReachability(reachable);
 }
 
-void Cluster::failed(const EtcdClient::Reply& reply, const char* what) {
+void Cluster::failed(const EtcdClient::Reply& reply, const std::string& what) {
   if (reply.transport || reply.refused) {
     setReachable(false, reply.error);
   } else {

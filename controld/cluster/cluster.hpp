@@ -13,6 +13,7 @@
 //   state/<service>           {"writer", "snapshot"}: the service's machine snapshot (fenced)
 //   activity/<service>/<node> that node's requests in flight and started, its stopping-ack (lease)
 //   wake/<service>/<node>     a wake from a node that does not own the service (lease)
+//   stop/<service>/<node>     a `controld stop` on a node that does not own the service (lease)
 //
 // The owner drives the service's ServiceMachine; the other nodes mirror its
 // state and push it to their workers. The daemon acts only on what it owns
@@ -52,6 +53,8 @@ class ClusterHost {
   virtual void clusterMirror(const std::string& service, MachineSnapshot snapshot) = 0;
   // Owner only: another node's worker wants the service.
   virtual void clusterWake(const std::string& service, const std::string& reason) = 0;
+  // Owner only: `controld stop` ran on another node.
+  virtual void clusterStop(const std::string& service, const std::string& reason) = 0;
   // Owner only: another node's activity or stopping-ack changed.
   virtual void clusterActivity(const std::string& service, bool requestsStarted) = 0;
   // etcd became reachable or unreachable.
@@ -92,6 +95,9 @@ class Cluster {
   void publishState(const std::string& service, const MachineSnapshot& snapshot, std::function<void(bool)> done);
   // Not owner: a worker of this node wants the service.
   void forwardWake(const std::string& service, const std::string& reason);
+  // Not owner: `controld stop` ran on this node. The owner acts on it if it
+  // sees it on its watch (a request an owner missed is not replayed later).
+  void forwardStop(const std::string& service, const std::string& reason);
   // This node's requests in flight and started (cumulative) for a service.
   void reportLocal(const std::string& service, std::uint64_t inFlight, std::uint64_t started);
   // Not owner: this node's workers all answered the stopping announcement `epoch`.
@@ -145,7 +151,7 @@ class Cluster {
 
   // cluster.cpp: the core and reporting.
   std::string key(const std::string& kind, const std::string& service = {}, const std::string& node = {}) const;
-  void failed(const EtcdClient::Reply& reply, const char* what);
+  void failed(const EtcdClient::Reply& reply, const std::string& what);
   void setReachable(bool reachable, const std::string& why);
   void retryLater(std::function<void()> step);
   void checkMismatches();
@@ -167,7 +173,8 @@ class Cluster {
   void resync();
   void resynced(const etcd::RangeResult& range);
   void watchFrom(std::int64_t revision);
-  void apply(const etcd::KeyValue& kv, bool deleted);
+  void apply(const etcd::KeyValue& kv, bool deleted, bool live);  // live: from the watch, not a range
+  void forward(const char* kind, const std::string& service, const std::string& reason);
   void applyMember(const std::string& node, const rapidjson::Value* value, std::int64_t lease);  // null: deleted
   void applyActivity(const std::string& service, const std::string& node, const rapidjson::Value* value);
   void mirrorState(const std::string& service, const std::string& value);
@@ -201,8 +208,8 @@ class Cluster {
   std::map<std::string, std::map<std::string, Remote>> remote_;  // service -> node -> activity
   std::map<std::string, Local> local_;
   std::map<std::string, Writes> writes_;
-  std::set<std::string> wakesInFlight_;
-  std::uint64_t wakeSeq_ = 0;
+  std::set<std::string> forwardsInFlight_;  // "wake/<service>", "stop/<service>"
+  std::uint64_t forwardSeq_ = 0;
   std::set<std::string> reportedMismatches_;
   std::vector<std::string> mismatches_;  // "service: node a has idle_timeout_ms=..., node b ..." (JSON objects)
   std::int64_t startedAtMs_ = 0;

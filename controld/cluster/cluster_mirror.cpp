@@ -59,7 +59,7 @@ void Cluster::resynced(const etcd::RangeResult& range) {
   remote_.clear();
   const std::string ownerPrefix = settings_.prefix + "owner/";
   for (const auto& kv : range.kvs) {
-    apply(kv, false);
+    apply(kv, false, false);
     if (kv.key.rfind(ownerPrefix, 0) == 0) seenOwners.insert(kv.key.substr(ownerPrefix.size()));
   }
   for (auto it = owners_.begin(); it != owners_.end();) {
@@ -97,7 +97,7 @@ void Cluster::watchFrom(std::int64_t revision) {
       [this](const etcd::WatchMessage& m) {
         if (m.compactRevision) return;  // resync follows from onBroken
         for (const auto& e : m.events) {
-          apply(e.kv, e.deleted);
+          apply(e.kv, e.deleted, true);
           revision_ = std::max(revision_, e.kv.modRevision);
         }
         revision_ = std::max(revision_, m.revision);
@@ -119,7 +119,7 @@ void Cluster::watchFrom(std::int64_t revision) {
 
 // --- what a key says ----------------------------------------------------------
 
-void Cluster::apply(const etcd::KeyValue& kv, bool deleted) {
+void Cluster::apply(const etcd::KeyValue& kv, bool deleted, bool live) {
   if (kv.key.rfind(settings_.prefix, 0) != 0) return;
   const std::string rest = kv.key.substr(settings_.prefix.size());
   const auto slash = rest.find('/');
@@ -127,7 +127,7 @@ void Cluster::apply(const etcd::KeyValue& kv, bool deleted) {
   const std::string kind = rest.substr(0, slash);
   std::string name = rest.substr(slash + 1);
   std::string node;
-  if (kind == "activity" || kind == "wake") {
+  if (kind == "activity" || kind == "wake" || kind == "stop") {
     const auto s2 = name.find('/');
     if (s2 == std::string::npos) return;
     node = name.substr(s2 + 1);
@@ -154,6 +154,9 @@ void Cluster::apply(const etcd::KeyValue& kv, bool deleted) {
   if (kind == "activity") return applyActivity(name, node, deleted ? nullptr : &doc);
   if (kind == "wake" && !deleted && mine_.count(name) && reachable_) {
     host_.clusterWake(name, jsonString(doc, "reason") + " (via " + node + ")");
+  }
+  if (kind == "stop" && !deleted && live && mine_.count(name) && reachable_) {
+    host_.clusterStop(name, jsonString(doc, "reason") + " (via " + node + ")");
   }
 }
 
@@ -204,15 +207,24 @@ void Cluster::mirrorState(const std::string& service, const std::string& value) 
 // --- this node's wakes and activity ------------------------------------------
 
 void Cluster::forwardWake(const std::string& service, const std::string& reason) {
-  if (!leaseId_ || !reachable_ || wakesInFlight_.count(service)) return;
-  wakesInFlight_.insert(service);
+  forward("wake", service, reason);
+}
+
+void Cluster::forwardStop(const std::string& service, const std::string& reason) {
+  forward("stop", service, reason);
+}
+
+void Cluster::forward(const char* kind, const std::string& service, const std::string& reason) {
+  const std::string what = std::string(kind) + "/" + service;
+  if (!leaseId_ || !reachable_ || forwardsInFlight_.count(what)) return;
+  forwardsInFlight_.insert(what);
   JsonWriter w;
-  w.startObject().str("reason", reason).u64("seq", ++wakeSeq_).endObject();
-  etcd_.call("kv/put", etcd::putBody(key("wake", service, settings_.node), w.text(), leaseId_),
-             [this, life = lifetime_.token(), service](EtcdClient::Reply r) {
+  w.startObject().str("reason", reason).u64("seq", ++forwardSeq_).endObject();
+  etcd_.call("kv/put", etcd::putBody(key(kind, service, settings_.node), w.text(), leaseId_),
+             [this, life = lifetime_.token(), what](EtcdClient::Reply r) {
                if (!life.alive()) return;
-               wakesInFlight_.erase(service);
-               if (!r.ok) failed(r, "forward wake");
+               forwardsInFlight_.erase(what);
+               if (!r.ok) failed(r, "forward " + what);
              });
 }
 

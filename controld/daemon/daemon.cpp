@@ -447,24 +447,18 @@ void Daemon::handleCommand(ControlConnection& c, const protocol::Command& comman
   Service* s = services_->find(command.service);
   if (!s) return reply(false, "unknown service \"" + command.service + "\"", nullptr);
   const auto now = clockMillisNow();
-  if (!acting(*s)) {  // in a cluster, on a node that does not own it
-    if (command.verb == "start") {
-      cluster_->forwardWake(s->config.name, "controld start (cli)");
-      return reply(true, "", s);
-    }
+  if (command.verb == "stop" && (!s->driver || !s->driver->supports(OperationKind::Stop))) {
     return reply(false,
-                 cluster_->reachable() ? "service \"" + s->config.name + "\" is owned by node \"" +
-                                             cluster_->ownerOf(s->config.name) + "\": run controld stop there"
-                                       : std::string("etcd is unreachable: this node stops nothing"),
-                 s);
+                 "service \"" + s->config.name + "\" has no stop_command or stop template: controld cannot stop it", s);
+  }
+  if (!acting(*s)) {  // in a cluster, on a node that does not own it: the owner acts, through etcd
+    if (command.verb == "stop") return forwardStop(c, command, *s);
+    cluster_->forwardWake(s->config.name, "controld start (cli)");
+    return reply(true, "", s);
   }
   if (command.verb == "start") {
     apply(*s, s->machine.wake(now, Cause::Cli, "controld start"), "controld start (cli)");
     return reply(true, "", s);
-  }
-  if (!s->driver || !s->driver->supports(OperationKind::Stop)) {
-    return reply(false,
-                 "service \"" + s->config.name + "\" has no stop_command or stop template: controld cannot stop it", s);
   }
   apply(*s, s->machine.stopRequested(now), "controld stop (cli)");
   return reply(true, "", s);

@@ -14,6 +14,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "controld/cluster/cluster.hpp"
 #include "controld/config/config.hpp"
@@ -54,6 +55,7 @@ class Daemon : public ControlServer::Handler, public ClusterHost {
   void clusterLost(const std::string& service) override;
   void clusterMirror(const std::string& service, MachineSnapshot snapshot) override;
   void clusterWake(const std::string& service, const std::string& reason) override;
+  void clusterStop(const std::string& service, const std::string& reason) override;
   void clusterActivity(const std::string& service, bool requestsStarted) override;
   void clusterReachability(bool reachable) override;
   void clusterCaughtUp() override;
@@ -107,6 +109,9 @@ class Daemon : public ControlServer::Handler, public ClusterHost {
   void clusterServices();
   // Owner: the state goes to etcd (fenced); `launch` runs once it is there.
   void publishToCluster(Service& service, std::function<void()> launch);
+  // Not owner: `controld stop` goes to the owner; answered once it acted.
+  void forwardStop(ControlConnection& connection, const protocol::Command& command, Service& service);
+  void answerForwardedStops();
 
   uv_loop_t* loop_;
   uv_loop_t loopStorage_;
@@ -131,6 +136,15 @@ class Daemon : public ControlServer::Handler, public ClusterHost {
   std::uint64_t unknownWakesOther_ = 0;                          // wakes for unknown names past that bound
   std::set<uid_t> adminUids_;                                    // admin_users, resolved
   std::set<gid_t> adminGids_;                                    // admin_groups, resolved
+  struct ForwardedStop {                                         // a `controld stop` the owner was asked to act on
+    std::uint64_t connection = 0;
+    std::int64_t commandId = 0;
+    std::string service;
+    std::uint64_t epoch = 0;  // the service's epoch when it was forwarded
+    std::int64_t deadlineMs = 0;
+  };
+  std::vector<ForwardedStop> forwardedStops_;
+  std::unique_ptr<Timer> forwardedStopTimer_;
   DaemonSignals signals_;
   Watchdog watchdog_;
   std::int64_t startedAtMs_ = 0;

@@ -2,6 +2,8 @@
 // of a service acts on it; every other node mirrors the owner's state to its
 // workers and forwards what they say (wakes, activity, stopping-acks).
 
+#include <algorithm>
+
 #include "controld/daemon/daemon.hpp"
 #include "controld/io/clock.hpp"
 #include "controld/io/log.hpp"
@@ -93,6 +95,7 @@ void Daemon::clusterMirror(const std::string& name, MachineSnapshot snapshot) {
   const bool newAnnouncement = draining && snapshot.epoch != s->machine.epoch();
   s->machine.mirror(withTimes(std::move(snapshot), fromWallMs));
   publish(*s);
+  if (!forwardedStops_.empty()) answerForwardedStops();
   if (newAnnouncement) {
     beginDrain(*s);  // this node's workers answer; the ack goes to the owner through etcd
   } else if (!draining) {
@@ -104,6 +107,53 @@ void Daemon::clusterWake(const std::string& name, const std::string& reason) {
   Service* s = services_->find(name);
   if (!s || !acting(*s)) return;
   apply(*s, s->machine.wake(clockMillisNow(), Cause::Request, reason), reason);
+}
+
+void Daemon::clusterStop(const std::string& name, const std::string& reason) {
+  Service* s = services_->find(name);
+  if (!s || !acting(*s) || !s->driver || !s->driver->supports(OperationKind::Stop)) return;
+  apply(*s, s->machine.stopRequested(clockMillisNow()), reason);
+}
+
+void Daemon::forwardStop(ControlConnection& c, const protocol::Command& command, Service& s) {
+  auto answer = [&](bool ok, const std::string& error) { c.send(replyLine(command.id, ok, error, &s)); };
+  if (!cluster_->reachable()) return answer(false, "etcd is unreachable: this node stops nothing");
+  const ServiceState state = s.machine.state();
+  if (state == ServiceState::Cold) return answer(true, "");  // nothing to stop, as on the owner
+  cluster_->forwardStop(s.config.name, "controld stop (cli)");
+  if (state == ServiceState::Stopping) return answer(true, "");  // under way: --wait follows it to cold
+  // The answer waits for the owner's next state (stopping), as the owner's own answer would say it.
+  forwardedStops_.push_back(ForwardedStop{c.id(), command.id, s.config.name, s.machine.epoch(),
+                                          clockMillisNow() + 2 * config_.cluster->requestTimeout.count()});
+  answerForwardedStops();
+}
+
+void Daemon::answerForwardedStops() {
+  const auto now = clockMillisNow();
+  std::vector<ForwardedStop> waiting;
+  std::int64_t next = 0;
+  for (const auto& f : forwardedStops_) {
+    const Service* s = services_->find(f.service);
+    const bool acted = s && s->machine.epoch() != f.epoch;
+    if (s && !acted && now < f.deadlineMs) {
+      next = next ? std::min(next, f.deadlineMs) : f.deadlineMs;
+      waiting.push_back(f);
+      continue;
+    }
+    const std::string line =
+        acted || !s ? replyLine(f.commandId, acted, acted ? "" : "service \"" + f.service + "\" is gone", s)
+                    : replyLine(f.commandId, false,
+                                "node \"" + cluster_->ownerOf(f.service) + "\", which owns service \"" + f.service +
+                                    "\", did not act on the stop in time: run controld stop there",
+                                s);
+    server_->forEach([&](ControlConnection& c) {
+      if (c.id() == f.connection) c.send(line);
+    });
+  }
+  forwardedStops_ = std::move(waiting);
+  if (!next) return;
+  if (!forwardedStopTimer_) forwardedStopTimer_ = std::make_unique<Timer>(loop_);
+  forwardedStopTimer_->start(std::chrono::milliseconds(next - now), [this] { answerForwardedStops(); });
 }
 
 void Daemon::clusterActivity(const std::string& name, bool requestsStarted) {

@@ -97,6 +97,15 @@ class ClusterTest(ClusterTestCase):
         except OSError:
             return 0
 
+    def warm_on_node_1(self, name, idle):
+        """`name` (counted starts and stops, idle_timeout idle) on every node,
+        owned by node-1 and started by a request through it."""
+        port = free_port()
+        yaml = self.counted_stop_yaml(name, port, idle)
+        self.start_cluster(name, port, services={n: yaml for n in NODES})
+        self.assertEqual(self.owner(name), "node-1")
+        self.assertEqual(self.node_get("node-1", "/").status, 200)
+
     def owner_history(self, name):
         owner = self.owner(name)
         return self.node_service(owner, name).get("history", [])
@@ -127,11 +136,7 @@ class ClusterTest(ClusterTestCase):
         self.assertGreaterEqual(stopping[0]["at"] / 1000.0, done["r"].ended - 0.05, "stopped after the stream ended")
 
     def test_a_request_through_another_node_during_the_stop_announcement_calls_it_off(self):
-        port = free_port()
-        yaml = self.counted_stop_yaml("calloff", port, "2s")
-        self.start_cluster("calloff", port, services={n: yaml for n in NODES})
-        self.assertEqual(self.owner("calloff"), "node-1")
-        self.assertEqual(self.node_get("node-1", "/").status, 200)
+        self.warm_on_node_1("calloff", "2s")
         # node-2's controld is paused (shorter than lease_ttl): its workers'
         # answer cannot reach the owner, so the announcement lasts drain's 2 s.
         self.nodes["node-2"]["controld"].signal(signal.SIGSTOP)
@@ -296,12 +301,26 @@ class ClusterTest(ClusterTestCase):
         self.assert_the_same_start_followed("handover", held, threads)
         self.wait_all_of(("node-2", "node-3"), "handover", "warm")
 
+    def test_controld_stop_on_a_node_that_does_not_own_the_service_stops_it_through_the_owner(self):
+        self.warm_on_node_1("remote", "1h")
+        self.wait_all("remote", "warm")
+        out = self.cli("stop", "remote", "--wait", socket_path=self.nodes["node-2"]["socket"], timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "remote: cold\n")
+        self.wait_all("remote", "cold")
+        self.assertEqual(self.stops("remote"), 1, "one stop command, run by the owner")
+        history = self.node_service("node-1", "remote")["history"]
+        self.assertEqual([(h["from"], h["to"], h["cause"]) for h in history[-2:]],
+                         [("warm", "stopping", "cli"), ("stopping", "cold", "cli")])
+        with open(self.path("node-1-controld.log")) as f:
+            self.assertRegex(f.read(), r"operation_begin service=remote operation=stop .*via node-2")
+        # Nothing to stop: said at once, nothing runs.
+        out = self.cli("stop", "remote", socket_path=self.nodes["node-3"]["socket"], timeout=10)
+        self.assertEqual((out.returncode, out.stdout), (0, "remote: cold\n"), out.stderr)
+        self.assertEqual(self.stops("remote"), 1)
+
     def test_an_owner_paused_past_its_lease_writes_nothing_after_it(self):
-        port = free_port()
-        yaml = self.counted_stop_yaml("paused", port, "2s")
-        self.start_cluster("paused", port, services={n: yaml for n in NODES})
-        self.assertEqual(self.owner("paused"), "node-1")
-        self.assertEqual(self.node_get("node-1", "/").status, 200)
+        self.warm_on_node_1("paused", "2s")
         self.nodes["node-1"]["controld"].signal(signal.SIGSTOP)
         try:
             # While node-1 sleeps, its idle timer runs out too: on waking it
