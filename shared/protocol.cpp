@@ -11,6 +11,7 @@
 
 #include "shared/json_read.hpp"
 #include "shared/json_writer.hpp"
+#include "shared/protocol_json.hpp"
 
 namespace ondemand::protocol {
 
@@ -54,52 +55,8 @@ std::optional<std::string_view> LineFramer::next() {
 
 namespace {
 
+using detail::Fields;
 using rapidjson::Value;
-
-class Fields {
- public:
-  explicit Fields(const Value& object) : object_(object) {}
-
-  bool string(const char* key, std::string& out, bool required = true) {
-    const auto it = object_.FindMember(key);
-    if (it == object_.MemberEnd()) return missing(key, required);
-    if (!it->value.IsString()) return wrongType(key, "a string");
-    out.assign(it->value.GetString(), it->value.GetStringLength());
-    return true;
-  }
-
-  bool int64(const char* key, std::int64_t& out, bool required = true) {
-    const auto it = object_.FindMember(key);
-    if (it == object_.MemberEnd()) return missing(key, required);
-    if (!it->value.IsInt64()) return wrongType(key, "an integer");
-    out = it->value.GetInt64();
-    return true;
-  }
-
-  bool uint64(const char* key, std::uint64_t& out, bool required = true) {
-    const auto it = object_.FindMember(key);
-    if (it == object_.MemberEnd()) return missing(key, required);
-    if (!it->value.IsUint64()) return wrongType(key, "a non-negative integer");
-    out = it->value.GetUint64();
-    return true;
-  }
-
-  const std::string& error() const { return error_; }
-
- private:
-  bool missing(const char* key, bool required) {
-    if (!required) return true;
-    error_ = std::string("missing field \"") + key + "\"";
-    return false;
-  }
-  bool wrongType(const char* key, const char* expected) {
-    error_ = std::string("field \"") + key + "\" must be " + expected;
-    return false;
-  }
-
-  const Value& object_;
-  std::string error_;
-};
 
 Decoded fail(std::string error) {
   return Decoded{std::nullopt, std::move(error)};
@@ -235,18 +192,7 @@ Decoded decode(std::string_view line) {
 
 // --- encoding ---------------------------------------------------------------
 
-namespace {
-
-// A message is an object whose first member is its type; `members` writes the rest.
-template <typename Members>
-std::string line(const char* type, Members members) {
-  JsonWriter w;
-  w.startObject().str("type", type);
-  members(w);
-  return w.endObject().line();
-}
-
-}  // namespace
+using detail::line;
 
 std::string encode(const Hello& m) {
   return line("hello", [&](JsonWriter& w) { w.i64("version", m.version).str("role", m.role).i64("pid", m.pid); });
@@ -320,153 +266,6 @@ std::string encode(const Command& m) {
 
 std::string encode(const Error& m) {
   return line("error", [&](JsonWriter& w) { w.str("message", m.message); });
-}
-
-std::string encode(const Reply& m) {
-  return line("reply", [&](JsonWriter& w) {
-    w.i64("id", m.id).flag("ok", m.ok);
-    if (!m.error.empty()) w.str("error", m.error);
-    if (m.service)
-      w.str("state", toString(m.service->state)).u64("epoch", m.service->epoch).str("reason", m.service->reason);
-  });
-}
-
-std::string encode(const Event& m) {
-  return line("event", [&](JsonWriter& w) {
-    w.str("service", m.service).i64("at", m.atMs).str("from", toString(m.from)).str("to", toString(m.to));
-    w.str("cause", m.cause).str("detail", m.detail).i64("task_id", m.taskId).u64("epoch", m.epoch);
-    if (!m.machine.empty()) w.str("machine", m.machine);
-  });
-}
-
-namespace {
-
-void writeDaemon(JsonWriter& w, const StatusReply::Daemon& d) {
-  w.startObject();
-  w.str("version", d.version).i64("pid", d.pid).i64("started_at", d.startedAtMs).str("config", d.config);
-  w.key("connections").startObject().u64("worker", d.workerConnections).u64("cli", d.cliConnections).endObject();
-  w.key("messages_received").startObject();
-  for (const auto& [type, count] : d.messagesReceived)
-    w.u64(type, count);
-  w.endObject();
-  w.endObject();
-}
-
-void writeOperations(JsonWriter& w, const StatusReply::Service& s) {
-  w.key("operation");
-  if (const auto& op = s.operation) {
-    w.startObject().str("kind", op->kind).str("driver", op->driver).i64("task_id", op->taskId).i64("pid", op->pid);
-    w.i64("started_at", op->startedAtMs).str("operation_id", op->operationId).endObject();
-  } else {
-    w.null();
-  }
-  w.key("last_operation");
-  if (const auto& op = s.lastOperation) {
-    w.startObject().str("kind", op->kind).i64("started_at", op->startedAtMs).i64("ended_at", op->endedAtMs);
-    w.flag("ok", op->ok).str("reason", op->reason).i64("task_id", op->taskId).str("task_status", op->taskStatus);
-    w.endObject();
-  } else {
-    w.null();
-  }
-  w.key("history").startArray();
-  for (const auto& t : s.history) {
-    w.startObject().i64("at", t.atMs).str("from", toString(t.from)).str("to", toString(t.to)).str("cause", t.cause);
-    w.str("detail", t.detail).i64("task_id", t.taskId).str("task_status", t.taskStatus).endObject();
-  }
-  w.endArray();
-}
-
-void writeHistogram(JsonWriter& w, std::string_view key, const StatusReply::Histogram& h) {
-  w.key(key).startObject().key("bounds_ms").startArray();
-  for (std::uint64_t b : h.boundsMs)
-    w.uint64(b);
-  w.endArray().key("counts").startArray();
-  for (std::uint64_t c : h.counts)
-    w.uint64(c);
-  w.endArray().u64("sum_ms", h.sumMs).endObject();
-}
-
-void writeAmounts(JsonWriter& w, const std::vector<std::pair<std::string, double>>& amounts) {
-  w.startObject();
-  for (const auto& [resource, amount] : amounts)
-    w.key(resource).number(amount);
-  w.endObject();
-}
-
-void writeMachine(JsonWriter& w, const StatusReply::Machine& m) {
-  w.startObject().str("name", m.name).i64("min_warm_ms", m.minWarmMs);
-  w.key("resources").startObject();
-  for (const auto& r : m.resources) {
-    w.key(r.name).startObject().key("total").number(r.total).key("used").number(r.used);
-    w.key("free").number(r.total - r.used).endObject();
-  }
-  w.endObject();
-  w.key("holders").startArray();
-  for (const auto& h : m.holders) {
-    w.startObject().str("service", h.service).str("state", toString(h.state)).key("needs");
-    writeAmounts(w, h.needs);
-    w.endObject();
-  }
-  w.endArray();
-  w.key("queue").startArray();
-  for (const auto& q : m.queue)
-    w.startObject().str("service", q.service).i64("since", q.sinceMs).str("reason", q.reason).endObject();
-  w.endArray();
-  w.endObject();
-}
-
-void writeService(JsonWriter& w, const StatusReply::Service& s) {
-  w.startObject();
-  w.str("name", s.name).str("state", toString(s.state)).str("phase", s.phase).u64("epoch", s.epoch);
-  w.i64("since", s.sinceMs).str("cause", s.cause).str("reason", s.reason).i64("starting_since", s.startingSinceMs);
-  w.i64("retry_at", s.retryAtMs).u64("starts_ok", s.startsOk).u64("starts_failed", s.startsFailed);
-  w.i64("last_start_ms", s.lastStartMs).u64("in_flight", s.inFlight).u64("started_total", s.startedTotal);
-  w.u64("requests_waiting", s.requestsWaiting);
-  w.key("stops").startObject();
-  for (const auto& [reason, count] : s.stops)
-    w.u64(reason, count);
-  w.endObject();
-  writeHistogram(w, "cold_start_histogram", s.coldStart);
-  writeHistogram(w, "wait_histogram", s.wait);
-  w.key("idle_stop_at");
-  if (s.idleStopAtMs) {
-    w.int64(*s.idleStopAtMs);
-  } else {
-    w.null();
-  }
-  w.str("driver", s.driver).str("machine", s.machine).str("health_url", s.healthUrl).str("base_url", s.baseUrl);
-  w.i64("idle_timeout_ms", s.idleTimeoutMs).flag("queued", s.queued);
-  if (s.owner) w.str("owner", *s.owner);
-  if (!s.needs.empty()) {
-    w.key("needs");
-    writeAmounts(w, s.needs);
-    w.flag("evictable", s.evictable);
-  }
-  w.str("waiting_for", s.waitingFor);
-  writeOperations(w, s);
-  w.endObject();
-}
-
-}  // namespace
-
-std::string encode(const StatusReply& m) {
-  return line("reply", [&](JsonWriter& w) {
-    w.i64("id", m.id).flag("ok", true).i64("now", m.nowMs);
-    w.key("daemon");
-    writeDaemon(w, m.daemon);
-    if (!m.clusterJson.empty()) {
-      w.key("cluster");
-      w.json(m.clusterJson);
-    }
-    w.key("services").startArray();
-    for (const auto& s : m.services)
-      writeService(w, s);
-    w.endArray();
-    w.key("machines").startArray();
-    for (const auto& machine : m.machines)
-      writeMachine(w, machine);
-    w.endArray();
-  });
 }
 
 void WaitCounts::add(std::uint64_t ms) {

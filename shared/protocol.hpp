@@ -180,8 +180,9 @@ std::string encode(const Command&);
 std::string encode(const Error&);
 
 // --- controld's answers to the CLI -------------------------------------------
-// Only controld sends these, so they are not Messages (controld never decodes
-// them); docs/PROTOCOL.md describes each.
+// Only controld sends these, so they are not Messages: controld encodes them,
+// its CLI and the module's status page decode them (below);
+// docs/PROTOCOL.md describes each.
 
 // controld -> cli: the answer to a command, with the same id.
 struct Reply {
@@ -325,6 +326,77 @@ struct StatusReply {
 std::string encode(const Reply&);
 std::string encode(const Event&);
 std::string encode(const StatusReply&);
+
+// `controld status --json`: the status reply without type, id and ok, as one
+// line of JSON without the '\n'.
+std::string statusJson(const StatusReply&);
+
+// The "cluster" object of a status reply (docs/CLUSTER.md), the fields the CLI
+// shows. controld's cluster writes it (StatusReply::clusterJson).
+struct ClusterStatus {
+  std::string node;
+  std::string prefix;
+  struct Etcd {
+    bool reachable = false;
+    std::string endpoint;
+    std::string error;
+    std::int64_t revision = 0;
+  } etcd;
+  struct Lease {
+    std::int64_t id = 0;
+    std::int64_t ttlS = 0;
+    std::int64_t renewedMsAgo = 0;  // -1: never renewed
+  };
+  std::optional<Lease> lease;
+  struct Member {
+    std::string node;
+    std::int64_t lease = 0;
+    std::int64_t pid = 0;
+    std::string version;
+    std::uint64_t services = 0;
+    bool self = false;
+  };
+  std::vector<Member> members;
+  std::optional<std::vector<std::pair<std::string, std::string>>> owners;  // service -> node
+  struct Mismatch {
+    std::string service;
+    std::vector<std::string> nodes;
+    std::vector<std::string> keys;
+  };
+  std::vector<Mismatch> mismatches;
+};
+
+// --- reading controld's answers ----------------------------------------------
+// Each decode function reads one line (its '\n' may be there or not) and never
+// throws on malformed input: it returns what was wrong instead. A field that
+// is missing reads as its default unless the message means nothing without
+// it; a field of the wrong type is always an error.
+
+template <typename T>
+struct Parsed {
+  std::optional<T> value;  // set on success
+  std::string error;       // set on failure
+};
+
+// What a client needs to know of a line before reading the rest: its type
+// and, for a reply, its id, ok and error; for an error message, its message
+// (in `error`). Read without parsing what follows, so a status reply of
+// 10,000 services is parsed once, by decodeStatusReply.
+struct Envelope {
+  std::string type;
+  std::int64_t id = 0;
+  bool ok = false;
+  std::string error;
+};
+
+Parsed<Envelope> decodeEnvelope(std::string_view line);
+Parsed<Reply> decodeReply(std::string_view line);
+Parsed<Event> decodeEvent(std::string_view line);
+// A status reply, or what `status --json` prints (the same without type, id
+// and ok). A reply with "ok": false is an error saying controld's error.
+Parsed<StatusReply> decodeStatusReply(std::string_view line);
+// StatusReply::clusterJson.
+Parsed<ClusterStatus> decodeClusterStatus(std::string_view json);
 
 // The type name a message carries on the wire ("state", "wake", ...).
 std::string_view typeName(const Message&);

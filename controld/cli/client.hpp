@@ -9,19 +9,16 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <rapidjson/document.h>
-
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <deque>
 #include <optional>
 #include <string>
+#include <variant>
 
 #include "controld/io/fd.hpp"
-#include "controld/io/json_fields.hpp"
 #include "shared/duration.hpp"
-#include "shared/json_read.hpp"
 #include "shared/protocol.hpp"
 
 namespace ondemand::controld::cli {
@@ -93,8 +90,8 @@ class ControlClient {
       case Read::Line:
         break;
     }
-    rapidjson::Document doc;
-    if (!parseJson(doc, welcome).empty() || !doc.IsObject() || jsonString(doc, "type") != "welcome") {
+    const auto decoded = protocol::decode(welcome);
+    if (!decoded.message || !std::holds_alternative<protocol::Welcome>(*decoded.message)) {
       return ClientError{Unreachable::Other, "unexpected answer: " + welcome};
     }
     return std::nullopt;
@@ -151,10 +148,15 @@ class ControlClient {
     }
   }
 
-  // Sends a command and returns its reply, within kAnswerTimeoutMs. Other
+  // Sends a command and returns its reply line (for protocol::decodeReply or
+  // decodeStatusReply), within kAnswerTimeoutMs, with its envelope. Other
   // lines that arrive meanwhile are kept for readLine(), in order. On
   // failure, error() says why.
-  std::optional<rapidjson::Document> command(const std::string& verb, const std::string& service) {
+  struct Answer {
+    protocol::Envelope envelope;  // ok, error
+    std::string line;
+  };
+  std::optional<Answer> command(const std::string& verb, const std::string& service) {
     const std::int64_t id = nextId_++;
     if (!send(protocol::encode(protocol::Command{id, verb, service}))) return std::nullopt;
     const auto deadline = Clock::now() + std::chrono::milliseconds(kAnswerTimeoutMs);
@@ -170,15 +172,15 @@ class ControlClient {
         fail(Unreachable::Closed, "it closed the connection before answering \"" + verb + "\"");
         return std::nullopt;
       }
-      rapidjson::Document doc;
-      const std::string type = parseJson(doc, line).empty() && doc.IsObject() ? jsonString(doc, "type") : "";
-      if (type == "reply" && jsonInt64(doc, "id") == id) {
+      auto envelope = protocol::decodeEnvelope(line);
+      const std::string type = envelope.value ? envelope.value->type : "";
+      if (type == "reply" && envelope.value->id == id) {
         for (auto& l : other)
           pending_.push_back(std::move(l));
-        return doc;
+        return Answer{std::move(*envelope.value), std::move(line)};
       }
       if (type == "error") {
-        fail(Unreachable::Closed, "it refused the connection: " + jsonString(doc, "message"));
+        fail(Unreachable::Closed, "it refused the connection: " + envelope.value->error);
         return std::nullopt;
       }
       other.push_back(std::move(line));

@@ -1,85 +1,82 @@
 #include "controld/cli/cluster_cli.hpp"
 
+#include <algorithm>
 #include <string>
-
-#include "controld/io/json_fields.hpp"
 
 namespace ondemand::controld {
 
 namespace {
 
-std::string etcdLine(const rapidjson::Value& etcd) {
-  if (!etcd.IsObject()) return "unknown";
-  const bool reachable = etcd.HasMember("reachable") && etcd["reachable"].IsBool() && etcd["reachable"].GetBool();
-  if (!reachable)
-    return "UNREACHABLE (" + jsonString(etcd, "error") +
-           "): serving from the last state, starting and stopping nothing";
-  return "reachable via " + jsonString(etcd, "endpoint") + ", revision " + std::to_string(jsonInt64(etcd, "revision"));
+using protocol::ClusterStatus;
+
+std::string etcdLine(const ClusterStatus::Etcd& etcd) {
+  if (!etcd.reachable)
+    return "UNREACHABLE (" + etcd.error + "): serving from the last state, starting and stopping nothing";
+  return "reachable via " + etcd.endpoint + ", revision " + std::to_string(etcd.revision);
 }
 
-void printOwnersAndMismatches(std::ostream& out, const rapidjson::Value& cluster) {
-  if (cluster.HasMember("owners") && cluster["owners"].IsObject()) {
+std::string joined(const std::vector<std::string>& items, const char* separator) {
+  std::string out;
+  for (const auto& item : items)
+    out += (out.empty() ? "" : separator) + item;
+  return out;
+}
+
+void printOwnersAndMismatches(std::ostream& out, const ClusterStatus& cluster) {
+  if (cluster.owners) {
     out << "owners:\n";
-    for (const auto& o : cluster["owners"].GetObject())
-      out << "  " << o.name.GetString() << " -> " << (o.value.IsString() ? o.value.GetString() : "?") << "\n";
+    for (const auto& [service, node] : *cluster.owners)
+      out << "  " << service << " -> " << node << "\n";
   }
-  if (cluster.HasMember("mismatches") && cluster["mismatches"].IsArray()) {
-    for (const auto& m : cluster["mismatches"].GetArray()) {
-      std::string nodes, keys;
-      if (m.HasMember("nodes") && m["nodes"].IsArray())
-        for (const auto& n : m["nodes"].GetArray())
-          nodes += (nodes.empty() ? "" : " and ") + std::string(n.IsString() ? n.GetString() : "?");
-      if (m.HasMember("keys") && m["keys"].IsArray())
-        for (const auto& k : m["keys"].GetArray())
-          keys += (keys.empty() ? "" : ", ") + std::string(k.IsString() ? k.GetString() : "?");
-      out << "CONFIG MISMATCH: service " << jsonString(m, "service") << " differs between nodes " << nodes << " ("
-          << keys << ")\n";
-    }
+  for (const auto& m : cluster.mismatches) {
+    out << "CONFIG MISMATCH: service " << m.service << " differs between nodes " << joined(m.nodes, " and ") << " ("
+        << joined(m.keys, ", ") << ")\n";
   }
+}
+
+// The reply's cluster object; nullopt (and a line saying why, when it is
+// unreadable) when there is none.
+std::optional<ClusterStatus> clusterOf(std::ostream& out, const protocol::StatusReply& reply) {
+  if (reply.clusterJson.empty()) return std::nullopt;
+  auto cluster = protocol::decodeClusterStatus(reply.clusterJson);
+  if (!cluster.value) out << "\ncluster: unreadable status (" << cluster.error << ")\n";
+  return std::move(cluster.value);
+}
+
+std::string padded(std::string text, std::size_t width) {
+  text.resize(std::max<std::size_t>(text.size() + 1, width), ' ');
+  return text;
 }
 
 }  // namespace
 
-void printClusterSummary(std::ostream& out, const rapidjson::Value& reply) {
-  if (!reply.HasMember("cluster") || !reply["cluster"].IsObject()) return;
-  const auto& c = reply["cluster"];
-  std::size_t members = c.HasMember("members") && c["members"].IsArray() ? c["members"].Size() : 0;
-  out << "\ncluster: node " << jsonString(c, "node") << ", " << members << " nodes; etcd "
-      << etcdLine(c.HasMember("etcd") ? c["etcd"] : c) << "\n";
-  printOwnersAndMismatches(out, c);
+void printClusterSummary(std::ostream& out, const protocol::StatusReply& reply) {
+  const auto c = clusterOf(out, reply);
+  if (!c) return;
+  out << "\ncluster: node " << c->node << ", " << c->members.size() << " nodes; etcd " << etcdLine(c->etcd) << "\n";
+  printOwnersAndMismatches(out, *c);
 }
 
-void printClusterMembers(std::ostream& out, const rapidjson::Value& reply) {
-  if (!reply.HasMember("cluster") || !reply["cluster"].IsObject()) {
+void printClusterMembers(std::ostream& out, const protocol::StatusReply& reply) {
+  if (reply.clusterJson.empty()) {
     out << "not in a cluster (no cluster: in the configuration)\n";
     return;
   }
-  const auto& c = reply["cluster"];
-  out << "node:    " << jsonString(c, "node") << "\n"
-      << "prefix:  " << jsonString(c, "prefix") << "\n"
-      << "etcd:    " << etcdLine(c.HasMember("etcd") ? c["etcd"] : c) << "\n";
-  if (c.HasMember("lease") && c["lease"].IsObject()) {
-    const auto& l = c["lease"];
-    out << "lease:   " << jsonInt64(l, "id") << " (ttl " << jsonInt64(l, "ttl_s") << "s, renewed "
-        << jsonInt64(l, "renewed_ms_ago") << " ms ago)\n";
+  const auto c = clusterOf(out, reply);
+  if (!c) return;
+  out << "node:    " << c->node << "\n"
+      << "prefix:  " << c->prefix << "\n"
+      << "etcd:    " << etcdLine(c->etcd) << "\n";
+  if (const auto& l = c->lease) {
+    out << "lease:   " << l->id << " (ttl " << l->ttlS << "s, renewed " << l->renewedMsAgo << " ms ago)\n";
   }
   out << "\nNODE                LEASE                 PID       SERVICES  VERSION\n";
-  if (c.HasMember("members") && c["members"].IsArray()) {
-    for (const auto& m : c["members"].GetArray()) {
-      std::string node = jsonString(m, "node");
-      if (m.HasMember("self") && m["self"].IsBool() && m["self"].GetBool()) node += " *";
-      std::string lease = std::to_string(jsonInt64(m, "lease"));
-      std::string pid = std::to_string(jsonInt64(m, "pid"));
-      std::string services = std::to_string(jsonInt64(m, "services"));
-      node.resize(std::max<std::size_t>(node.size() + 1, 20), ' ');
-      lease.resize(std::max<std::size_t>(lease.size() + 1, 22), ' ');
-      pid.resize(std::max<std::size_t>(pid.size() + 1, 10), ' ');
-      services.resize(std::max<std::size_t>(services.size() + 1, 10), ' ');
-      out << node << lease << pid << services << jsonString(m, "version") << "\n";
-    }
+  for (const auto& m : c->members) {
+    out << padded(m.node + (m.self ? " *" : ""), 20) << padded(std::to_string(m.lease), 22)
+        << padded(std::to_string(m.pid), 10) << padded(std::to_string(m.services), 10) << m.version << "\n";
   }
   out << "\n";
-  printOwnersAndMismatches(out, c);
+  printOwnersAndMismatches(out, *c);
 }
 
 }  // namespace ondemand::controld

@@ -1,17 +1,16 @@
 #include "controld/cli/commands.hpp"
 
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
-
+#include <functional>
 #include <iostream>
 #include <map>
+#include <variant>
 
 #include "controld/cli/cluster_cli.hpp"
 #include "controld/cli/metrics.hpp"
 #include "controld/cli/render.hpp"
-#include "controld/io/json_fields.hpp"
 #include "shared/duration.hpp"
-#include "shared/json_read.hpp"
+#include "shared/json_writer.hpp"
+#include "shared/protocol.hpp"
 
 namespace ondemand::controld::cli {
 
@@ -23,6 +22,101 @@ int printProblems(const ConfigLoadResult& result) {
   return result.errors.empty() ? kExitOk : kExitUsage;
 }
 
+namespace {
+
+using StatusService = protocol::StatusReply::Service;
+
+// controld answered something this CLI cannot read (another version?).
+int unreadable(const std::string& verb, const std::string& error) {
+  std::cerr << "controld " << verb << ": unreadable answer: " << error << "\n";
+  return kExitFailed;
+}
+
+// The status of `service` (empty: all), or nullopt with `exitCode` set
+// (controld unreachable, an error it answered, an answer this CLI cannot read).
+std::optional<protocol::StatusReply> askStatus(const SocketChoice& socket, ControlClient& client,
+                                               const std::string& verb, const std::string& service, int& exitCode) {
+  auto answer = client.command("status", service);
+  if (!answer) {
+    exitCode = unreachable(socket, client.error(), client.peerPid());
+    return std::nullopt;
+  }
+  if (!answer->envelope.ok) {
+    std::cerr << "controld " << verb << ": " << answer->envelope.error << "\n";
+    exitCode = kExitUsage;
+    return std::nullopt;
+  }
+  auto reply = protocol::decodeStatusReply(answer->line);
+  if (!reply.value) exitCode = unreadable(verb, reply.error);
+  return std::move(reply.value);
+}
+
+// Where a start or stop stands: from its reply, then from the pushes.
+struct Outcome {
+  std::string state;
+  std::string reason;
+  std::uint64_t epoch = 0;
+};
+
+// start/stop --wait: follows the service's pushes until it is finished,
+// printing its progress to stderr whenever it changes (and every 10 s).
+// Returns an exit code when controld cannot be reached.
+std::optional<int> follow(const SocketChoice& socket, ControlClient& client, const std::string& service,
+                          const std::function<bool(const std::string&)>& finished, Outcome& outcome) {
+  std::string lastWhat = "-";
+  std::string lastState;
+  auto lastPrinted = std::chrono::steady_clock::now();
+  // Asks for the service's status: progress, and proof that controld answers.
+  auto progress = [&]() -> bool {
+    auto answer = client.command("status", service);
+    if (!answer) return false;
+    const auto st = protocol::decodeStatusReply(answer->line);
+    if (!st.value || st.value->services.empty()) return true;
+    const StatusService& s = st.value->services[0];
+    const std::string state(toString(s.state));
+    if (finished(state)) return true;  // the push says it, next
+    std::string what;
+    const std::string line = progressLine(s, st.value->nowMs, what);
+    const auto now = std::chrono::steady_clock::now();
+    if (what != lastWhat || state != lastState || now - lastPrinted >= std::chrono::seconds(10)) {
+      std::cerr << line << "\n";
+      lastWhat = what;
+      lastState = state;
+      lastPrinted = now;
+    }
+    return true;
+  };
+  if (!progress()) return unreachable(socket, client.error(), client.peerPid());
+  for (;;) {
+    std::string line;
+    const auto r = client.readLine(line, kFollowCheckMs);
+    if (r == ControlClient::Read::Closed) {
+      return unreachable(
+          socket,
+          ClientError{Unreachable::Closed, "it closed the connection while " + service + " was " + outcome.state},
+          client.peerPid());
+    }
+    if (r == ControlClient::Read::Timeout) {
+      if (!progress()) return unreachable(socket, client.error(), client.peerPid());
+      continue;
+    }
+    const auto decoded = protocol::decode(line);
+    const auto* push = decoded.message ? std::get_if<protocol::StatePush>(&*decoded.message) : nullptr;
+    if (!push || push->service != service) continue;
+    // The subscription's first burst can be older than the reply.
+    if (push->epoch < outcome.epoch) continue;
+    outcome.epoch = push->epoch;
+    const std::string state(toString(push->state));
+    const bool changed = state != outcome.state;
+    outcome.state = state;
+    outcome.reason = push->reason;
+    if (finished(state)) return std::nullopt;
+    if (changed && !progress()) return unreachable(socket, client.error(), client.peerPid());
+  }
+}
+
+}  // namespace
+
 // start/stop, optionally waiting for the outcome. While it waits, what the
 // service is doing goes to stderr whenever it changes (and every 10 s); the
 // outcome goes to stdout once.
@@ -32,118 +126,55 @@ int startOrStop(const SocketChoice& socket, const std::string& verb, const std::
   if (wait && !client.send(protocol::encode(protocol::Subscribe{}))) {
     return unreachable(socket, client.error(), client.peerPid());
   }
-  auto reply = client.command(verb, service);
-  if (!reply) return unreachable(socket, client.error(), client.peerPid());
-  if (!jsonReplyOk(*reply)) {
-    std::cerr << "controld " << verb << ": " << jsonString(*reply, "error") << "\n";
-    return jsonString(*reply, "error").rfind("unknown service", 0) == 0 ? kExitUsage : kExitFailed;
+  auto answer = client.command(verb, service);
+  if (!answer) return unreachable(socket, client.error(), client.peerPid());
+  if (!answer->envelope.ok) {
+    const std::string& error = answer->envelope.error;
+    std::cerr << "controld " << verb << ": " << error << "\n";
+    return error.rfind("unknown service", 0) == 0 ? kExitUsage : kExitFailed;
   }
-  std::string state = jsonString(*reply, "state");
-  std::string reason = jsonString(*reply, "reason");
-  std::int64_t epoch = jsonInt64(*reply, "epoch");
+  const auto reply = protocol::decodeReply(answer->line);
+  if (!reply.value) return unreadable(verb, reply.error);
+  Outcome outcome;
+  if (const auto& s = reply.value->service) outcome = Outcome{std::string(toString(s->state)), s->reason, s->epoch};
   const bool isStart = verb == "start";
-  auto finished = [&](const std::string& s) {
+  const std::function<bool(const std::string&)> finished = [&](const std::string& s) {
     return isStart ? (s == "warm" || s == "failed") : (s == "cold" || s == "warm");
   };
-  if (wait && !finished(state)) {
-    std::string lastWhat = "-";
-    std::string lastState;
-    auto lastPrinted = std::chrono::steady_clock::now();
-    // Asks for the service's status: progress, and proof that controld answers.
-    auto progress = [&]() -> bool {
-      auto st = client.command("status", service);
-      if (!st) return false;
-      const auto* services = jsonMember(*st, "services");
-      if (!services || !services->IsArray() || services->Empty()) return true;
-      const auto& s = (*services)[0];
-      if (finished(jsonString(s, "state"))) return true;  // the push says it, next
-      std::string what;
-      const std::string line = progressLine(s, jsonInt64(*st, "now"), what);
-      const auto now = std::chrono::steady_clock::now();
-      if (what != lastWhat || jsonString(s, "state") != lastState || now - lastPrinted >= std::chrono::seconds(10)) {
-        std::cerr << line << "\n";
-        lastWhat = what;
-        lastState = jsonString(s, "state");
-        lastPrinted = now;
-      }
-      return true;
-    };
-    if (!progress()) return unreachable(socket, client.error(), client.peerPid());
-    for (;;) {
-      std::string line;
-      const auto r = client.readLine(line, kFollowCheckMs);
-      if (r == ControlClient::Read::Closed) {
-        return unreachable(
-            socket, ClientError{Unreachable::Closed, "it closed the connection while " + service + " was " + state},
-            client.peerPid());
-      }
-      if (r == ControlClient::Read::Timeout) {
-        if (!progress()) return unreachable(socket, client.error(), client.peerPid());
-        continue;
-      }
-      rapidjson::Document doc;
-      if (!parseJson(doc, line).empty() || !doc.IsObject() || jsonString(doc, "type") != "state" ||
-          jsonString(doc, "service") != service)
-        continue;
-      // The subscription's first burst can be older than the reply.
-      if (jsonInt64(doc, "epoch") < epoch) continue;
-      epoch = jsonInt64(doc, "epoch");
-      const std::string s = jsonString(doc, "state");
-      const bool changed = s != state;
-      state = s;
-      reason = jsonString(doc, "reason");
-      if (finished(state)) break;
-      if (changed && !progress()) return unreachable(socket, client.error(), client.peerPid());
-    }
+  if (wait && !finished(outcome.state)) {
+    if (auto rc = follow(socket, client, service, finished, outcome)) return *rc;
   }
-  if (!isStart && wait && state == "warm") {
+  if (!isStart && wait && outcome.state == "warm") {
     // The stop failed: its reason is in the last operation.
     auto status = client.command("status", service);
-    if (status && !jsonServices(*status).Empty()) {
-      const auto& last = jsonMemberOrNull(jsonServices(*status)[0], "last_operation");
-      reason = last.IsObject() ? jsonString(last, "reason") : "";
+    const auto st = status ? protocol::decodeStatusReply(status->line) : protocol::Parsed<protocol::StatusReply>{};
+    if (st.value && !st.value->services.empty()) {
+      const auto& last = st.value->services[0].lastOperation;
+      outcome.reason = last ? last->reason : "";
     }
   }
   if (json) {
-    rapidjson::StringBuffer buffer;
-    rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-    w.StartObject();
-    w.Key("service");
-    w.String(service.c_str());
-    w.Key("state");
-    w.String(state.c_str());
-    if (!reason.empty()) {
-      w.Key("reason");
-      w.String(reason.c_str());
-    }
-    w.EndObject();
-    std::cout << buffer.GetString() << "\n";
+    JsonWriter w;
+    w.startObject().str("service", service).str("state", outcome.state);
+    if (!outcome.reason.empty()) w.str("reason", outcome.reason);
+    std::cout << w.endObject().text() << "\n";
   } else {
-    std::cout << service << ": " << state << (reason.empty() ? "" : " — " + reason) << "\n";
+    std::cout << service << ": " << outcome.state << (outcome.reason.empty() ? "" : " — " + outcome.reason) << "\n";
   }
   if (!wait) return kExitOk;
-  if (isStart) return state == "warm" ? kExitOk : kExitFailed;
-  return state == "cold" ? kExitOk : kExitFailed;
+  if (isStart) return outcome.state == "warm" ? kExitOk : kExitFailed;
+  return outcome.state == "cold" ? kExitOk : kExitFailed;
 }
 
 int status(const SocketChoice& socket, const std::string& service, bool json) {
   ControlClient client;
   if (auto error = client.connect(socket.path)) return unreachable(socket, *error, client.peerPid());
-  auto reply = client.command("status", service);
-  if (!reply) return unreachable(socket, client.error(), client.peerPid());
-  if (!jsonReplyOk(*reply)) {
-    std::cerr << "controld status: " << jsonString(*reply, "error") << "\n";
-    return kExitUsage;
-  }
+  int rc = kExitOk;
+  const auto reply = askStatus(socket, client, "status", service, rc);
+  if (!reply) return rc;
   if (json) {
-    // Stable output: the reply without the envelope fields.
-    reply->RemoveMember("type");
-    reply->RemoveMember("id");
-    reply->RemoveMember("ok");
-    rapidjson::StringBuffer buffer;
-    rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-    reply->Accept(w);
-    std::cout << buffer.GetString() << "\n";
+    // Stable output: the reply without the envelope fields (docs/PROTOCOL.md).
+    std::cout << protocol::statusJson(*reply) << "\n";
   } else if (service.empty()) {
     printTable(*reply);
   } else {
@@ -155,21 +186,11 @@ int status(const SocketChoice& socket, const std::string& service, bool json) {
 int cluster(const SocketChoice& socket, bool json) {
   ControlClient client;
   if (auto error = client.connect(socket.path)) return unreachable(socket, *error, client.peerPid());
-  auto reply = client.command("status", "");
-  if (!reply) return unreachable(socket, client.error(), client.peerPid());
-  if (!(*reply)["ok"].GetBool()) {
-    std::cerr << "controld cluster: " << jsonString(*reply, "error") << "\n";
-    return kExitUsage;
-  }
+  int rc = kExitOk;
+  const auto reply = askStatus(socket, client, "cluster", "", rc);
+  if (!reply) return rc;
   if (json) {
-    rapidjson::StringBuffer buffer;
-    rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-    if (reply->HasMember("cluster")) {
-      (*reply)["cluster"].Accept(w);
-    } else {
-      w.Null();
-    }
-    std::cout << buffer.GetString() << "\n";
+    std::cout << (reply->clusterJson.empty() ? std::string("null") : reply->clusterJson) << "\n";
   } else {
     printClusterMembers(std::cout, *reply);
   }
@@ -179,18 +200,48 @@ int cluster(const SocketChoice& socket, bool json) {
 int metrics(const SocketChoice& socket) {
   ControlClient client;
   if (auto error = client.connect(socket.path)) return unreachable(socket, *error, client.peerPid());
-  auto reply = client.command("status", "");
-  if (!reply) return unreachable(socket, client.error(), client.peerPid());
-  if (!jsonReplyOk(*reply)) {
-    std::cerr << "controld metrics: " << jsonString(*reply, "error") << "\n";
-    return kExitUsage;
-  }
+  int rc = kExitOk;
+  const auto reply = askStatus(socket, client, "metrics", "", rc);
+  if (!reply) return rc;
   std::cout << prometheusText(*reply);
   return kExitOk;
 }
 
+namespace {
+
 // The transition column fits the longest one ("stopping -> starting").
 constexpr std::size_t kTransitionWidth = 22;
+
+// `events`' first lines: where each service stands now.
+void printCurrent(const std::vector<StatusService>& services, std::int64_t now, std::size_t nameWidth, bool json) {
+  for (const auto& s : services) {
+    if (json) {
+      JsonWriter w;
+      w.startObject().str("type", "current").str("service", s.name).str("state", toString(s.state));
+      w.i64("since", s.sinceMs).str("cause", s.cause).str("reason", s.reason).u64("epoch", s.epoch);
+      std::cout << w.endObject().text() << "\n";
+      continue;
+    }
+    std::string what;
+    std::string line = clockTime(now) + "  " + padRight(s.name, nameWidth) +
+                       padRight("now " + std::string(toString(s.state)), kTransitionWidth) + "(";
+    line += s.sinceMs > 0 ? "since " + clockTime(s.sinceMs) + ", " + ago(now, s.sinceMs) + " ago" : "never changed";
+    progressLine(s, now, what);
+    if (!what.empty()) line += "; " + what;
+    line += ")";
+    std::cout << line << "\n";
+    if (!s.reason.empty()) std::cout << std::string(21 + nameWidth + kTransitionWidth, ' ') << s.reason << "\n";
+  }
+}
+
+void printEvent(const protocol::Event& ev, std::size_t nameWidth) {
+  std::cout << clockTime(ev.atMs) << "  " << padRight(ev.service, nameWidth)
+            << padRight(std::string(toString(ev.from)) + " -> " + std::string(toString(ev.to)), kTransitionWidth) << "("
+            << ev.cause << (ev.detail.empty() ? "" : ": " + ev.detail) << ")"
+            << (ev.taskId ? " task " + std::to_string(ev.taskId) : "") << "\n";
+}
+
+}  // namespace
 
 // `events`: the current state of every service first, then each transition
 // as it happens, in aligned columns (or JSON lines).
@@ -199,56 +250,18 @@ int events(const SocketChoice& socket, bool json) {
   if (auto error = client.connect(socket.path)) return unreachable(socket, *error, client.peerPid());
   // Subscribed first, then the picture: a transition in between arrives
   // after it and is printed unless the picture has it already (epochs).
-  auto reply = client.command("events", "");
-  if (!reply) return unreachable(socket, client.error(), client.peerPid());
+  if (!client.command("events", "")) return unreachable(socket, client.error(), client.peerPid());
   auto status = client.command("status", "");
   if (!status) return unreachable(socket, client.error(), client.peerPid());
   std::cout.setf(std::ios::unitbuf);
-  std::map<std::string, std::int64_t> seenEpoch;
+  std::map<std::string, std::uint64_t> seenEpoch;
   std::size_t nameWidth = 16;
-  const auto* services = jsonMember(*status, "services");
-  if (services && services->IsArray()) {
-    for (const auto& s : services->GetArray())
-      nameWidth = std::max(nameWidth, jsonString(s, "name").size() + 1);
-    const std::int64_t now = jsonInt64(*status, "now");
-    for (const auto& s : services->GetArray()) {
-      const std::string name = jsonString(s, "name");
-      seenEpoch[name] = jsonInt64(s, "epoch");
-      if (json) {
-        rapidjson::StringBuffer buffer;
-        rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-        w.StartObject();
-        w.Key("type");
-        w.String("current");
-        w.Key("service");
-        w.String(name.c_str());
-        w.Key("state");
-        w.String(jsonString(s, "state").c_str());
-        w.Key("since");
-        w.Int64(jsonInt64(s, "since"));
-        w.Key("cause");
-        w.String(jsonString(s, "cause").c_str());
-        w.Key("reason");
-        w.String(jsonString(s, "reason").c_str());
-        w.Key("epoch");
-        w.Int64(jsonInt64(s, "epoch"));
-        w.EndObject();
-        std::cout << buffer.GetString() << "\n";
-        continue;
-      }
-      std::string what;
-      std::string line = clockTime(now) + "  " + padRight(name, nameWidth) +
-                         padRight("now " + jsonString(s, "state"), kTransitionWidth) + "(";
-      const std::int64_t since = jsonInt64(s, "since");
-      line += since > 0 ? "since " + clockTime(since) + ", " + ago(now, since) + " ago" : "never changed";
-      progressLine(s, now, what);
-      if (!what.empty()) line += "; " + what;
-      line += ")";
-      std::cout << line << "\n";
-      if (!jsonString(s, "reason").empty()) {
-        std::cout << std::string(21 + nameWidth + kTransitionWidth, ' ') << jsonString(s, "reason") << "\n";
-      }
+  if (auto picture = protocol::decodeStatusReply(status->line); picture.value) {
+    for (const auto& s : picture.value->services) {
+      nameWidth = std::max(nameWidth, s.name.size() + 1);
+      seenEpoch[s.name] = s.epoch;
     }
+    printCurrent(picture.value->services, picture.value->nowMs, nameWidth, json);
   }
   for (;;) {
     std::string line;
@@ -260,20 +273,15 @@ int events(const SocketChoice& socket, bool json) {
       if (!client.command("events", "")) return unreachable(socket, client.error(), client.peerPid());
       continue;
     }
-    rapidjson::Document doc;
-    if (!parseJson(doc, line).empty() || !doc.IsObject() || jsonString(doc, "type") != "event") continue;
-    const std::string service = jsonString(doc, "service");
-    const auto seen = seenEpoch.find(service);
-    if (seen != seenEpoch.end() && jsonInt64(doc, "epoch") <= seen->second) continue;
+    const auto event = protocol::decodeEvent(line);
+    if (!event.value) continue;
+    const auto seen = seenEpoch.find(event.value->service);
+    if (seen != seenEpoch.end() && event.value->epoch <= seen->second) continue;
     if (json) {
       std::cout << line << "\n";
-      continue;
+    } else {
+      printEvent(*event.value, nameWidth);
     }
-    const std::string detail = jsonString(doc, "detail");
-    std::cout << clockTime(jsonInt64(doc, "at")) << "  " << padRight(service, nameWidth)
-              << padRight(jsonString(doc, "from") + " -> " + jsonString(doc, "to"), kTransitionWidth) << "("
-              << jsonString(doc, "cause") << (detail.empty() ? "" : ": " + detail) << ")"
-              << (jsonInt64(doc, "task_id") ? " task " + std::to_string(jsonInt64(doc, "task_id")) : "") << "\n";
   }
   return unreachable(socket, ClientError{Unreachable::Closed, "it closed the connection"}, client.peerPid());
 }

@@ -6,8 +6,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <rapidjson/document.h>
-
 #include <algorithm>
 
 #include "controld/cli/metrics.hpp"
@@ -473,10 +471,8 @@ StatusSources Daemon::statusSources() const {
 // `controld metrics` prints.
 std::string Daemon::metricsPage() const {
   std::string error;
-  const std::string json = statusReplyLine(0, "", statusSources(), error);
-  rapidjson::Document doc;
-  doc.Parse(json.c_str(), json.size());
-  return doc.IsObject() ? prometheusText(doc) : std::string();
+  const auto status = statusReply(0, "", statusSources(), error);
+  return status ? prometheusText(*status) : std::string();
 }
 
 // --- lifecycle --------------------------------------------------------------

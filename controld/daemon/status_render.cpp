@@ -142,10 +142,11 @@ std::string replyLine(std::int64_t id, bool ok, const std::string& error, const 
   return protocol::encode(reply);
 }
 
-std::string statusReplyLine(std::int64_t id, const std::string& only, const StatusSources& src, std::string& error) {
+std::optional<protocol::StatusReply> statusReply(std::int64_t id, const std::string& only, const StatusSources& src,
+                                                 std::string& error) {
   if (!only.empty() && !src.services.contains(only)) {
     error = "unknown service \"" + only + "\"";
-    return {};
+    return std::nullopt;
   }
   protocol::StatusReply reply;
   reply.id = id;
@@ -157,7 +158,12 @@ std::string statusReplyLine(std::int64_t id, const std::string& only, const Stat
   }
   for (const auto& machine : src.placement.machineNames())
     reply.machines.push_back(machineStatus(machine, src));
-  return protocol::encode(reply);
+  return reply;
+}
+
+std::string statusReplyLine(std::int64_t id, const std::string& only, const StatusSources& src, std::string& error) {
+  const auto reply = statusReply(id, only, src, error);
+  return reply ? protocol::encode(*reply) : std::string();
 }
 
 }  // namespace ondemand::controld

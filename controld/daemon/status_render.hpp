@@ -4,6 +4,7 @@
 // `status` reply (docs/PROTOCOL.md).
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "controld/cluster/cluster.hpp"
@@ -46,6 +47,8 @@ struct StatusSources {
 
 // The `status` reply for every service, or only `only`; sets `error` (and
 // returns nothing) when `only` is unknown.
+std::optional<protocol::StatusReply> statusReply(std::int64_t id, const std::string& only, const StatusSources& sources,
+                                                 std::string& error);
 std::string statusReplyLine(std::int64_t id, const std::string& only, const StatusSources& sources, std::string& error);
 
 }  // namespace ondemand::controld

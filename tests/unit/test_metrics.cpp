@@ -8,11 +8,12 @@ using ondemand::controld::prometheusText;
 
 namespace {
 
+// statusJson: what `controld status --json` prints.
 std::string metricsOf(const char* statusJson) {
-  rapidjson::Document doc;
-  doc.Parse(statusJson);
-  REQUIRE(doc.IsObject());
-  return prometheusText(doc);
+  const auto status = ondemand::protocol::decodeStatusReply(statusJson);
+  INFO(status.error);
+  REQUIRE(status.value);
+  return prometheusText(*status.value);
 }
 
 bool hasLine(const std::string& text, const std::string& line) {
