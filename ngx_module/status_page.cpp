@@ -16,8 +16,7 @@
 #include "ngx_module/request.hpp"
 #include "ngx_module/worker.hpp"
 #include "shared/json_writer.hpp"
-
-#include <rapidjson/document.h>
+#include "shared/protocol.hpp"
 
 namespace ondemand::module {
 
@@ -25,55 +24,34 @@ namespace {
 
 constexpr ngx_msec_t kAskMs = 2000;
 
-using Doc = rapidjson::Document;
-using Value = rapidjson::Value;
+using protocol::StatusReply;
 
-const Value* member(const Value& v, const char* name) {
-  if (!v.IsObject()) return nullptr;
-  auto it = v.FindMember(name);
-  return it == v.MemberEnd() ? nullptr : &it->value;
-}
-
-std::int64_t intOf(const Value* v) {
-  return v != nullptr && v->IsInt64() ? v->GetInt64() : -1;
-}
-
-std::string numberText(const Value* v) {
-  if (v == nullptr || !v->IsNumber()) return "?";
+std::string amountText(double v) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", v->GetDouble());
+  std::snprintf(buf, sizeof buf, "%g", v);
   return buf;
 }
 
 // controld's entry of a service in its status reply, or nullptr.
-const Value* controldService(const Doc* doc, std::string_view name) {
-  const Value* services = doc != nullptr ? member(*doc, "services") : nullptr;
-  if (services == nullptr || !services->IsArray()) return nullptr;
-  for (const Value& s : services->GetArray()) {
-    const Value* n = member(s, "name");
-    if (n != nullptr && n->IsString() && std::string_view(n->GetString(), n->GetStringLength()) == name) return &s;
-  }
+const StatusReply::Service* controldService(const StatusReply* status, std::string_view name) {
+  if (status == nullptr) return nullptr;
+  for (const auto& s : status->services)
+    if (s.name == name) return &s;
   return nullptr;
 }
 
-// The machines of controld's status: "machines": [{"name", "resources":
-// {NAME: {"used", "total"}}, ...}] (shared machines; none without them).
-void machineCards(std::string& m, const Doc* doc) {
-  const Value* machines = doc != nullptr ? member(*doc, "machines") : nullptr;
-  if (machines == nullptr || !machines->IsArray() || machines->Empty()) return;
+// The machines of controld's status, with what their services hold of each
+// resource (shared machines; none without them).
+void machineCards(std::string& m, const StatusReply* status) {
+  if (status == nullptr || status->machines.empty()) return;
   m.append("<h2 class=\"section\">Machines</h2>\n<div class=\"services\">\n");
-  for (const Value& machine : machines->GetArray()) {
-    const Value* name = member(machine, "name");
-    const std::string machineName = name != nullptr && name->IsString() ? name->GetString() : "?";
-    m.append("<section data-tone=\"idle\" aria-label=\"").append(htmlEscape(machineName)).append("\">\n<h2>");
-    m.append(htmlEscape(machineName)).append("</h2>\n<dl>\n");
-    const Value* resources = member(machine, "resources");
-    if (resources != nullptr && resources->IsObject()) {
-      for (const auto& r : resources->GetObject()) {
-        m.append("<dt>").append(htmlEscape(r.name.GetString())).append("</dt><dd>");
-        m.append(numberText(member(r.value, "used"))).append(" of ").append(numberText(member(r.value, "total")));
-        m.append(" in use</dd>\n");
-      }
+  for (const auto& machine : status->machines) {
+    m.append("<section data-tone=\"idle\" aria-label=\"").append(htmlEscape(machine.name)).append("\">\n<h2>");
+    m.append(htmlEscape(machine.name)).append("</h2>\n<dl>\n");
+    for (const auto& r : machine.resources) {
+      m.append("<dt>").append(htmlEscape(r.name)).append("</dt><dd>");
+      m.append(amountText(r.used)).append(" of ").append(amountText(r.total));
+      m.append(" in use</dd>\n");
     }
     m.append("</dl>\n</section>\n");
   }
@@ -116,7 +94,7 @@ const char* toneOf(const ServiceEntry& e) {
 // A card per service (a grid that becomes one column on a phone), updated
 // live from ondemand_events. The states are controld's, as it pushes them
 // to every worker; only the two counts are this worker's, and say so.
-std::string statusHtml(ControlLink& link, bool reasons, std::string_view eventsUrl, const Doc* doc) {
+std::string statusHtml(ControlLink& link, bool reasons, std::string_view eventsUrl, const StatusReply* status) {
   const std::int64_t now = unixMillis();
   const char* linkStatus = linkStatusName(link.status());
   PageFrame frame;
@@ -138,7 +116,7 @@ std::string statusHtml(ControlLink& link, bool reasons, std::string_view eventsU
     m.append("<p>Unreachable for ").append(humanSeconds((now - link.unreachableSinceMs()) / 1000));
     m.append(": the states below are the last ones seen.</p>\n");
   }
-  if (doc == nullptr && link.status() == LinkStatus::Up) {
+  if (status == nullptr && link.status() == LinkStatus::Up) {
     m.append("<p>controld did not send its status in time: the counts are this nginx worker's.</p>\n");
   }
   // In a cluster every push carries it (the same for all services).
@@ -169,22 +147,16 @@ std::string statusHtml(ControlLink& link, bool reasons, std::string_view eventsU
     m.append(st.lastStartMs > 0 ? humanSeconds((st.lastStartMs + 500) / 1000) : std::string("\u2014"));
     m.append("</dd>\n<dt>Semaphore task</dt><dd data-field=\"task\">");
     m.append(st.taskId > 0 ? std::to_string(st.taskId) : std::string("\u2014")).append("</dd>\n");
-    if (const Value* cs = controldService(doc, e->name)) {
+    if (const StatusReply::Service* cs = controldService(status, e->name)) {
       // controld's totals, over every worker of every nginx.
-      m.append("<dt>Requests</dt><dd>")
-          .append(std::to_string(std::max<std::int64_t>(0, intOf(member(*cs, "in_flight")))));
-      m.append(" in flight, ")
-          .append(std::to_string(std::max<std::int64_t>(0, intOf(member(*cs, "requests_waiting")))));
-      m.append(" waiting</dd>\n");
-      const std::int64_t idleStop = intOf(member(*cs, "idle_stop_at"));
+      m.append("<dt>Requests</dt><dd>").append(std::to_string(cs->inFlight));
+      m.append(" in flight, ").append(std::to_string(cs->requestsWaiting)).append(" waiting</dd>\n");
+      const std::int64_t idleStop = cs->idleStopAtMs.value_or(0);
       if (idleStop > 0 && st.state == ServiceState::Warm) {
         m.append("<dt>Idle stop in</dt><dd>").append(humanSeconds(std::max<std::int64_t>(0, idleStop - now) / 1000));
         m.append("</dd>\n");
       }
-      const Value* machine = member(*cs, "machine");
-      if (machine != nullptr && machine->IsString() && machine->GetStringLength() > 0) {
-        m.append("<dt>Machine</dt><dd>").append(htmlEscape(machine->GetString())).append("</dd>\n");
-      }
+      if (!cs->machine.empty()) m.append("<dt>Machine</dt><dd>").append(htmlEscape(cs->machine)).append("</dd>\n");
     } else {
       m.append("<dt>Requests</dt><dd>").append(std::to_string(e->inFlight)).append(" in flight, ");
       m.append(std::to_string(e->parked.size())).append(" waiting in this nginx worker</dd>\n");
@@ -196,7 +168,7 @@ std::string statusHtml(ControlLink& link, bool reasons, std::string_view eventsU
   }
   if (!any) m.append("<p>controld has not named any service yet.</p>\n");
   m.append("</div>\n");
-  machineCards(m, doc);
+  machineCards(m, status);
 
   JsonWriter w;
   w.startObject().str("events", eventsUrl).i64("now", now).endObject();
@@ -206,11 +178,17 @@ std::string statusHtml(ControlLink& link, bool reasons, std::string_view eventsU
 }
 
 ngx_int_t sendStatusPage(ngx_http_request_t* r, ControlLink& link, const std::string* reply) {
-  Doc doc;
-  const bool have = reply != nullptr && !doc.Parse(reply->data(), reply->size()).HasParseError() && doc.IsObject();
+  protocol::Parsed<StatusReply> status;
+  if (reply != nullptr) {
+    status = protocol::decodeStatusReply(*reply);
+    if (!status.value) {
+      ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "ondemand: status: controld's status reply: %s",
+                    status.error.c_str());
+    }
+  }
   auto* scf = static_cast<SrvConf*>(ngx_http_get_module_srv_conf(r, ngx_http_ondemand_module));
   return sendBody(r, NGX_HTTP_OK, "text/html; charset=utf-8",
-                  statusHtml(link, locConf(r)->reasons, view(scf->eventsUri), have ? &doc : nullptr));
+                  statusHtml(link, locConf(r)->reasons, view(scf->eventsUri), status.value ? &*status.value : nullptr));
 }
 
 // A status page waiting for controld's status. In the request's pool; its
