@@ -67,7 +67,7 @@ void ControlLink::start() {
 
 LinkStatus ControlLink::status() const {
   if (conn_ == nullptr || connecting_) return LinkStatus::Down;
-  return synced_ ? LinkStatus::Up : LinkStatus::Handshake;
+  return session_.synced() ? LinkStatus::Up : LinkStatus::Handshake;
 }
 
 // --- connecting ---------------------------------------------------------------
@@ -110,13 +110,11 @@ void ControlLink::connect() {
 
 void ControlLink::onConnected() {
   connecting_ = false;
-  synced_ = false;
   overflow_ = false;
   stopTimer(conn_->write);
-  framer_ = protocol::LineFramer(kMaxLineBytes);
+  session_.connected();
   out_.clear();
   outSent_ = 0;
-  table_.beginSubscription();
 
   protocol::Hello hello;
   hello.role = "worker";
@@ -164,7 +162,7 @@ void ControlLink::connectFailed(const char* why, ngx_err_t err) {
     }
     scheduleReconnect();
     // Requests held for the first connection are answered now.
-    if (!everSynced_) listener_.onDown(*this);
+    if (!session_.everSynced()) listener_.onDown(*this);
     return;
   }
   ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log_, err, "ondemand: connect to controld failed again: %s", why);
@@ -173,16 +171,15 @@ void ControlLink::connectFailed(const char* why, ngx_err_t err) {
 
 void ControlLink::disconnect(const std::string& why, ngx_err_t err) {
   const bool wasConnected = conn_ != nullptr && !connecting_;
-  const bool wasUp = synced_;
+  const bool wasUp = session_.synced();
   if (conn_ != nullptr) {
     ngx_close_connection(conn_);
     conn_ = nullptr;
   }
   connecting_ = false;
-  synced_ = false;
+  session_.lost();
   out_.clear();
   outSent_ = 0;
-  framer_ = protocol::LineFramer(kMaxLineBytes);
   stopTimer(&activityTimer_);
   answerQuestions(0, nullptr);
 
@@ -196,7 +193,7 @@ void ControlLink::disconnect(const std::string& why, ngx_err_t err) {
                   name_.c_str(), why.c_str());
   }
   scheduleReconnect();
-  if (wasConnected || (first && !everSynced_)) listener_.onDown(*this);
+  if (wasConnected || (first && !session_.everSynced())) listener_.onDown(*this);
 }
 
 void ControlLink::scheduleReconnect() {
@@ -217,7 +214,7 @@ void ControlLink::close() {
   if (!connecting_) {
     // Best effort, one non-blocking write: controld forgets this worker's
     // counts when the connection closes anyway.
-    const protocol::Activity activity = table_.takeActivity(false);
+    const protocol::Activity activity = session_.table().takeActivity(false);
     if (!activity.entries.empty()) out_ += protocol::encode(activity);
     if (outSent_ < out_.size())
       (void)conn_->send(conn_, reinterpret_cast<u_char*>(out_.data() + outSent_), out_.size() - outSent_);
@@ -225,7 +222,7 @@ void ControlLink::close() {
   ngx_close_connection(conn_);
   conn_ = nullptr;
   connecting_ = false;
-  synced_ = false;
+  session_.lost();
 }
 
 // --- writing ----------------------------------------------------------------
@@ -278,19 +275,20 @@ void ControlLink::readAvailable() {
       disconnect("read from controld failed", ngx_socket_errno);
       return;
     }
-    if (!framer_.append(std::string_view(reinterpret_cast<const char*>(buffer), static_cast<std::size_t>(n)))) {
+    if (!session_.append(std::string_view(reinterpret_cast<const char*>(buffer), static_cast<std::size_t>(n)))) {
       disconnect("controld sent a message longer than the protocol allows");
       return;
     }
     while (conn_ != nullptr) {
-      const auto line = framer_.next();
-      if (!line) break;
-      if (line->empty()) continue;
+      LinkSession::Incoming in;
       std::string error;
-      if (!handleLine(*line, error)) {
+      const auto next = session_.next(in, error);
+      if (next == LinkSession::Next::None) break;
+      if (next == LinkSession::Next::Broken) {
         disconnect(error);
         return;
       }
+      act(in);
     }
   }
 }
@@ -326,78 +324,47 @@ void ControlLink::answerQuestions(std::int64_t id, const std::string* reply) {
     q.done(q.data, reply);
 }
 
-bool ControlLink::handleLine(std::string_view line, std::string& error) {
-  // The answer to askStatus: a reply, which only the CLI reads otherwise.
-  static constexpr std::string_view kReply = "{\"type\":\"reply\",\"id\":";
-  if (line.substr(0, kReply.size()) == kReply) {
-    const std::int64_t id = std::atoll(std::string(line.substr(kReply.size(), 20)).c_str());
-    const std::string reply(line);
-    answerQuestions(id, &reply);
-    return true;
+void ControlLink::act(LinkSession::Incoming& in) {
+  using Kind = LinkSession::Incoming::Kind;
+  switch (in.kind) {
+    case Kind::StatusAnswer:
+      answerQuestions(in.answerId, &in.text);
+      return;
+    case Kind::State:
+      if (in.ack) {
+        sendActivity(false);
+        send(protocol::encode(*in.ack));
+      }
+      listener_.onStateChanged(*this, *in.entry);
+      return;
+    case Kind::Synced:
+      for (ServiceEntry* vanished : in.vanished)
+        listener_.onRemoved(*this, *vanished);
+      session_.markSynced();
+      backoff_ = kFirstRetryMs;
+      if (outageLogged_) {
+        ngx_log_error(NGX_LOG_NOTICE, log_, 0, "ondemand: connected to controld at \"%s\" again after %M ms",
+                      name_.c_str(), ngx_current_msec - outageSince_);
+        outageLogged_ = false;
+      }
+      unreachableSinceMs_ = 0;
+      listener_.onSynced(*this);
+      return;
+    case Kind::Removed:
+      listener_.onRemoved(*this, *in.entry);
+      return;
+    case Kind::ControldError:
+      ngx_log_error(NGX_LOG_ERR, log_, 0, "ondemand: controld at \"%s\" reports: %s", name_.c_str(), in.text.c_str());
+      return;
+    case Kind::Welcome:
+      return;
+    case Kind::Ignored:
+      if (!in.text.empty()) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log_, 0, "ondemand: ignoring a \"%s\" message from controld",
+                       in.text.c_str());
+      }
+      return;
   }
-  protocol::Decoded decoded = protocol::decode(line);
-  if (!decoded.message) {
-    error = "bad message from controld: " + decoded.error;
-    return false;
-  }
-  return std::visit(
-      [&](auto& m) -> bool {
-        using T = std::decay_t<decltype(m)>;
-        if constexpr (std::is_same_v<T, protocol::Welcome>) {
-          if (m.version != protocol::kVersion) {
-            error = "controld speaks protocol version " + std::to_string(m.version) + ", this module " +
-                    std::to_string(protocol::kVersion);
-            return false;
-          }
-          daemon_ = m.daemon;
-          return true;
-        } else if constexpr (std::is_same_v<T, protocol::StatePush>) {
-          ServiceEntry& entry = table_.applyPush(m);
-          if (entry.state.state == ServiceState::Stopping) {
-            // controld waits for this before stopping: our in-flight count
-            // (after the activity it has not seen yet) decides whether the
-            // stop goes ahead.
-            sendActivity(false);
-            protocol::StoppingAck ack;
-            ack.service = entry.name;
-            ack.epoch = entry.state.epoch;
-            ack.inFlight = entry.inFlight;
-            send(protocol::encode(ack));
-          }
-          listener_.onStateChanged(*this, entry);
-          return true;
-        } else if constexpr (std::is_same_v<T, protocol::Synced>) {
-          for (ServiceEntry* vanished : table_.completeSync())
-            listener_.onRemoved(*this, *vanished);
-          synced_ = true;
-          everSynced_ = true;
-          backoff_ = kFirstRetryMs;
-          if (outageLogged_) {
-            ngx_log_error(NGX_LOG_NOTICE, log_, 0, "ondemand: connected to controld at \"%s\" again after %M ms",
-                          name_.c_str(), ngx_current_msec - outageSince_);
-            outageLogged_ = false;
-          }
-          unreachableSinceMs_ = 0;
-          listener_.onSynced(*this);
-          return true;
-        } else if constexpr (std::is_same_v<T, protocol::Removed>) {
-          ServiceEntry* entry = table_.find(m.service);
-          if (entry != nullptr && entry->known) {
-            table_.forget(*entry);
-            listener_.onRemoved(*this, *entry);
-          }
-          return true;
-        } else if constexpr (std::is_same_v<T, protocol::Error>) {
-          ngx_log_error(NGX_LOG_ERR, log_, 0, "ondemand: controld at \"%s\" reports: %s", name_.c_str(),
-                        m.message.c_str());
-          return true;
-        } else {
-          ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log_, 0, "ondemand: ignoring a \"%s\" message from controld",
-                         std::string(protocol::typeName(decoded.message.value())).c_str());
-          return true;
-        }
-      },
-      *decoded.message);
 }
 
 // --- what the worker tells controld --------------------------------------------
@@ -453,7 +420,7 @@ void ControlLink::scheduleActivity(bool urgent) {
 }
 
 void ControlLink::sendActivity(bool everything) {
-  protocol::Activity activity = table_.takeActivity(everything);
+  protocol::Activity activity = session_.table().takeActivity(everything);
   if (activity.entries.empty()) return;
   send(protocol::encode(activity));
   // Only reports of requests started or ended pace the urgent ones: a report

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ngx_module/decision.hpp"
+#include "ngx_module/link_session.hpp"
 #include "ngx_module/ngx.hpp"
 #include "ngx_module/service_table.hpp"
 #include "shared/protocol.hpp"
@@ -54,14 +55,14 @@ class ControlLink {
   void close();
 
   LinkStatus status() const;
-  bool everSynced() const { return everSynced_; }
+  bool everSynced() const { return session_.everSynced(); }
   // Unix ms at which the current outage began (a connection attempt failed
   // or the connection was lost), 0 when there is none: connected, or still
   // on the first attempt.
   std::int64_t unreachableSinceMs() const { return unreachableSinceMs_; }
   const std::string& name() const { return name_; }
-  const std::string& daemon() const { return daemon_; }
-  ServiceTable& services() { return table_; }
+  const std::string& daemon() const { return session_.daemon(); }
+  ServiceTable& services() { return session_.table(); }
 
   // A request wants the service: sent once per state epoch (controld
   // ignores duplicates anyway), only while the table is current.
@@ -95,8 +96,8 @@ class ControlLink {
   void send(const std::string& line);
   void flush();
   void readAvailable();
-  // False (with `error` set) when the line breaks the protocol.
-  bool handleLine(std::string_view line, std::string& error);
+  // Does what a line from controld asks (session_ has read it).
+  void act(LinkSession::Incoming& in);
   void scheduleActivity(bool urgent);
   void sendActivity(bool everything);
 
@@ -116,8 +117,6 @@ class ControlLink {
   ngx_peer_connection_t peer_{};
   ngx_connection_t* conn_ = nullptr;
   bool connecting_ = false;
-  bool synced_ = false;
-  bool everSynced_ = false;
   bool closed_ = false;
   bool overflow_ = false;
 
@@ -130,11 +129,9 @@ class ControlLink {
   ngx_msec_t lastActivityAt_ = 0;
   bool countsChanged_ = false;  // in-flight counts changed since the last report
 
-  protocol::LineFramer framer_{kMaxLineBytes};
+  LinkSession session_{kMaxLineBytes};  // lines, handshake, the service table
   std::string out_;
   std::size_t outSent_ = 0;
-  ServiceTable table_;
-  std::string daemon_;
 
   struct StatusQuestion {
     std::int64_t id;
