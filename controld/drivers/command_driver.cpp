@@ -4,27 +4,20 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>  // sigabbrev_np
 #include <deque>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <utility>
 
+#include "controld/drivers/process_facts.hpp"
 #include "controld/io/clock.hpp"
 #include "controld/io/fd.hpp"
-
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
 
 namespace ondemand::controld {
 
@@ -190,45 +183,6 @@ OperationOutcome failed(std::string reason) {
   OperationOutcome outcome;
   outcome.reason = std::move(reason);
   return outcome;
-}
-
-std::string signalName(int sig) {
-  if (const char* abbrev = sigabbrev_np(sig)) return std::string("SIG") + abbrev;
-  return "unknown signal";
-}
-
-// When the process now at `pid` started, in unix ms; nullopt when /proc cannot tell.
-std::optional<std::int64_t> processStartUnixMs(pid_t pid) {
-  std::ifstream statFile("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat;
-  if (!std::getline(statFile, stat)) return std::nullopt;
-  // The command name (field 2) may contain spaces and parentheses: fields are
-  // counted after its closing parenthesis, which starts with field 3.
-  const auto close = stat.rfind(')');
-  if (close == std::string::npos) return std::nullopt;
-  std::istringstream fields(stat.substr(close + 1));
-  std::string field;
-  for (int index = 3; index <= 22 && fields >> field; ++index) {
-    if (index != 22) continue;
-    std::ifstream procStat("/proc/stat");
-    std::string key;
-    std::int64_t bootTime = -1;
-    while (procStat >> key) {
-      if (key == "btime") {
-        procStat >> bootTime;
-        break;
-      }
-    }
-    const long ticks = sysconf(_SC_CLK_TCK);
-    if (bootTime < 0 || ticks <= 0) return std::nullopt;
-    const auto startTicks = std::stoll(field);
-    return bootTime * 1000 + startTicks * 1000 / ticks;
-  }
-  return std::nullopt;
-}
-
-ScopedFd openPidfd(pid_t pid) {
-  return ScopedFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
 }
 
 }  // namespace
