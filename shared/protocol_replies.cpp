@@ -344,12 +344,13 @@ std::string readOperations(Fields& f, StatusReply::Service& s) {
   const Value* op = nullptr;
   if (!f.object("operation", op, false, true)) return f.error();
   if (op) {
-    s.operation.emplace();
+    s.operation =
+        StatusReply::Operation{};  // not emplace(): clang deems the nested type not default-constructible there
     if (auto error = readOperation(*op, *s.operation); !error.empty()) return where("operation", error);
   }
   if (!f.object("last_operation", op, false, true)) return f.error();
   if (op) {
-    s.lastOperation.emplace();
+    s.lastOperation = StatusReply::LastOperation{};
     if (auto error = readLastOperation(*op, *s.lastOperation); !error.empty()) return where("last_operation", error);
   }
   return readObjects(f, "history", s.history, readTransition);
@@ -613,7 +614,7 @@ std::string readCluster(const Value& doc, ClusterStatus& c) {
   if (!f.object("lease", object)) return f.error();
   if (object) {
     Fields l(*object);
-    c.lease.emplace();
+    c.lease = ClusterStatus::Lease{};
     if (!l.int64("id", c.lease->id, false) || !l.int64("ttl_s", c.lease->ttlS, false) ||
         !l.int64("renewed_ms_ago", c.lease->renewedMsAgo, false)) {
       return where("lease", l.error());
