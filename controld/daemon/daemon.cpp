@@ -49,7 +49,8 @@ Daemon::~Daemon() {
   telemetry_.reset();
   server_.reset();
   http_.reset();
-  machineTimers_.clear();  // their handles are freed by the loop's last turn
+  machineTimers_.clear();  // timers' handles are freed by the loop's last turn
+  forwardedStopTimer_.reset();
   signals_.stop();
   closeLoop(loop_);
 }
