@@ -1,5 +1,7 @@
 #include "controld/cluster/etcd_client.hpp"
 
+#include <algorithm>
+#include <iterator>
 #include <memory>
 
 namespace ondemand::controld {
@@ -59,11 +61,17 @@ void EtcdClient::call(const std::string& path, std::string body, Callback callba
 
 // An etcd started with --client-cert-auth drops a TLS connection that brings
 // no certificate; curl then reports a bad-certificate alert or, as often, a
-// socket already gone (TLS 1.3 sends the alert after the handshake). Neither
-// names the setting that is missing.
+// socket already gone or reset (TLS 1.3 sends the alert after the handshake).
+// None of them names the setting that is missing.
 std::string EtcdClient::tlsHint(const std::string& error) const {
   if (!settings_.certFile.empty() || endpoint().rfind("https://", 0) != 0) return {};
-  if (error.find("SSL") == std::string::npos && error.find("getpeername") == std::string::npos) return {};
+  // Any of these once the TCP connection was made (the alert may arrive
+  // before or after curl writes): no connect error, no timeout.
+  static constexpr const char* kDropped[] = {"SSL", "getpeername", "Send failure", "Recv failure", "reset by peer"};
+  if (std::none_of(std::begin(kDropped), std::end(kDropped),
+                   [&](const char* sign) { return error.find(sign) != std::string::npos; })) {
+    return {};
+  }
   return " - no client certificate was offered: if etcd runs with --client-cert-auth, set cert_file and key_file";
 }
 
