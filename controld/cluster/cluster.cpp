@@ -44,6 +44,7 @@ Cluster::Cluster(uv_loop_t* loop, HttpClient& http, const ClusterSettings& setti
       etcd_(http, settings),
       keepaliveTimer_(loop),
       retryTimer_(loop),
+      repairTimer_(loop),
       watchTimer_(loop),
       leaveTimer_(loop) {}
 

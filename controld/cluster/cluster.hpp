@@ -162,6 +162,8 @@ class Cluster {
   void leaseLost(const std::string& why);
   void registerNode();
   void contend(const std::string& service);
+  void repair();
+  void repairLater();
   void claimed(const std::string& service, const etcd::TxnResult& txn);
   void setOwner(const std::string& service, std::optional<Owner> owner);
   void flushState(const std::string& service);
@@ -185,6 +187,7 @@ class Cluster {
   EtcdClient etcd_;
   Timer keepaliveTimer_;
   Timer retryTimer_;
+  Timer repairTimer_;
   Timer watchTimer_;
   Timer leaveTimer_;
   bool leaving_ = false;
@@ -195,7 +198,8 @@ class Cluster {
   std::int64_t leaseTtl_ = 0;
   std::int64_t lastKeepaliveMs_ = 0;
   bool keepaliveBusy_ = false;
-  bool synced_ = false;  // ranged and watching
+  bool registered_ = false;  // nodes/<node> is put, or on its way
+  bool synced_ = false;      // ranged and watching
   bool reachable_ = false;
   std::string lastError_;
   std::int64_t reachableSinceMs_ = 0;

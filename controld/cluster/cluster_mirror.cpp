@@ -79,8 +79,7 @@ void Cluster::resynced(const etcd::RangeResult& range) {
   synced_ = true;
   checkMismatches();
   watchFrom(revision_ + 1);
-  for (const auto& [name, summary] : services_)
-    if (!owners_.count(name)) contend(name);
+  repair();
   for (const auto& [name, rev] : mine_)
     host_.clusterActivity(name, false);
   for (const auto& [name, l] : local_)

@@ -92,11 +92,31 @@ void Cluster::registerNode() {
   for (const auto& [name, summary] : services_)
     w.key(name).json(summary);
   w.endObject().endObject();
+  registered_ = true;  // until etcd says otherwise
   etcd_.call("kv/put", etcd::putBody(key("nodes", settings_.node), w.text(), leaseId_),
              [this, life = lifetime_.token()](EtcdClient::Reply r) {
                if (!life.alive()) return;
-               if (!r.ok) failed(r, "register node");
+               if (r.ok) return;
+               registered_ = false;
+               failed(r, "register node");
+               repairLater();
              });
+}
+
+// A claim or a registration that etcd answered without doing it (a timeout
+// inside etcd, a token it no longer knows) is asked again: nothing else
+// would. When etcd does not answer at all, the resync that follows its
+// return does the same.
+void Cluster::repairLater() {
+  if (reachable_) repairTimer_.start(kRetry, [this] { repair(); });
+}
+
+void Cluster::repair() {
+  if (leaving_ || !leaseId_) return;
+  if (!registered_) registerNode();
+  if (!synced_) return;  // the resync contends for what it finds unowned
+  for (const auto& [name, summary] : services_)
+    if (!owners_.count(name)) contend(name);
 }
 
 // --- ownership --------------------------------------------------------------
@@ -119,7 +139,8 @@ void Cluster::contend(const std::string& service) {
                if (r.ok) txn = etcd::parseTxn(r.body, error);
                if (!txn) {
                  if (r.ok) r.error = error;
-                 return failed(r, "claim ownership");
+                 failed(r, "claim ownership");
+                 return repairLater();
                }
                if (lease == leaseId_) claimed(service, *txn);
              });
@@ -231,6 +252,7 @@ void Cluster::leave(std::chrono::milliseconds bound, std::function<void()> done)
   etcd_.cancelWatch();
   keepaliveTimer_.stop();
   retryTimer_.stop();
+  repairTimer_.stop();
   watchTimer_.stop();
   leaveTimer_.start(bound, [this] { left("timed out"); });
   revokeWhenWritten();

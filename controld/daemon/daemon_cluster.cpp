@@ -60,18 +60,30 @@ void Daemon::clusterGained(const std::string& name, std::optional<MachineSnapsho
     Effects e;
     e.persist = true;
     apply(*s, e);
-    return;
+  } else {
+    if (snapshot->operation && writer != config_.cluster->node && snapshot->operation->driver == "command") {
+      // The command ran under another controld, maybe on another host: its pid
+      // means nothing here. The health check follows it until start_timeout.
+      snapshot->operation->pid = 0;
+    }
+    // Never below this node's floor (epochs do not go back on this node's workers).
+    snapshot->epoch = std::max(snapshot->epoch, services_->epochFloor());
+    s->eventEpoch = snapshot->epoch;
+    apply(*s, s->machine.restore(now, withTimes(std::move(*snapshot), fromWallMs)));
+    apply(*s, s->machine.activity(now, inFlight(name), false));
   }
-  if (snapshot->operation && writer != config_.cluster->node && snapshot->operation->driver == "command") {
-    // The command ran under another controld, maybe on another host: its pid
-    // means nothing here. The health check follows it until start_timeout.
-    snapshot->operation->pid = 0;
+  // Wakes sent while no node owned the service, or to an owner that had died,
+  // reached nobody: an owner acts only on the wakes it sees while it owns.
+  // A cold service gets a new epoch (no transition, so no event), and every
+  // worker still holding requests for it, on any node, sends its wake again.
+  if (s->machine.state() == ServiceState::Cold) {
+    s->machine.raiseEpoch(s->machine.epoch() + 1);
+    s->eventEpoch = s->machine.epoch();
+    Effects e;
+    e.stateChanged = true;
+    e.persist = true;
+    apply(*s, e);
   }
-  // Never below this node's floor (epochs do not go back on this node's workers).
-  snapshot->epoch = std::max(snapshot->epoch, services_->epochFloor());
-  s->eventEpoch = snapshot->epoch;
-  apply(*s, s->machine.restore(now, withTimes(std::move(*snapshot), fromWallMs)));
-  apply(*s, s->machine.activity(now, inFlight(name), false));
 }
 
 void Daemon::clusterLost(const std::string& name) {

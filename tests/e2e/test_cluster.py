@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 
-from cluster_case import ClusterTestCase, unb64
+from cluster_case import ClusterTestCase, b64, unb64
 from harness import free_port, http_request, wait_until
 from semaphore_double import DEFAULT_TOKEN, SemaphoreDouble
 from test_semaphore_controld import HealthServer
@@ -199,6 +199,56 @@ class ClusterTest(ClusterTestCase):
         held, threads = self.hold_during_start("slow")
         self.kill_the_owner("slow")
         self.assert_the_same_start_followed("slow", held, threads)
+
+    def test_requests_held_while_the_owner_is_dead_start_the_service_once_another_node_owns_it(self):
+        """The owner of a cold service is SIGKILLed; requests through the other
+        nodes come while its lease still runs, so their wakes go to a dead owner.
+        The node that takes over starts the service once for all of them."""
+        port = free_port()
+        self.start_cluster("orphan", port)
+        self.assertEqual(self.owner("orphan"), "node-1")
+        killed = time.monotonic()
+        self.nodes["node-1"]["controld"].kill9()
+        results = {}
+
+        def one(node):
+            results[node] = self.node_get(node, "/held-on-" + node)
+
+        threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in ("node-2", "node-3")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(70)
+        self.assertEqual({n: r.status for n, r in results.items()}, {"node-2": 200, "node-3": 200}, results)
+        self.assertLess(time.monotonic() - killed, self.lease_ttl + 10, "answered after the takeover")
+        self.assertIn(self.owner("orphan"), ("node-2", "node-3"))
+        self.assertEqual(self.starts("orphan"), 1)
+
+    def test_a_wake_a_node_sent_before_it_owned_the_service_starts_it_once_it_owns_it(self):
+        """A node forwards its workers' wakes while another node owns the
+        service, and never acts on its own forwarded wakes. Here the owner is a
+        node that has gone quiet (a key under a lease the test holds); once its
+        lease goes, node-1 owns the service and must start it for the request it
+        still holds."""
+        lease = self.etcd.call("lease/grant", {"TTL": 60})["ID"]
+        self.etcd.call("kv/put", {"key": b64("/od-test/owner/late"), "value": b64("node-9"), "lease": lease})
+        port = free_port()
+        self.start_node("node-1", self.service_yaml("late", port), location("late", port))
+        wait_until(lambda: self.node_service("node-1", "late").get("owner") == "node-9", 10,
+                   message="node-1 knowing node-9 as the owner")
+        result = {}
+        held = threading.Thread(target=lambda: result.setdefault("r", self.node_get("node-1", "/late")), daemon=True)
+        held.start()
+        wait_until(lambda: self.front("node-1", "late").get("waiting", 0) >= 1, 10, message="the request held")
+        time.sleep(0.5)  # its wake forwarded to node-9, which does nothing
+        self.assertEqual(self.starts("late"), 0)
+        self.etcd.call("lease/revoke", {"ID": lease})
+        held.join(40)
+        self.assertIn("r", result, "the request is still held 40 s after node-1 came to own the service")
+        self.assertEqual(result["r"].status, 200, result["r"])
+        self.assertLess(result["r"].ended - result["r"].started, 30, "started at the takeover, not at ondemand_wait")
+        self.assertEqual(self.owner("late"), "node-1")
+        self.assertEqual(self.starts("late"), 1)
 
     def semaphore_cluster(self, start_ms, idle):
         """gpu on every node, driven by the Semaphore double (template 22

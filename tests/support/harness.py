@@ -165,8 +165,22 @@ class OndemandTestCase(unittest.TestCase):
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
             sys.stderr.write("\ntest files kept in %s\n" % self.dir)
+        if not self._outcome_ok():
+            self._show_log_tails()
         if problems:
             self.fail("bad lines in logs:\n" + "\n".join(problems[:20]))
+
+    def _show_log_tails(self, lines=25):
+        """A failed test shows the end of each process's log: on a CI machine
+        the kept directory is gone once the run ends."""
+        paths = [proc.log_path for proc in self._processes] + self._checked_logs
+        for path in sorted(set(paths), key=paths.index):
+            try:
+                with open(path, "rb") as f:
+                    tail = f.read().decode("utf-8", "replace").splitlines()[-lines:]
+            except OSError:
+                continue
+            sys.stderr.write("--- last lines of %s\n%s\n" % (os.path.relpath(path, self.dir), "\n".join(tail)))
 
     def _kill_leftovers(self):
         """A command still running when the test ended (a start command that
