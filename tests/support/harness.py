@@ -201,8 +201,13 @@ class OndemandTestCase(unittest.TestCase):
                     pass
 
     def _outcome_ok(self):
-        # unittest's _Outcome.success turns False as soon as this test fails.
-        return getattr(getattr(self, "_outcome", None), "success", True)
+        # Not unittest's _Outcome.success: tearDown runs as a part of its own,
+        # for which it starts True again. What the result recorded so far says
+        # whether this test failed.
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        if result is None:
+            return True
+        return not any(test is self for test, _ in list(result.failures) + list(result.errors))
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
