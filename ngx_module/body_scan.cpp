@@ -87,9 +87,7 @@ std::string shown(char c) {
 }  // namespace
 
 TopLevelFieldScanner::TopLevelFieldScanner(std::string_view field, std::size_t maxValueBytes)
-    : field_(field), maxValue_(maxValueBytes) {
-  key_.reserve(field_.size() + 1);
-}
+    : field_(field), maxValue_(maxValueBytes) {}
 
 TopLevelFieldScanner::Result TopLevelFieldScanner::fail(const std::string& what) {
   error_ = what + " at byte " + std::to_string(offset_);
@@ -116,6 +114,11 @@ void TopLevelFieldScanner::pushContainer(bool isObject) {
   }
   ++depth_;
   state_ = isObject ? State::ObjectKeyOrEnd : State::ArrayValueOrEnd;
+}
+
+void TopLevelFieldScanner::closeContainer() {
+  --depth_;
+  valueEnded();
 }
 
 void TopLevelFieldScanner::valueEnded() {
@@ -159,9 +162,15 @@ void TopLevelFieldScanner::stringByte(char c) {
     case StringRole::Skip:
       return;
     case StringRole::TopKey:
-      // Only whether it equals the field matters: one byte more than the
-      // field is enough to know it does not.
-      if (key_.size() <= field_.size()) key_.push_back(c);
+      // Only whether it equals the field matters: the first byte that
+      // differs, or one byte more than the field, says it does not.
+      if (!keyDiffers_) {
+        if (keyMatchedBytes_ < field_.size() && field_[keyMatchedBytes_] == c) {
+          ++keyMatchedBytes_;
+        } else {
+          keyDiffers_ = true;
+        }
+      }
       return;
     case StringRole::FieldValue:
       if (value_.size() >= maxValue_) {
@@ -178,8 +187,15 @@ bool TopLevelFieldScanner::plainRun(std::string_view run) {
     case StringRole::Skip:
       return true;
     case StringRole::TopKey:
-      // (as stringByte: one byte more than the field is enough)
-      if (key_.size() <= field_.size()) key_.append(run.substr(0, field_.size() + 1 - key_.size()));
+      // (as stringByte)
+      if (!keyDiffers_) {
+        if (run.size() <= field_.size() - keyMatchedBytes_ &&
+            run == std::string_view(field_).substr(keyMatchedBytes_, run.size())) {
+          keyMatchedBytes_ += run.size();
+        } else {
+          keyDiffers_ = true;
+        }
+      }
       return true;
     case StringRole::FieldValue:
       if (value_.size() + run.size() > maxValue_) {
@@ -201,7 +217,7 @@ void TopLevelFieldScanner::stringEnded() {
     appendCodePoint(0xFFFD);
   }
   if (stringIsKey_) {
-    if (role_ == StringRole::TopKey) keyMatched_ = key_ == field_;
+    if (role_ == StringRole::TopKey) keyMatched_ = !keyDiffers_ && keyMatchedBytes_ == field_.size();
     state_ = State::Colon;
     return;
   }
@@ -212,215 +228,254 @@ void TopLevelFieldScanner::stringEnded() {
   valueEnded();
 }
 
-bool TopLevelFieldScanner::step(char c) {
-  switch (state_) {
-    case State::String:
-      if (c == '"') {
-        stringEnded();
-      } else if (c == '\\') {
-        state_ = State::Escape;
-      } else if (static_cast<unsigned char>(c) < 0x20) {
-        fail("a control character inside a string");
-      } else {
-        stringByte(c);
-      }
+void TopLevelFieldScanner::escapeByte(char c) {
+  state_ = State::String;
+  switch (c) {
+    case '"':
+    case '\\':
+    case '/':
+      stringByte(c);
       break;
-    case State::Escape:
-      state_ = State::String;
-      switch (c) {
-        case '"':
-        case '\\':
-        case '/':
-          stringByte(c);
-          break;
-        case 'b':
-          stringByte('\b');
-          break;
-        case 'f':
-          stringByte('\f');
-          break;
-        case 'n':
-          stringByte('\n');
-          break;
-        case 'r':
-          stringByte('\r');
-          break;
-        case 't':
-          stringByte('\t');
-          break;
-        case 'u':
-          state_ = State::Unicode;
-          unicode_ = 0;
-          unicodeDigits_ = 0;
-          break;
-        default:
-          fail("an invalid escape \\" + std::string(1, c));
-      }
+    case 'b':
+      stringByte('\b');
       break;
-    case State::Unicode: {
-      const int h = hexValue(c);
-      if (h < 0) {
-        fail("an invalid \\u escape");
-        break;
-      }
-      unicode_ = unicode_ * 16 + static_cast<std::uint32_t>(h);
-      if (++unicodeDigits_ < 4) break;
-      state_ = State::String;
-      const std::uint32_t cp = unicode_;
-      if (cp >= 0xD800 && cp <= 0xDBFF) {
-        if (highSurrogate_ != 0) appendCodePoint(0xFFFD);  // (resets highSurrogate_ first)
-        highSurrogate_ = cp;
-      } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-        if (highSurrogate_ != 0) {
-          const std::uint32_t full = 0x10000 + ((highSurrogate_ - 0xD800) << 10) + (cp - 0xDC00);
-          highSurrogate_ = 0;
-          appendCodePoint(full);
-        } else {
-          appendCodePoint(0xFFFD);
-        }
-      } else {
-        appendCodePoint(cp);
-      }
+    case 'f':
+      stringByte('\f');
       break;
-    }
-    case State::Number:
-      if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') {
-        numberDigit_ = numberDigit_ || (c >= '0' && c <= '9');
-        break;
-      }
-      if (!numberDigit_) {
-        fail("a number without digits");
-        break;
-      }
-      valueEnded();
-      return step(c);  // the byte after the number
-    case State::Literal:
-      if (c != *literal_) {
-        unexpected(c);
-        break;
-      }
-      if (*++literal_ == '\0') valueEnded();
+    case 'n':
+      stringByte('\n');
       break;
-    case State::Start:
-      if (isSpace(c)) break;
-      if (c == '{') {
-        pushContainer(true);
-      } else if (c == '[' || c == '"' || c == '-' || (c >= '0' && c <= '9') || c == 't' || c == 'f' || c == 'n') {
-        result_ = Result::NotObject;
-      } else {
-        unexpected(c);
-      }
+    case 'r':
+      stringByte('\r');
       break;
-    case State::ObjectKeyOrEnd:
-    case State::ObjectKey:
-      if (isSpace(c)) break;
-      if (c == '"') {
-        stringIsKey_ = true;
-        role_ = depth_ == 1 ? StringRole::TopKey : StringRole::Skip;
-        key_.clear();
-        keyMatched_ = false;
-        state_ = State::String;
-      } else if (c == '}' && state_ == State::ObjectKeyOrEnd) {
-        --depth_;
-        valueEnded();
-      } else {
-        unexpected(c);
-      }
+    case 't':
+      stringByte('\t');
       break;
-    case State::Colon:
-      if (isSpace(c)) break;
-      if (c == ':') {
-        state_ = State::Value;
-      } else {
-        unexpected(c);
-      }
+    case 'u':
+      state_ = State::Unicode;
+      unicode_ = 0;
+      unicodeDigits_ = 0;
       break;
-    case State::ArrayValueOrEnd:
-      if (c == ']') {
-        --depth_;
-        valueEnded();
-        break;
-      }
-      [[fallthrough]];
-    case State::Value:
-      if (isSpace(c)) break;
-      stringIsKey_ = false;
-      if (keyMatched_ && depth_ == 1) {
-        // The value of the field itself.
-        keyMatched_ = false;
-        if (c != '"') {
-          result_ = Result::NotString;
-          break;
-        }
-        role_ = StringRole::FieldValue;
-        value_.clear();
-        state_ = State::String;
-        break;
-      }
-      role_ = StringRole::Skip;
-      if (c == '"') {
-        state_ = State::String;
-      } else if (c == '{') {
-        pushContainer(true);
-      } else if (c == '[') {
-        pushContainer(false);
-      } else if (c == '-' || (c >= '0' && c <= '9')) {
-        state_ = State::Number;
-        numberDigit_ = c != '-';
-      } else if (c == 't') {
-        state_ = State::Literal;
-        literal_ = "rue";
-      } else if (c == 'f') {
-        state_ = State::Literal;
-        literal_ = "alse";
-      } else if (c == 'n') {
-        state_ = State::Literal;
-        literal_ = "ull";
-      } else {
-        unexpected(c);
-      }
-      break;
-    case State::CommaOrEnd: {
-      if (isSpace(c)) break;
-      const std::size_t top = depth_ - 1;
-      const bool inObject = (stackWord(top / 64) >> (top % 64)) & 1;
-      if (c == ',') {
-        state_ = inObject ? State::ObjectKey : State::Value;
-      } else if ((c == '}' && inObject) || (c == ']' && !inObject)) {
-        --depth_;
-        valueEnded();
-      } else {
-        unexpected(c);
-      }
-      break;
-    }
-    case State::Done:
-      if (!isSpace(c)) unexpected(c);
-      break;
+    default:
+      fail("an invalid escape \\" + std::string(1, c));
   }
-  return result_ == Result::NeedMore;
 }
 
-TopLevelFieldScanner::Result TopLevelFieldScanner::feed(std::string_view bytes) {
-  const char* p = bytes.data();
-  const char* const end = p + bytes.size();
-  while (p < end && result_ == Result::NeedMore) {
-    // Most of a body is inside strings: their plain bytes are taken in one
-    // run, without the state machine.
-    if (state_ == State::String && highSurrogate_ == 0) {
-      const char* q = plainStringEnd(p, end);
-      if (!plainRun(std::string_view(p, static_cast<std::size_t>(q - p)))) break;
-      offset_ += static_cast<std::uint64_t>(q - p);
-      p = q;
-      if (p == end) break;
-    }
-    if (!step(*p)) {
-      if (result_ != Result::NotJson) ++offset_;
-      break;
-    }
-    ++offset_;
-    ++p;
+void TopLevelFieldScanner::unicodeByte(char c) {
+  const int h = hexValue(c);
+  if (h < 0) {
+    fail("an invalid \\u escape");
+    return;
   }
+  unicode_ = unicode_ * 16 + static_cast<std::uint32_t>(h);
+  if (++unicodeDigits_ < 4) return;
+  state_ = State::String;
+  const std::uint32_t cp = unicode_;
+  if (cp >= 0xD800 && cp <= 0xDBFF) {
+    if (highSurrogate_ != 0) appendCodePoint(0xFFFD);  // (resets highSurrogate_ first)
+    highSurrogate_ = cp;
+  } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+    if (highSurrogate_ != 0) {
+      const std::uint32_t full = 0x10000 + ((highSurrogate_ - 0xD800) << 10) + (cp - 0xDC00);
+      highSurrogate_ = 0;
+      appendCodePoint(full);
+    } else {
+      appendCodePoint(0xFFFD);
+    }
+  } else {
+    appendCodePoint(cp);
+  }
+}
+
+// One loop over the bytes with the state machine inline: a body is mostly
+// string runs and a few dozen bytes of structure, and a call, a result test
+// and an offset update per structural byte cost more than the byte's own
+// work. String runs, whitespace and numbers are taken in loops of their own.
+TopLevelFieldScanner::Result TopLevelFieldScanner::feed(std::string_view bytes) {
+  if (result_ != Result::NeedMore) return result_;
+  const char* const begin = bytes.data();
+  const char* const end = begin + bytes.size();
+  const char* p = begin;
+  // offset_ follows p only where something reads it (an error's message, a
+  // value found too long) and when the bytes run out or a result is reached.
+  const std::uint64_t base = offset_;
+  const auto sync = [&] { offset_ = base + static_cast<std::uint64_t>(p - begin); };
+  // A byte that is wrong where it is: the offset is that byte's.
+  const auto unexpectedHere = [&] {
+    sync();
+    return unexpected(*p);
+  };
+  const auto skipSpace = [&] {
+    while (p < end && isSpace(*p))
+      ++p;
+    return p < end;
+  };
+  while (p < end) {
+    // A case that takes its bytes itself goes on with `continue`; one that
+    // takes the byte at p (structure, an escape, a literal's letter) breaks
+    // to the step past it below.
+    switch (state_) {
+      case State::String: {
+        if (highSurrogate_ == 0) {
+          // (after a lone high surrogate, the next byte goes through
+          // stringByte, which writes U+FFFD for it first)
+          const char* q = plainStringEnd(p, end);
+          if (q != p && role_ != StringRole::Skip) {
+            sync();
+            if (!plainRun(std::string_view(p, static_cast<std::size_t>(q - p)))) return result_;
+          }
+          p = q;
+          if (p == end) continue;
+        }
+        const char c = *p;
+        if (c == '"') {
+          stringEnded();
+        } else if (c == '\\') {
+          state_ = State::Escape;
+        } else if (static_cast<unsigned char>(c) < 0x20) {
+          sync();
+          return fail("a control character inside a string");
+        } else {
+          stringByte(c);
+        }
+        break;
+      }
+      case State::Escape:
+      case State::Unicode:
+        // Rare: the offset is brought up to date for a message.
+        sync();
+        if (state_ == State::Escape) {
+          escapeByte(*p);
+        } else {
+          unicodeByte(*p);
+        }
+        if (result_ == Result::NotJson) return result_;
+        break;
+      case State::Number:
+        while (p < end && ((*p >= '0' && *p <= '9') || *p == '.' || *p == 'e' || *p == 'E' || *p == '+' || *p == '-')) {
+          numberDigit_ = numberDigit_ || (*p >= '0' && *p <= '9');
+          ++p;
+        }
+        if (p == end) continue;
+        if (!numberDigit_) {
+          sync();
+          return fail("a number without digits");
+        }
+        // The byte after the number is the container's, in the next turn.
+        valueEnded();
+        continue;
+      case State::Literal:
+        if (*p != *literal_) return unexpectedHere();
+        if (*++literal_ == '\0') valueEnded();
+        break;
+      case State::Start: {
+        if (!skipSpace()) continue;
+        const char c = *p;
+        if (c == '{') {
+          sync();
+          pushContainer(true);
+          if (result_ == Result::NotJson) return result_;
+        } else if (c == '[' || c == '"' || c == '-' || (c >= '0' && c <= '9') || c == 't' || c == 'f' || c == 'n') {
+          result_ = Result::NotObject;
+        } else {
+          return unexpectedHere();
+        }
+        break;
+      }
+      case State::ObjectKeyOrEnd:
+      case State::ObjectKey:
+        if (!skipSpace()) continue;
+        if (*p == '"') {
+          stringIsKey_ = true;
+          role_ = depth_ == 1 ? StringRole::TopKey : StringRole::Skip;
+          keyMatchedBytes_ = 0;
+          keyDiffers_ = false;
+          keyMatched_ = false;
+          state_ = State::String;
+        } else if (*p == '}' && state_ == State::ObjectKeyOrEnd) {
+          closeContainer();
+        } else {
+          return unexpectedHere();
+        }
+        break;
+      case State::Colon:
+        if (!skipSpace()) continue;
+        if (*p != ':') return unexpectedHere();
+        state_ = State::Value;
+        break;
+      case State::ArrayValueOrEnd:
+      case State::Value: {
+        if (!skipSpace()) continue;
+        const char c = *p;
+        if (c == ']' && state_ == State::ArrayValueOrEnd) {
+          closeContainer();
+          break;
+        }
+        stringIsKey_ = false;
+        if (keyMatched_ && depth_ == 1) {
+          // The value of the field itself.
+          keyMatched_ = false;
+          if (c != '"') {
+            result_ = Result::NotString;
+            break;
+          }
+          role_ = StringRole::FieldValue;
+          value_.clear();
+          state_ = State::String;
+          break;
+        }
+        role_ = StringRole::Skip;
+        if (c == '"') {
+          state_ = State::String;
+        } else if (c == '{' || c == '[') {
+          sync();
+          pushContainer(c == '{');
+          if (result_ == Result::NotJson) return result_;
+        } else if (c == '-' || (c >= '0' && c <= '9')) {
+          state_ = State::Number;
+          numberDigit_ = c != '-';
+        } else if (c == 't') {
+          state_ = State::Literal;
+          literal_ = "rue";
+        } else if (c == 'f') {
+          state_ = State::Literal;
+          literal_ = "alse";
+        } else if (c == 'n') {
+          state_ = State::Literal;
+          literal_ = "ull";
+        } else {
+          return unexpectedHere();
+        }
+        break;
+      }
+      case State::CommaOrEnd: {
+        if (!skipSpace()) continue;
+        const char c = *p;
+        const std::size_t top = depth_ - 1;
+        const bool inObject = (stackWord(top / 64) >> (top % 64)) & 1;
+        if (c == ',') {
+          state_ = inObject ? State::ObjectKey : State::Value;
+        } else if ((c == '}' && inObject) || (c == ']' && !inObject)) {
+          closeContainer();
+        } else {
+          return unexpectedHere();
+        }
+        break;
+      }
+      case State::Done:
+        // (a result was reached when the top-level value ended, so feed
+        // returned before this; kept so the state machine is whole)
+        if (!skipSpace()) continue;
+        return unexpectedHere();
+    }
+    ++p;
+    // A result was reached with the byte before p: the offset is past it.
+    if (result_ != Result::NeedMore) {
+      sync();
+      return result_;
+    }
+  }
+  sync();
   return result_;
 }
 

@@ -70,7 +70,9 @@ class TopLevelFieldScanner {
   Result unexpected(char c);
   void valueEnded();
   void pushContainer(bool isObject);
-  bool step(char c);  // false: a result was reached
+  void closeContainer();     // after its '}' or ']'
+  void escapeByte(char c);   // the byte after '\\' in a string
+  void unicodeByte(char c);  // a hex digit of \uXXXX
   void stringByte(char c);
   bool plainRun(std::string_view run);  // plain bytes of the string being read; false: a result was reached
   void appendCodePoint(std::uint32_t cp);
@@ -90,7 +92,10 @@ class TopLevelFieldScanner {
   std::size_t depth_ = 0;
   std::uint64_t offset_ = 0;
 
-  std::string key_;          // the top-level key being read (decoded), up to the field's length + 1
+  // The top-level key being read is compared with the field as it is
+  // decoded: how many of the field's bytes it matched, or that it is not it.
+  std::size_t keyMatchedBytes_ = 0;
+  bool keyDiffers_ = false;
   bool keyMatched_ = false;  // the last top-level key was the field
   std::string value_;
   std::string error_;
