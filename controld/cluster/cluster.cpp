@@ -92,6 +92,8 @@ void Cluster::setReachable(bool reachable, const std::string& why) {
   // News: etcd answers again, or the first failure (also before it ever answered).
   const bool news = reachable ? !reachable_ : unreachableSinceMs_ == 0;
   reachable_ = reachable;
+  // Workers send their wakes again once etcd is back; a stop is not replayed.
+  if (!reachable) unsent_.clear();
   if (!news) return;
   reachableSinceMs_ = unixMillisNow();
   if (!reachable) unreachableSinceMs_ = reachableSinceMs_;  // cleared once caught up (resync)

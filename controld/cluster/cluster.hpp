@@ -142,6 +142,12 @@ class Cluster {
     bool dirty = false;
   };
 
+  struct Forward {  // a wake or stop etcd answered with an error: repair() sends it again
+    std::string kind;
+    std::string service;
+    std::string reason;
+  };
+
   struct StateValue {  // what state/<service> holds
     std::string writer;
     std::optional<MachineSnapshot> snapshot;  // nullopt: none, or one that does not read (error says why)
@@ -213,6 +219,7 @@ class Cluster {
   std::map<std::string, Local> local_;
   std::map<std::string, Writes> writes_;
   std::set<std::string> forwardsInFlight_;  // "wake/<service>", "stop/<service>"
+  std::map<std::string, Forward> unsent_;   // by the same key
   std::uint64_t forwardSeq_ = 0;
   std::set<std::string> reportedMismatches_;
   std::vector<std::string> mismatches_;  // "service: node a has idle_timeout_ms=..., node b ..." (JSON objects)

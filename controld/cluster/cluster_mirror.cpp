@@ -79,11 +79,11 @@ void Cluster::resynced(const etcd::RangeResult& range) {
   synced_ = true;
   checkMismatches();
   watchFrom(revision_ + 1);
+  for (const auto& [name, l] : local_)
+    flushLocal(name);
   repair();
   for (const auto& [name, rev] : mine_)
     host_.clusterActivity(name, false);
-  for (const auto& [name, l] : local_)
-    flushLocal(name);
   if (unreachableSinceMs_ != 0) {  // caught up: the workers may ask again what they asked meanwhile
     unreachableSinceMs_ = 0;
     host_.clusterCaughtUp();
@@ -220,10 +220,14 @@ void Cluster::forward(const char* kind, const std::string& service, const std::s
   JsonWriter w;
   w.startObject().str("reason", reason).u64("seq", ++forwardSeq_).endObject();
   etcd_.call("kv/put", etcd::putBody(key(kind, service, settings_.node), w.text(), leaseId_),
-             [this, life = lifetime_.token(), what](EtcdClient::Reply r) {
+             [this, life = lifetime_.token(), what, kind = std::string(kind), service, reason](EtcdClient::Reply r) {
                if (!life.alive()) return;
                forwardsInFlight_.erase(what);
-               if (!r.ok) failed(r, "forward " + what);
+               if (r.ok) return;
+               failed(r, "forward " + what);
+               if (!reachable_) return;
+               unsent_[what] = Forward{kind, service, reason};
+               repairLater();
              });
 }
 
@@ -258,7 +262,11 @@ void Cluster::flushLocal(const std::string& service) {
                if (!life.alive()) return;
                auto& local = local_[service];
                local.busy = false;
-               if (!r.ok) failed(r, "report activity");
+               if (!r.ok) {
+                 failed(r, "report activity");
+                 local.dirty = true;  // repair() sends it again, or the resync once etcd is back
+                 return repairLater();
+               }
                if (local.dirty) flushLocal(service);
              });
 }

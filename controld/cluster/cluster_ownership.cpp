@@ -103,10 +103,10 @@ void Cluster::registerNode() {
              });
 }
 
-// A claim or a registration that etcd answered without doing it (a timeout
-// inside etcd, a token it no longer knows) is asked again: nothing else
-// would. When etcd does not answer at all, the resync that follows its
-// return does the same.
+// A claim, a registration, a forwarded wake or stop, or an activity report
+// that etcd answered without doing it (a timeout inside etcd, a token it no
+// longer knows) is sent again: nothing else would. When etcd does not answer
+// at all, the resync that follows its return does the same.
 void Cluster::repairLater() {
   if (reachable_) repairTimer_.start(kRetry, [this] { repair(); });
 }
@@ -114,6 +114,12 @@ void Cluster::repairLater() {
 void Cluster::repair() {
   if (leaving_ || !leaseId_) return;
   if (!registered_) registerNode();
+  auto unsent = std::move(unsent_);
+  unsent_.clear();
+  for (const auto& [what, f] : unsent)
+    forward(f.kind.c_str(), f.service, f.reason);
+  for (const auto& [name, l] : local_)
+    if (l.dirty && !l.busy) flushLocal(name);
   if (!synced_) return;  // the resync contends for what it finds unowned
   for (const auto& [name, summary] : services_)
     if (!owners_.count(name)) contend(name);
