@@ -411,6 +411,14 @@ bool ServiceMachine::mayHaveBegun() const {
   return settings_.driverFindsUnconfirmed && !s_.operation->operationId.empty();
 }
 
+Effects ServiceMachine::renewEpoch() {
+  ++s_.epoch;
+  Effects e;
+  e.stateChanged = true;  // pushed to the workers, though nothing transitioned
+  e.persist = true;
+  return e;
+}
+
 Effects ServiceMachine::restore(std::int64_t nowMs, MachineSnapshot snapshot) {
   s_ = std::move(snapshot);
   inFlight_ = 0;

@@ -151,6 +151,10 @@ class ServiceMachine {
   // Epochs start from at least this (see Daemon: a floor taken from the
   // clock when controld starts, so that they never go back across restarts).
   void raiseEpoch(std::uint64_t floor) { s_.epoch = std::max(s_.epoch, floor); }
+  // The same state under a new epoch, with no transition: workers take it
+  // as news and send again the wakes of the requests they still hold (in a
+  // cluster, for a node that has just come to own the service).
+  Effects renewEpoch();
   // In a cluster, on a node that does not own the service: take the owner's
   // state as it is. No effects: the owner acts, this node only shows it.
   void mirror(MachineSnapshot snapshot) { s_ = std::move(snapshot); }

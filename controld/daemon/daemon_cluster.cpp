@@ -55,12 +55,10 @@ void Daemon::clusterGained(const std::string& name, std::optional<MachineSnapsho
   Service* s = services_->find(name);
   if (!s) return;
   const auto now = clockMillisNow();
-  if (!snapshot) {
-    // Nothing in etcd yet: this node's (fresh) state becomes the truth.
-    Effects e;
-    e.persist = true;
-    apply(*s, e);
-  } else {
+  const bool restored = snapshot.has_value();
+  Effects e;
+  e.persist = true;  // nothing in etcd yet: this node's (fresh) state becomes the truth
+  if (restored) {
     if (snapshot->operation && writer != config_.cluster->node && snapshot->operation->driver == "command") {
       // The command ran under another controld, maybe on another host: its pid
       // means nothing here. The health check follows it until start_timeout.
@@ -69,21 +67,18 @@ void Daemon::clusterGained(const std::string& name, std::optional<MachineSnapsho
     // Never below this node's floor (epochs do not go back on this node's workers).
     snapshot->epoch = std::max(snapshot->epoch, services_->epochFloor());
     s->eventEpoch = snapshot->epoch;
-    apply(*s, s->machine.restore(now, withTimes(std::move(*snapshot), fromWallMs)));
-    apply(*s, s->machine.activity(now, inFlight(name), false));
+    e = s->machine.restore(now, withTimes(std::move(*snapshot), fromWallMs));
   }
   // Wakes sent while no node owned the service, or to an owner that had died,
   // reached nobody: an owner acts only on the wakes it sees while it owns.
-  // A cold service gets a new epoch (no transition, so no event), and every
-  // worker still holding requests for it, on any node, sends its wake again.
+  // Under a new epoch, every worker still holding requests for the cold
+  // service, on any node, sends its wake again.
   if (s->machine.state() == ServiceState::Cold) {
-    s->machine.raiseEpoch(s->machine.epoch() + 1);
-    s->eventEpoch = s->machine.epoch();
-    Effects e;
-    e.stateChanged = true;
-    e.persist = true;
-    apply(*s, e);
+    e |= s->machine.renewEpoch();
+    s->eventEpoch = s->machine.epoch();  // no transition, so no event
   }
+  apply(*s, e);
+  if (restored) apply(*s, s->machine.activity(now, inFlight(name), false));
 }
 
 void Daemon::clusterLost(const std::string& name) {

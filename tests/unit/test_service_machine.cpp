@@ -499,3 +499,17 @@ TEST_CASE("numbers from a state file at their limits neither wrap nor overflow")
   CHECK(s.nextDeadlineMs() == std::numeric_limits<std::int64_t>::max());
   CHECK_FALSE(s.tick(2'000).stateChanged);
 }
+
+TEST_CASE("a renewed epoch pushes the same state again, with no transition") {
+  ServiceMachine m("svc", commandSettings());
+  const auto before = m.snapshot();
+  Effects e = m.renewEpoch();
+  CHECK(e.stateChanged);
+  CHECK(e.persist);
+  CHECK_FALSE(e.runStartDriver);
+  CHECK_FALSE(e.runStopDriver);
+  CHECK(m.epoch() == before.epoch + 1);
+  CHECK(m.state() == ServiceState::Cold);
+  CHECK(m.snapshot().history.size() == before.history.size());
+  CHECK(m.snapshot().sinceMs == before.sinceMs);
+}
